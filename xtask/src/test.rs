@@ -1,0 +1,80 @@
+//! `cargo xtask test`: the one command that runs every test. It first installs and builds
+//! what the tests need (host packages, engine, models) into `$HELLAS_CACHE`, then runs
+//! `cargo test --workspace` with `HELLAS_CACHE` exported so the tests find them. Extra
+//! arguments after `--` go to `cargo test`; one that picks packages (`-p`) drops `--workspace`.
+
+use std::ffi::OsString;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+use crate::{cache, deps, engine, models};
+
+#[derive(clap::Args)]
+pub struct Test {
+    #[command(flatten)]
+    engine: engine::Engine,
+    /// Passed on to `cargo test`, e.g. `cargo xtask test -- -p hellasd -- --nocapture`.
+    #[arg(last = true)]
+    cargo_args: Vec<OsString>,
+}
+
+impl Test {
+    pub fn run(&self) -> Result<()> {
+        deps::ensure(deps::ALL)?;
+        self.engine.run()?;
+        models::fetch_all()?;
+        let cache = cache::root()?;
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut args: Vec<OsString> = vec!["test".into()];
+        if !selects_packages(&self.cargo_args) {
+            args.push("--workspace".into());
+        }
+        args.extend(self.cargo_args.iter().cloned());
+        let shown: Vec<_> = args.iter().map(|arg| arg.to_string_lossy()).collect();
+        println!(
+            "==> test: cargo {} (HELLAS_CACHE={})",
+            shown.join(" "),
+            cache.display()
+        );
+        duct::cmd(cargo, &args)
+            .dir(workspace_root())
+            .env("HELLAS_CACHE", &cache)
+            .run()
+            .with_context(|| format!("`cargo {}` failed", shown.join(" ")))?;
+        Ok(())
+    }
+}
+
+/// Whether `args` (before any `--`) pick packages, which `--workspace` would override.
+fn selects_packages(args: &[OsString]) -> bool {
+    args.iter().take_while(|arg| *arg != "--").any(|arg| {
+        let arg = arg.to_string_lossy();
+        arg == "-p" || arg.starts_with("--package") || (arg.starts_with("-p") && arg.len() > 2)
+    })
+}
+
+fn workspace_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace root")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn package_selection_drops_workspace() {
+        let args = |words: &[&str]| words.iter().map(OsString::from).collect::<Vec<_>>();
+        assert!(selects_packages(&args(&["-p", "hellasd"])));
+        assert!(selects_packages(&args(&[
+            "--package=hellasd",
+            "--",
+            "--nocapture"
+        ])));
+        assert!(selects_packages(&args(&["-phellasd"])));
+        assert!(!selects_packages(&args(&["--release", "--", "-p"])));
+        assert!(!selects_packages(&args(&[])));
+    }
+}
