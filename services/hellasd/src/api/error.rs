@@ -1,0 +1,103 @@
+//! API errors, rendered in OpenAI's error shape (`{"error": {"message", "type", "code"}}`) on
+//! `/v1` and in Ollama's (`{"error": "…"}`) on `/api`.
+
+use std::time::Duration;
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+
+use crate::engine::EngineError;
+use crate::planner;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub kind: &'static str,
+    pub message: String,
+    /// Extra fields merged into the error object (the planner's numbers, the model list).
+    pub details: Option<Value>,
+    pub retry_after: Option<Duration>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError { status, kind, message: message.into(), details: None, retry_after: None }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", message)
+    }
+
+    pub fn with_details(mut self, details: Value) -> ApiError {
+        self.details = Some(details);
+        self
+    }
+
+    pub fn with_retry_after(mut self, after: Duration) -> ApiError {
+        self.retry_after = Some(after);
+        self
+    }
+
+    fn finish(&self, body: Value) -> Response {
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(after) = self.retry_after {
+            let secs = after.as_secs().max(1).to_string();
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_str(&secs).unwrap());
+        }
+        response
+    }
+
+    pub fn into_openai(self) -> Response {
+        let mut error = json!({ "message": self.message, "type": self.kind, "code": self.status.as_u16() });
+        if let (Some(Value::Object(extra)), Some(obj)) = (&self.details, error.as_object_mut()) {
+            obj.extend(extra.clone());
+        }
+        self.finish(json!({ "error": error }))
+    }
+
+    pub fn into_ollama(self) -> Response {
+        self.finish(json!({ "error": self.message }))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        self.into_openai()
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(error: EngineError) -> ApiError {
+        let message = error.to_string();
+        match error {
+            EngineError::UnknownModel { available, .. } => {
+                ApiError::new(StatusCode::NOT_FOUND, "model_not_found", message).with_details(json!({ "available": available }))
+            }
+            EngineError::TooLarge { plan } => ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "insufficient_memory", message)
+                .with_details(json!({ "plan": *plan, "summary": planner::format_bytes(plan.total) })),
+            EngineError::Busy { retry_after, .. } => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", message).with_retry_after(retry_after)
+            }
+            EngineError::Failed { .. } => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "engine_unavailable", message)
+                .with_retry_after(Duration::from_secs(1)),
+            EngineError::Internal(_) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", message),
+        }
+    }
+}
+
+/// Ollama routes return this so that every error leaves in Ollama's shape.
+pub struct OllamaError(pub ApiError);
+
+impl<E: Into<ApiError>> From<E> for OllamaError {
+    fn from(error: E) -> OllamaError {
+        OllamaError(error.into())
+    }
+}
+
+impl IntoResponse for OllamaError {
+    fn into_response(self) -> Response {
+        self.0.into_ollama()
+    }
+}

@@ -1,0 +1,181 @@
+//! The HTTP API on one port: OpenAI-compatible routes under `/v1`, Ollama-compatible routes
+//! under `/api`, `/health` and `/metrics`.
+//!
+//! Every model request takes the same path: API key → body within the size limit → valid JSON
+//! naming a library model → a slot from admission control → the model's running engine → the
+//! request forwarded to llama-server and its answer relayed back as it arrives.
+
+mod error;
+mod ollama;
+mod openai;
+mod relay;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+pub use error::ApiError;
+
+use crate::admission::{Admission, AdmissionError, Permit};
+use crate::config::Config;
+use crate::engine::{EngineLease, Supervisor};
+use crate::keys::KeyStore;
+use crate::library::ModelLibrary;
+use crate::metrics::Metrics;
+
+pub struct AppState {
+    pub config: Config,
+    pub library: Arc<ModelLibrary>,
+    pub keys: KeyStore,
+    pub supervisor: Arc<Supervisor>,
+    pub admission: Arc<Admission>,
+    pub metrics: Arc<Metrics>,
+    pub http: reqwest::Client,
+}
+
+/// The API key a request was made with (its public id).
+#[derive(Clone)]
+pub struct ClientKey(pub String);
+
+pub fn router(state: Arc<AppState>) -> Router {
+    let models = Router::new()
+        .route("/v1/models", get(openai::models))
+        .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/completions", post(openai::completions))
+        .route("/v1/embeddings", post(openai::embeddings))
+        .route("/api/tags", get(ollama::tags))
+        .route("/api/show", post(ollama::show))
+        .route("/api/ps", get(ollama::ps))
+        .route("/api/version", get(ollama::version))
+        .route("/api/chat", post(ollama::chat))
+        .route("/api/generate", post(ollama::generate))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .merge(models)
+        .fallback(not_found)
+        .with_state(state)
+}
+
+async fn health(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok", "models_loaded": state.supervisor.loaded().len() }))
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    state.supervisor.update_gauges();
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], state.metrics.render()).into_response()
+}
+
+async fn not_found(request: Request) -> Response {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no route for {} {}", request.method(), request.uri().path()))
+        .into_response()
+}
+
+async fn require_key(State(state): State<Arc<AppState>>, mut request: Request, next: Next) -> Response {
+    let ollama = request.uri().path().starts_with("/api/");
+    let refuse = |e: ApiError| if ollama { e.into_ollama() } else { e.into_openai() };
+    match state.keys.is_empty() {
+        Ok(false) => {}
+        Ok(true) => {
+            return refuse(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "not_set_up",
+                "this box has no API key yet: finish the setup at http://hellas.local or run `hellasd keys create NAME` as root",
+            ))
+        }
+        Err(e) => return refuse(internal(e)),
+    }
+    let token = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let Some(token) = token else {
+        return refuse(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "authentication_error",
+            "missing API key: send the header 'Authorization: Bearer <key>'",
+        ));
+    };
+    match state.keys.verify(token) {
+        Ok(Some(key)) => {
+            request.extensions_mut().insert(ClientKey(key.id));
+            next.run(request).await
+        }
+        Ok(None) => refuse(ApiError::new(StatusCode::UNAUTHORIZED, "authentication_error", "invalid or revoked API key")),
+        Err(e) => refuse(internal(e)),
+    }
+}
+
+fn internal(e: anyhow::Error) -> ApiError {
+    tracing::error!("{e:#}");
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", format!("{e:#}"))
+}
+
+/// Reads a JSON body of at most `api.max_body_bytes`, returning its bytes and the fields the
+/// daemon needs from it.
+async fn read_json<T: DeserializeOwned>(state: &AppState, body: Body) -> Result<(Bytes, T), ApiError> {
+    let limit = state.config.api.max_body_bytes;
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "request_too_large", format!("request body is larger than {limit} bytes"))
+    })?;
+    let parsed = serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+    Ok((bytes, parsed))
+}
+
+/// A request admitted, its engine running and llama-server's answer starting to arrive.
+pub struct Dispatched {
+    pub model: String,
+    pub lease: EngineLease,
+    pub permit: Permit,
+    pub upstream: reqwest::Response,
+    pub started: Instant,
+}
+
+impl AppState {
+    /// Admits a request for `model` and sends `body` to `path` on its engine.
+    async fn dispatch(&self, key: &ClientKey, model: &str, path: &str, body: Bytes, started: Instant) -> Result<Dispatched, ApiError> {
+        let entry = self.library.get(model).map_err(internal)?.ok_or_else(|| {
+            let available: Vec<String> = self.library.list().unwrap_or_default().into_iter().map(|e| e.name).collect();
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "model_not_found",
+                format!("model '{model}' is not in the library (available: {})", available.join(", ")),
+            )
+            .with_details(json!({ "available": available }))
+        })?;
+        let queue = self.metrics.queue_depth.get_or_create(&Metrics::model(&entry.name)).clone();
+        queue.inc();
+        let admitted = self.admission.acquire(&entry.name, self.config.engine.parallel as usize, &key.0).await;
+        queue.dec();
+        let permit = admitted.map_err(|AdmissionError::QueueFull { waiting }| {
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_exceeded",
+                format!("model '{}' is busy: {waiting} requests are already waiting", entry.name),
+            )
+            .with_retry_after(std::time::Duration::from_secs(self.config.api.retry_after_secs))
+        })?;
+        let lease = self.supervisor.acquire(&entry.name).await?;
+        let sent = self.http.post(format!("{}{path}", lease.base_url())).header(header::CONTENT_TYPE, "application/json").body(body).send().await;
+        let upstream = match sent {
+            Ok(upstream) => upstream,
+            Err(e) => {
+                let message = relay::engine_failure(&lease, &format!("did not answer: {e}")).await;
+                return Err(ApiError::new(StatusCode::BAD_GATEWAY, "engine_error", message));
+            }
+        };
+        Ok(Dispatched { model: entry.name, lease, permit, upstream, started })
+    }
+}

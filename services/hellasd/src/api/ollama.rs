@@ -1,0 +1,415 @@
+//! Ollama-compatible routes, for clients that speak Ollama's API (Open WebUI, editors, scripts).
+//!
+//! Chat and generate requests are translated to llama-server's OpenAI routes, and its server-sent
+//! events back into Ollama's newline-delimited JSON, one object per token batch and a final object
+//! with `done: true` and the counts and durations Ollama reports.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use super::error::OllamaError;
+use super::relay::{self, Relay, SseReader};
+use super::{internal, read_json, ApiError, AppState, ClientKey};
+use crate::library::ModelEntry;
+
+/// The Ollama API version this compatibility layer follows.
+const OLLAMA_VERSION: &str = "0.12.0";
+
+#[derive(Deserialize)]
+struct ChatRequest {
+    model: String,
+    #[serde(default)]
+    messages: Vec<Value>,
+    stream: Option<bool>,
+    #[serde(default)]
+    options: Map<String, Value>,
+    format: Option<Value>,
+    tools: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct GenerateRequest {
+    model: String,
+    #[serde(default)]
+    prompt: String,
+    system: Option<String>,
+    #[serde(default)]
+    raw: bool,
+    stream: Option<bool>,
+    #[serde(default)]
+    options: Map<String, Value>,
+    format: Option<Value>,
+}
+
+pub async fn chat(State(state): State<Arc<AppState>>, Extension(key): Extension<ClientKey>, body: Body) -> Result<Response, OllamaError> {
+    let started = Instant::now();
+    let (_, request): (_, ChatRequest) = read_json(&state, body).await?;
+    let stream = request.stream.unwrap_or(true);
+    let messages: Vec<Value> = request.messages.into_iter().map(chat_message).collect();
+    let mut upstream = json!({ "model": request.model, "messages": messages });
+    apply_options(&mut upstream, &request.options, request.format.as_ref(), stream);
+    if let Some(tools) = request.tools {
+        upstream["tools"] = tools;
+    }
+    respond(state, key, request.model, "/api/chat", "/v1/chat/completions", upstream, Shape::Chat, stream, started).await
+}
+
+pub async fn generate(State(state): State<Arc<AppState>>, Extension(key): Extension<ClientKey>, body: Body) -> Result<Response, OllamaError> {
+    let started = Instant::now();
+    let (_, request): (_, GenerateRequest) = read_json(&state, body).await?;
+    let stream = request.stream.unwrap_or(true);
+    if request.prompt.is_empty() {
+        // Ollama loads the model and answers at once when the prompt is empty.
+        let entry = find(&state, &request.model)?;
+        drop(state.supervisor.acquire(&entry.name).await.map_err(ApiError::from)?);
+        let done = json!({ "model": entry.name, "created_at": now_rfc3339(), "response": "", "done": true, "done_reason": "load" });
+        return Ok(Json(done).into_response());
+    }
+    let (path, mut upstream) = if request.raw {
+        ("/v1/completions", json!({ "model": request.model, "prompt": request.prompt }))
+    } else {
+        let mut messages = Vec::new();
+        if let Some(system) = request.system {
+            messages.push(json!({ "role": "system", "content": system }));
+        }
+        messages.push(json!({ "role": "user", "content": request.prompt }));
+        ("/v1/chat/completions", json!({ "model": request.model, "messages": messages }))
+    };
+    apply_options(&mut upstream, &request.options, request.format.as_ref(), stream);
+    let shape = if request.raw { Shape::GenerateRaw } else { Shape::Generate };
+    respond(state, key, request.model, "/api/generate", path, upstream, shape, stream, started).await
+}
+
+/// Ollama messages carry images in `images`; the text part maps directly.
+fn chat_message(message: Value) -> Value {
+    let role = message.get("role").cloned().unwrap_or_else(|| json!("user"));
+    let content = message.get("content").cloned().unwrap_or_else(|| json!(""));
+    let mut out = json!({ "role": role, "content": content });
+    for field in ["tool_calls", "tool_call_id", "name"] {
+        if let Some(v) = message.get(field) {
+            out[field] = v.clone();
+        }
+    }
+    out
+}
+
+/// Maps Ollama's sampling options onto llama-server's OpenAI fields.
+fn apply_options(upstream: &mut Value, options: &Map<String, Value>, format: Option<&Value>, stream: bool) {
+    let renames = [
+        ("temperature", "temperature"),
+        ("top_p", "top_p"),
+        ("top_k", "top_k"),
+        ("min_p", "min_p"),
+        ("seed", "seed"),
+        ("stop", "stop"),
+        ("repeat_penalty", "repeat_penalty"),
+        ("presence_penalty", "presence_penalty"),
+        ("frequency_penalty", "frequency_penalty"),
+    ];
+    for (from, to) in renames {
+        if let Some(v) = options.get(from) {
+            upstream[to] = v.clone();
+        }
+    }
+    if let Some(n) = options.get("num_predict").and_then(Value::as_i64).filter(|&n| n >= 0) {
+        upstream["max_tokens"] = json!(n);
+    }
+    match format {
+        Some(Value::String(s)) if s == "json" => upstream["response_format"] = json!({ "type": "json_object" }),
+        Some(schema @ Value::Object(_)) => {
+            upstream["response_format"] = json!({ "type": "json_schema", "json_schema": { "name": "response", "schema": schema } })
+        }
+        _ => {}
+    }
+    upstream["stream"] = json!(stream);
+    if stream {
+        upstream["stream_options"] = json!({ "include_usage": true });
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Shape {
+    Chat,
+    Generate,
+    GenerateRaw,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn respond(
+    state: Arc<AppState>,
+    key: ClientKey,
+    model: String,
+    route: &'static str,
+    path: &str,
+    upstream: Value,
+    shape: Shape,
+    stream: bool,
+    started: Instant,
+) -> Result<Response, OllamaError> {
+    let body = Bytes::from(serde_json::to_vec(&upstream).expect("JSON values serialise"));
+    let dispatched = match state.dispatch(&key, &model, path, body, started).await {
+        Ok(d) => d,
+        Err(e) => {
+            state.metrics.count_request(route, &model, e.status.as_u16());
+            return Err(e.into());
+        }
+    };
+    let upstream_status = dispatched.upstream.status();
+    if !upstream_status.is_success() {
+        let text = dispatched.upstream.text().await.unwrap_or_default();
+        let message = serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|v| v["error"]["message"].as_str().map(String::from))
+            .unwrap_or(text);
+        state.metrics.count_request(route, &model, upstream_status.as_u16());
+        return Err(ApiError::new(upstream_status, "engine_error", message).into());
+    }
+    let translator = Translate::new(dispatched.model.clone(), shape, stream, started);
+    let body = relay::spawn(state, dispatched, route, translator);
+    let content_type = if stream { "application/x-ndjson" } else { "application/json; charset=utf-8" };
+    Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
+}
+
+/// Turns llama-server's OpenAI answer (streamed or whole) into Ollama's.
+struct Translate {
+    model: String,
+    shape: Shape,
+    stream: bool,
+    started: Instant,
+    sse: SseReader,
+    whole: Vec<u8>,
+    done_reason: Option<String>,
+    tokens: (u64, u64),
+    timings: Option<Value>,
+}
+
+impl Translate {
+    fn new(model: String, shape: Shape, stream: bool, started: Instant) -> Translate {
+        Translate {
+            model,
+            shape,
+            stream,
+            started,
+            sse: SseReader::default(),
+            whole: Vec::new(),
+            done_reason: None,
+            tokens: (0, 0),
+            timings: None,
+        }
+    }
+
+    /// The text of one OpenAI choice, streamed (`delta`) or whole (`message`, `text`).
+    fn take_choice(&mut self, value: &Value) -> Option<String> {
+        if let Some(counts) = relay::token_counts(value) {
+            self.tokens = counts;
+        }
+        if let Some(t) = value.get("timings") {
+            self.timings = Some(t.clone());
+        }
+        let choice = value.get("choices")?.get(0)?;
+        if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {
+            self.done_reason = Some(reason.to_string());
+        }
+        let text = match self.shape {
+            Shape::GenerateRaw => choice.get("text"),
+            _ => choice.get("delta").or_else(|| choice.get("message")).and_then(|m| m.get("content")),
+        };
+        text.and_then(Value::as_str).map(String::from)
+    }
+
+    fn object(&self, text: &str, done: bool) -> Value {
+        let mut object = json!({ "model": self.model, "created_at": now_rfc3339(), "done": done });
+        match self.shape {
+            Shape::Chat => object["message"] = json!({ "role": "assistant", "content": text }),
+            Shape::Generate | Shape::GenerateRaw => object["response"] = json!(text),
+        }
+        if done {
+            let (prompt, generated) = self.tokens;
+            let ms = |key: &str| self.timings.as_ref().and_then(|t| t[key].as_f64()).unwrap_or(0.0);
+            let ns = |ms: f64| (ms * 1e6) as u64;
+            let total = self.started.elapsed();
+            object["done_reason"] = json!(self.done_reason.as_deref().unwrap_or("stop"));
+            object["total_duration"] = json!(total.as_nanos() as u64);
+            object["load_duration"] = json!(0);
+            object["prompt_eval_count"] = json!(prompt);
+            object["prompt_eval_duration"] = json!(ns(ms("prompt_ms")));
+            object["eval_count"] = json!(generated);
+            object["eval_duration"] = json!(ns(ms("predicted_ms")));
+        }
+        object
+    }
+
+    fn line(value: &Value) -> Bytes {
+        let mut bytes = serde_json::to_vec(value).expect("JSON values serialise");
+        bytes.push(b'\n');
+        Bytes::from(bytes)
+    }
+}
+
+impl Relay for Translate {
+    fn chunk(&mut self, chunk: Bytes, out: &mut Vec<Bytes>) {
+        if !self.stream {
+            self.whole.extend_from_slice(&chunk);
+            return;
+        }
+        let mut events = Vec::new();
+        self.sse.feed(&chunk, |data| {
+            if data != b"[DONE]" {
+                if let Ok(value) = serde_json::from_slice::<Value>(data) {
+                    events.push(value);
+                }
+            }
+        });
+        for event in events {
+            if let Some(text) = self.take_choice(&event).filter(|t| !t.is_empty()) {
+                out.push(Translate::line(&self.object(&text, false)));
+            }
+        }
+    }
+
+    fn error(&mut self, message: &str, out: &mut Vec<Bytes>) -> bool {
+        if !self.stream {
+            return false;
+        }
+        out.push(Translate::line(&json!({ "error": message })));
+        true
+    }
+
+    fn end(&mut self, out: &mut Vec<Bytes>) {
+        if self.stream {
+            out.push(Translate::line(&self.object("", true)));
+            return;
+        }
+        let whole = std::mem::take(&mut self.whole);
+        match serde_json::from_slice::<Value>(&whole) {
+            Ok(value) => {
+                let text = self.take_choice(&value).unwrap_or_default();
+                let object = self.object(&text, true);
+                out.push(Bytes::from(serde_json::to_vec(&object).expect("JSON values serialise")));
+            }
+            Err(e) => out.push(Bytes::from(json!({ "error": format!("engine answered with invalid JSON: {e}") }).to_string())),
+        }
+    }
+
+    fn tokens(&self) -> (u64, u64) {
+        self.tokens
+    }
+}
+
+fn find(state: &AppState, name: &str) -> Result<ModelEntry, ApiError> {
+    state
+        .library
+        .get(name)
+        .map_err(internal)?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "model_not_found", format!("model '{name}' not found")))
+}
+
+fn details(state: &AppState, entry: &ModelEntry) -> Value {
+    match state.supervisor.model_info(entry) {
+        Ok(info) => json!({
+            "format": "gguf",
+            "family": info.architecture,
+            "families": [info.architecture],
+            "parameter_size": parameter_size(info.parameter_count),
+            "quantization_level": info.file_type.clone().unwrap_or_default(),
+        }),
+        Err(_) => json!({ "format": "gguf" }),
+    }
+}
+
+/// 134515008 → "134.52M", as Ollama prints parameter counts.
+fn parameter_size(count: u64) -> String {
+    let (value, unit) = match count {
+        c if c >= 1_000_000_000 => (c as f64 / 1e9, "B"),
+        c if c >= 1_000_000 => (c as f64 / 1e6, "M"),
+        c => (c as f64 / 1e3, "K"),
+    };
+    format!("{value:.2}{unit}")
+}
+
+fn rfc3339(unix: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(unix)).to_string()
+}
+
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+pub async fn tags(State(state): State<Arc<AppState>>) -> Result<Json<Value>, OllamaError> {
+    let models: Vec<Value> = state
+        .library
+        .list()
+        .map_err(internal)?
+        .iter()
+        .map(|m| {
+            json!({
+                "name": m.name, "model": m.name, "modified_at": rfc3339(m.added), "size": m.size,
+                "digest": m.sha256, "details": details(&state, m),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "models": models })))
+}
+
+#[derive(Deserialize)]
+struct ShowRequest {
+    model: Option<String>,
+    name: Option<String>,
+}
+
+pub async fn show(State(state): State<Arc<AppState>>, body: Body) -> Result<Json<Value>, OllamaError> {
+    let (_, request): (_, ShowRequest) = read_json(&state, body).await?;
+    let name = request.model.or(request.name).ok_or_else(|| ApiError::bad_request("missing field `model`"))?;
+    let entry = find(&state, &name)?;
+    let info = state.supervisor.model_info(&entry).map_err(internal)?;
+    let arch = &info.architecture;
+    let model_info = json!({
+        "general.architecture": arch,
+        "general.parameter_count": info.parameter_count,
+        format!("{arch}.block_count"): info.n_layer,
+        format!("{arch}.context_length"): info.context_length,
+        format!("{arch}.embedding_length"): info.n_embd,
+    });
+    let mut capabilities = vec!["completion"];
+    if info.chat_template.as_deref().is_some_and(|t| t.contains("tools")) {
+        capabilities.push("tools");
+    }
+    Ok(Json(json!({
+        "modelfile": "",
+        "parameters": "",
+        "template": info.chat_template.clone().unwrap_or_default(),
+        "details": details(&state, &entry),
+        "model_info": model_info,
+        "capabilities": capabilities,
+        "modified_at": rfc3339(entry.added),
+    })))
+}
+
+pub async fn ps(State(state): State<Arc<AppState>>) -> Result<Json<Value>, OllamaError> {
+    let idle_ttl = Duration::from_secs(state.config.engine.idle_unload_secs);
+    let mut models = Vec::new();
+    for engine in state.supervisor.loaded() {
+        let Some(entry) = state.library.get(&engine.model).map_err(internal)? else { continue };
+        let expires = SystemTime::now() + idle_ttl.saturating_sub(engine.idle_for());
+        models.push(json!({
+            "name": engine.model, "model": engine.model, "size": engine.plan.total, "digest": engine.sha256,
+            "details": details(&state, &entry),
+            "expires_at": humantime::format_rfc3339_seconds(expires).to_string(),
+            "size_vram": engine.plan.total,
+            "context_length": engine.plan.ctx,
+        }));
+    }
+    Ok(Json(json!({ "models": models })))
+}
+
+pub async fn version() -> Json<Value> {
+    Json(json!({ "version": OLLAMA_VERSION }))
+}

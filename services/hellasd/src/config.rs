@@ -1,0 +1,227 @@
+//! Daemon configuration, assembled once at start-up.
+//!
+//! Sources, later ones winning key by key: `/usr/lib/hellas/hellasd.toml` (shipped in the image),
+//! `/etc/hellas/hellasd.toml.d/*.toml` in name order (the owner's drop-ins), files named with
+//! `--config`, then command-line flags. Every file is checked on its own against the schema, so an
+//! unknown key or a wrong type is reported with the file, line and key that hold it.
+
+use std::fs;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::planner::CacheType;
+
+pub const VENDOR_CONFIG: &str = "/usr/lib/hellas/hellasd.toml";
+pub const DROP_IN_DIR: &str = "/etc/hellas/hellasd.toml.d";
+
+const GIB: u64 = 1 << 30;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the model library, API keys and other device state live (the data partition).
+    pub state_dir: PathBuf,
+    pub api: ApiConfig,
+    pub engine: EngineConfig,
+    pub memory: MemoryConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// The OpenAI- and Ollama-compatible API, /health and /metrics.
+    pub listen: SocketAddr,
+    /// Requests with a larger body are refused with 413.
+    pub max_body_bytes: usize,
+    /// Requests waiting per model beyond its busy slots; past this, 429.
+    pub queue_depth: usize,
+    /// What a 429 or 503 tells the client to wait, in seconds.
+    pub retry_after_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    /// The llama-server binary (Debian's llama.cpp-tools on the device).
+    pub llama_server: PathBuf,
+    /// Context per slot, in tokens (clamped to the model's training context).
+    pub ctx: u32,
+    /// Concurrent sequences per model (llama-server `-np`); also the model's admission slots.
+    pub parallel: u32,
+    pub cache_type: CacheType,
+    /// CPU threads per engine (`-t`); unset lets llama-server decide.
+    pub threads: Option<u32>,
+    /// Layers offloaded to the GPU (`-ngl`); unset lets llama-server decide.
+    pub gpu_layers: Option<i32>,
+    /// Extra arguments appended to every llama-server command line.
+    pub extra_args: Vec<String>,
+    /// A model with no request for this long is unloaded.
+    pub idle_unload_secs: u64,
+    /// A child that is not healthy after this long is killed and reported as failed.
+    pub startup_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MemoryConfig {
+    /// A fixed budget for models in bytes; unset means detect it (GTT + VRAM, or MemAvailable).
+    pub budget_bytes: Option<u64>,
+    /// Memory left to the OS and hellasd itself when the budget is detected.
+    pub os_reserve_bytes: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            state_dir: PathBuf::from("/var/lib/hellas"),
+            api: ApiConfig::default(),
+            engine: EngineConfig::default(),
+            memory: MemoryConfig::default(),
+        }
+    }
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: "0.0.0.0:8080".parse().unwrap(),
+            max_body_bytes: 8 << 20,
+            queue_depth: 64,
+            retry_after_secs: 2,
+        }
+    }
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            llama_server: PathBuf::from("/usr/bin/llama-server"),
+            ctx: 4096,
+            parallel: 4,
+            cache_type: CacheType::F16,
+            threads: None,
+            gpu_layers: None,
+            extra_args: Vec::new(),
+            idle_unload_secs: 30 * 60,
+            startup_timeout_secs: 300,
+        }
+    }
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        MemoryConfig { budget_bytes: None, os_reserve_bytes: 4 * GIB }
+    }
+}
+
+impl Config {
+    /// The configuration files in the order they apply: the vendor file and drop-ins under
+    /// `root` (normally `/`) when `system` is set, then `extra`.
+    pub fn sources(root: &Path, system: bool, extra: &[PathBuf]) -> Result<Vec<PathBuf>> {
+        let mut files = Vec::new();
+        if system {
+            let vendor = root.join(VENDOR_CONFIG.trim_start_matches('/'));
+            if vendor.exists() {
+                files.push(vendor);
+            }
+            let drop_ins = root.join(DROP_IN_DIR.trim_start_matches('/'));
+            match fs::read_dir(&drop_ins) {
+                Ok(entries) => {
+                    let mut found = Vec::new();
+                    for entry in entries {
+                        let path = entry.with_context(|| format!("listing {}", drop_ins.display()))?.path();
+                        if path.extension().is_some_and(|e| e == "toml") {
+                            found.push(path);
+                        }
+                    }
+                    found.sort();
+                    files.extend(found);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("listing {}", drop_ins.display())),
+            }
+        }
+        files.extend(extra.iter().cloned());
+        Ok(files)
+    }
+
+    /// Merges `files` in order over the defaults.
+    pub fn load(files: &[PathBuf]) -> Result<Config> {
+        let mut merged = toml::Table::new();
+        for file in files {
+            let text = fs::read_to_string(file).with_context(|| format!("reading configuration {}", file.display()))?;
+            // Checking each file alone is what lets the error name the file and line.
+            toml::from_str::<Config>(&text).with_context(|| format!("invalid configuration in {}", file.display()))?;
+            let table: toml::Table = toml::from_str(&text).with_context(|| format!("parsing {}", file.display()))?;
+            merge(&mut merged, table);
+        }
+        Config::deserialize(toml::Value::Table(merged)).context("failed to assemble configuration settings")
+    }
+}
+
+fn merge(into: &mut toml::Table, from: toml::Table) {
+    for (key, value) in from {
+        match (into.get_mut(&key), value) {
+            (Some(toml::Value::Table(existing)), toml::Value::Table(incoming)) => merge(existing, incoming),
+            (_, value) => {
+                into.insert(key, value);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let path = dir.join(name);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn later_files_win_key_by_key() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "usr/lib/hellas/hellasd.toml", "[engine]\nctx = 8192\nparallel = 2\n");
+        write(dir.path(), "etc/hellas/hellasd.toml.d/20-b.toml", "[engine]\nparallel = 3\n");
+        write(dir.path(), "etc/hellas/hellasd.toml.d/10-a.toml", "[engine]\nparallel = 1\n[api]\nqueue_depth = 5\n");
+        write(dir.path(), "etc/hellas/hellasd.toml.d/notes.txt", "ignored");
+        let files = Config::sources(dir.path(), true, &[]).unwrap();
+        assert_eq!(files.len(), 3);
+        let config = Config::load(&files).unwrap();
+        assert_eq!(config.engine.ctx, 8192);
+        assert_eq!(config.engine.parallel, 3);
+        assert_eq!(config.api.queue_depth, 5);
+        assert_eq!(config.api.max_body_bytes, ApiConfig::default().max_body_bytes);
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(dir.path(), "x.toml", "state_dir = \"/tmp\"\n[engine]\nctx = 1\nthreeds = 4\n");
+        let err = format!("{:#}", Config::load(&[file]).unwrap_err());
+        assert!(err.contains("x.toml"), "{err}");
+        assert!(err.contains("threeds"), "{err}");
+        assert!(err.contains("line 4"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(dir.path(), "x.toml", "[api]\nlisten = 8080\n");
+        let err = format!("{:#}", Config::load(&[file]).unwrap_err());
+        assert!(err.contains("listen"), "{err}");
+    }
+
+    #[test]
+    fn the_shipped_vendor_file_is_valid() {
+        let vendor = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../rootfs-overlay/usr/lib/hellas/hellasd.toml");
+        let config = Config::load(&[vendor]).unwrap();
+        assert_eq!(config.engine.gpu_layers, Some(999));
+    }
+}

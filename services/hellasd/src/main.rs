@@ -1,0 +1,140 @@
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+use hellasd::config::Config;
+use hellasd::keys::KeyStore;
+use hellasd::library::ModelLibrary;
+use hellasd::plan_command::{self, PlanArgs};
+
+/// The Hellas daemon: serves local models through an OpenAI- and Ollama-compatible API.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    /// Extra configuration file, applied after the system ones (repeatable).
+    #[arg(long, global = true)]
+    config: Vec<PathBuf>,
+    /// Ignore /usr/lib/hellas/hellasd.toml and /etc/hellas/hellasd.toml.d.
+    #[arg(long, global = true)]
+    no_system_config: bool,
+    /// Override `state_dir`.
+    #[arg(long, global = true)]
+    state_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the API and supervise the engines.
+    Serve {
+        /// Override `api.listen`.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// Override `engine.llama_server`.
+        #[arg(long)]
+        llama_server: Option<PathBuf>,
+        /// Override `memory.budget_bytes`.
+        #[arg(long)]
+        budget_bytes: Option<u64>,
+    },
+    /// Manage the model library.
+    #[command(subcommand)]
+    Models(ModelsCommand),
+    /// Manage API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Show whether a model fits in memory, and what it needs.
+    Plan(PlanArgs),
+}
+
+#[derive(Subcommand)]
+enum ModelsCommand {
+    /// Copy a GGUF file into the library.
+    Add {
+        file: PathBuf,
+        #[arg(long)]
+        name: String,
+    },
+    List,
+    Rm { name: String },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Make a key; it is printed once.
+    Create { name: String },
+    List,
+    /// Revoke a key by id or name.
+    Revoke { key: String },
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("HELLASD_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    if let Command::Plan(args) = &cli.command {
+        return plan_command::run(args);
+    }
+    let files = Config::sources(std::path::Path::new("/"), !cli.no_system_config, &cli.config)?;
+    let mut config = Config::load(&files)?;
+    if let Some(dir) = cli.state_dir {
+        config.state_dir = dir;
+    }
+    match cli.command {
+        Command::Serve { listen, llama_server, budget_bytes } => {
+            config.api.listen = listen.unwrap_or(config.api.listen);
+            config.engine.llama_server = llama_server.unwrap_or(config.engine.llama_server);
+            config.memory.budget_bytes = budget_bytes.or(config.memory.budget_bytes);
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            runtime.block_on(hellasd::serve::run(config))
+        }
+        Command::Models(command) => models(&config, command),
+        Command::Keys(command) => keys(&config, command),
+        Command::Plan(_) => unreachable!("handled above"),
+    }
+}
+
+fn models(config: &Config, command: ModelsCommand) -> Result<()> {
+    let library = ModelLibrary::open(config.state_dir.join("models"));
+    match command {
+        ModelsCommand::Add { file, name } => {
+            let entry = library.add_file(&file, &name)?;
+            println!("added {} ({} bytes, sha256 {})", entry.name, entry.size, entry.sha256);
+        }
+        ModelsCommand::List => {
+            for entry in library.list()? {
+                println!("{:<32} {:>14} {}", entry.name, entry.size, &entry.sha256[..12]);
+            }
+        }
+        ModelsCommand::Rm { name } => {
+            library.remove(&name)?;
+            println!("removed {name}");
+        }
+    }
+    Ok(())
+}
+
+fn keys(config: &Config, command: KeysCommand) -> Result<()> {
+    let store = KeyStore::open(config.state_dir.join("keys.json"));
+    match command {
+        KeysCommand::Create { name } => {
+            let (record, secret) = store.create(&name)?;
+            eprintln!("created key {} ({}); it is shown only once:", record.id, record.name);
+            println!("{secret}");
+        }
+        KeysCommand::List => {
+            for key in store.list()? {
+                println!("{}  {:<24} created {}", key.id, key.name, humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(key.created)));
+            }
+        }
+        KeysCommand::Revoke { key } => {
+            let record = store.revoke(&key)?;
+            println!("revoked {} ({})", record.id, record.name);
+        }
+    }
+    Ok(())
+}

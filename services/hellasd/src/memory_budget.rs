@@ -1,0 +1,290 @@
+//! Memory budget detection: how many bytes models may use on this machine.
+//!
+//! On an AMD GPU (the appliance's APU) the budget is what the GPU can address, GTT + VRAM, of
+//! the amdgpu device with the most; otherwise it is the kernel's `MemAvailable`. An OS reserve is
+//! subtracted from either. Everything is read below a root directory so tests can pass a fixture
+//! tree; production passes `/`.
+//!
+//! On an APU the VRAM is the BIOS carve-out and GTT is system RAM the GPU maps; the two are
+//! disjoint, so their sum is the whole pool. With TTM tuned (`ttm.pages_limit`), GTT covers nearly
+//! all RAM, including what the OS itself uses: the OS reserve is what keeps room for it, and it is
+//! subtracted once, not on top of the OS's current usage.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use serde::Serialize;
+
+/// PCI vendor id of AMD/ATI.
+const AMD_VENDOR: &str = "0x1002";
+
+/// Where the budget came from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum BudgetSource {
+    AmdGpu { card: String, gtt_total: u64, vram_total: u64 },
+    SystemMemory { mem_available: u64, mem_total: u64 },
+    Configured,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MemoryBudget {
+    pub source: BudgetSource,
+    /// What the source offers before the reserve.
+    pub total: u64,
+    pub os_reserve: u64,
+    /// `total - os_reserve`: what models may use.
+    pub usable: u64,
+}
+
+impl MemoryBudget {
+    /// A one-line description, e.g. "AMD GPU card1: GTT 62.00 GiB + VRAM 512.0 MiB".
+    pub fn describe(&self) -> String {
+        use crate::planner::format_bytes as f;
+        let source = match &self.source {
+            BudgetSource::AmdGpu { card, gtt_total, vram_total } => {
+                format!("AMD GPU {card}: GTT {} + VRAM {}", f(*gtt_total), f(*vram_total))
+            }
+            BudgetSource::SystemMemory { mem_available, mem_total } => {
+                format!("system memory: {} available of {}", f(*mem_available), f(*mem_total))
+            }
+            BudgetSource::Configured => "configured".to_string(),
+        };
+        if self.os_reserve > 0 {
+            format!("{source}, less {} OS reserve", f(self.os_reserve))
+        } else {
+            source
+        }
+    }
+}
+
+/// A budget of exactly `bytes`, from configuration.
+pub fn configured(bytes: u64) -> MemoryBudget {
+    MemoryBudget { source: BudgetSource::Configured, total: bytes, os_reserve: 0, usable: bytes }
+}
+
+/// Detects the budget of the machine whose filesystem is at `root`, less `os_reserve` bytes.
+pub fn detect(root: &Path, os_reserve: u64) -> anyhow::Result<MemoryBudget> {
+    let meminfo = read_meminfo(root);
+    let (source, total) = match best_amd_gpu(root) {
+        Some(gpu) => {
+            // GTT is backed by system RAM; a TTM limit set above the RAM there is cannot be used.
+            let gtt = match &meminfo {
+                Ok(m) if m.total > 0 => gpu.gtt_total.min(m.total),
+                _ => gpu.gtt_total,
+            };
+            let total = gtt.saturating_add(gpu.vram_total);
+            (BudgetSource::AmdGpu { card: gpu.card, gtt_total: gpu.gtt_total, vram_total: gpu.vram_total }, total)
+        }
+        None => {
+            let m = meminfo?;
+            (BudgetSource::SystemMemory { mem_available: m.available, mem_total: m.total }, m.available)
+        }
+    };
+    Ok(MemoryBudget { source, total, os_reserve, usable: total.saturating_sub(os_reserve) })
+}
+
+struct AmdGpu {
+    card: String,
+    gtt_total: u64,
+    vram_total: u64,
+}
+
+/// The amdgpu device with the most GTT + VRAM. Devices whose files are missing or unreadable are
+/// skipped (with a warning when they look like amdgpu but cannot be read).
+fn best_amd_gpu(root: &Path) -> Option<AmdGpu> {
+    let drm = root.join("sys/class/drm");
+    let entries = fs::read_dir(&drm).ok()?;
+    let mut best: Option<AmdGpu> = None;
+    for entry in entries.flatten() {
+        let card = entry.file_name().to_string_lossy().into_owned();
+        // card0, card1, ...; not connectors (card0-DP-1) or render nodes.
+        if !card.strip_prefix("card").is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())) {
+            continue;
+        }
+        let device = entry.path().join("device");
+        let vendor = fs::read_to_string(device.join("vendor")).unwrap_or_default();
+        if vendor.trim() != AMD_VENDOR {
+            continue;
+        }
+        let gtt_path = device.join("mem_info_gtt_total");
+        let vram_path = device.join("mem_info_vram_total");
+        if !gtt_path.exists() || !vram_path.exists() {
+            continue;
+        }
+        let (gtt_total, vram_total) = match (read_u64(&gtt_path), read_u64(&vram_path)) {
+            (Ok(g), Ok(v)) => (g, v),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(card, "ignoring AMD GPU: {e:#}");
+                continue;
+            }
+        };
+        if best.as_ref().is_none_or(|b| gtt_total.saturating_add(vram_total) > b.gtt_total.saturating_add(b.vram_total))
+        {
+            best = Some(AmdGpu { card, gtt_total, vram_total });
+        }
+    }
+    best
+}
+
+fn read_u64(path: &Path) -> anyhow::Result<u64> {
+    let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    text.trim().parse().with_context(|| format!("{} holds {:?}, not a byte count", path.display(), text.trim()))
+}
+
+struct MemInfo {
+    total: u64,
+    available: u64,
+}
+
+fn read_meminfo(root: &Path) -> anyhow::Result<MemInfo> {
+    let path: PathBuf = root.join("proc/meminfo");
+    let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let field = |name: &str| -> anyhow::Result<u64> {
+        let line = text
+            .lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(':')))
+            .with_context(|| format!("{} has no {name} line", path.display()))?;
+        let mut parts = line.split_whitespace();
+        let value: u64 = parts
+            .next()
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("{} has an unreadable {name} line: {:?}", path.display(), line.trim()))?;
+        match parts.next() {
+            Some("kB") => Ok(value.saturating_mul(1024)),
+            None => Ok(value),
+            Some(unit) => bail!("{} gives {name} in unknown unit {unit:?}", path.display()),
+        }
+    };
+    Ok(MemInfo { total: field("MemTotal")?, available: field("MemAvailable")? })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GIB: u64 = 1 << 30;
+    const MIB: u64 = 1 << 20;
+
+    fn write(root: &Path, rel: &str, text: &str) {
+        let p = root.join(rel);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, text).unwrap();
+    }
+
+    fn meminfo(root: &Path, total_kb: u64, available_kb: u64) {
+        write(
+            root,
+            "proc/meminfo",
+            &format!("MemTotal:       {total_kb} kB\nMemFree:        1000 kB\nMemAvailable:   {available_kb} kB\nBuffers: 0 kB\n"),
+        );
+    }
+
+    fn card(root: &Path, name: &str, vendor: &str, gtt: Option<&str>, vram: Option<&str>) {
+        write(root, &format!("sys/class/drm/{name}/device/vendor"), &format!("{vendor}\n"));
+        if let Some(g) = gtt {
+            write(root, &format!("sys/class/drm/{name}/device/mem_info_gtt_total"), g);
+        }
+        if let Some(v) = vram {
+            write(root, &format!("sys/class/drm/{name}/device/mem_info_vram_total"), v);
+        }
+    }
+
+    #[test]
+    fn amd_apu_untuned_128g() {
+        // A 128 GB Strix Halo with the default TTM limit: 512 MiB carve-out, GTT ~ half of RAM.
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        meminfo(root, 131_000_000, 120_000_000);
+        let gtt = 62 * GIB + 300 * MIB;
+        card(root, "card1", "0x1002", Some(&format!("{gtt}\n")), Some(&format!("{}\n", 512 * MIB)));
+        // A connector directory and a render node are not devices.
+        write(root, "sys/class/drm/card1-DP-1/status", "disconnected\n");
+        write(root, "sys/class/drm/renderD128/dev", "226:128\n");
+
+        let b = detect(root, 4 * GIB).unwrap();
+        assert_eq!(b.source, BudgetSource::AmdGpu { card: "card1".into(), gtt_total: gtt, vram_total: 512 * MIB });
+        assert_eq!(b.total, gtt + 512 * MIB);
+        assert_eq!(b.usable, gtt + 512 * MIB - 4 * GIB);
+        assert!(b.describe().starts_with("AMD GPU card1: GTT 62.29 GiB + VRAM 512.0 MiB"), "{}", b.describe());
+    }
+
+    #[test]
+    fn largest_amd_device_wins_and_others_are_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        meminfo(root, 64 * 1024 * 1024, 60 * 1024 * 1024);
+        card(root, "card0", "0x1002", Some("1073741824"), Some("536870912"));
+        card(root, "card1", "0x1002", Some("4294967296"), Some("17179869184"));
+        card(root, "card2", "0x10de", Some("999999999999"), Some("999999999999"));
+        card(root, "card3", "0x1002", None, Some("1")); // no GTT file: not usable
+        let b = detect(root, 0).unwrap();
+        assert!(matches!(&b.source, BudgetSource::AmdGpu { card, .. } if card == "card1"));
+        assert_eq!(b.usable, 4 * GIB + 16 * GIB);
+    }
+
+    #[test]
+    fn tuned_gtt_is_capped_by_ram() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        meminfo(root, 8 * 1024 * 1024, 6 * 1024 * 1024); // 8 GiB of RAM
+        card(root, "card0", "0x1002", Some(&(100 * GIB).to_string()), Some(&(512 * MIB).to_string()));
+        let b = detect(root, GIB).unwrap();
+        assert_eq!(b.total, 8 * GIB + 512 * MIB);
+        assert_eq!(b.usable, 7 * GIB + 512 * MIB);
+    }
+
+    #[test]
+    fn no_gpu_uses_mem_available() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        meminfo(root, 16 * 1024 * 1024, 12 * 1024 * 1024);
+        card(root, "card0", "0x8086", None, None); // an Intel iGPU
+        let b = detect(root, 4 * GIB).unwrap();
+        assert_eq!(b.source, BudgetSource::SystemMemory { mem_available: 12 * GIB, mem_total: 16 * GIB });
+        assert_eq!((b.total, b.usable), (12 * GIB, 8 * GIB));
+        // A reserve larger than the memory leaves nothing, not an underflow.
+        assert_eq!(detect(root, 64 * GIB).unwrap().usable, 0);
+    }
+
+    #[test]
+    fn garbage_is_skipped_or_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        card(root, "card0", "0x1002", Some("lots\n"), Some("\u{0}\u{1}"));
+        // The unreadable GPU is skipped; with no meminfo the error names the file.
+        let err = format!("{:#}", detect(root, 0).unwrap_err());
+        assert!(err.contains("proc/meminfo"), "{err}");
+
+        write(root, "proc/meminfo", "MemTotal: many kB\nMemAvailable: 5 kB\n");
+        let err = format!("{:#}", detect(root, 0).unwrap_err());
+        assert!(err.contains("unreadable MemTotal"), "{err}");
+
+        write(root, "proc/meminfo", "MemTotal: 5 kB\n");
+        let err = format!("{:#}", detect(root, 0).unwrap_err());
+        assert!(err.contains("no MemAvailable"), "{err}");
+
+        // With a good meminfo, the garbage GPU falls back to system memory.
+        meminfo(root, 2048, 1024);
+        let b = detect(root, 0).unwrap();
+        assert_eq!(b.usable, 1024 * 1024);
+    }
+
+    #[test]
+    fn configured_budget() {
+        let b = configured(8 * GIB);
+        assert_eq!((b.total, b.os_reserve, b.usable), (8 * GIB, 0, 8 * GIB));
+        assert_eq!(serde_json::to_value(&b).unwrap()["source"]["kind"], "configured");
+    }
+
+    #[test]
+    fn this_machine() {
+        // Whatever this machine is, detection must work on the real / (where there is one).
+        if !Path::new("/proc/meminfo").exists() {
+            return;
+        }
+        let b = detect(Path::new("/"), 0).unwrap();
+        assert!(b.usable > 0);
+    }
+}

@@ -1,0 +1,52 @@
+//! `hellasd serve`: assembles the daemon from its configuration and runs the API until SIGTERM.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+
+use crate::admission::Admission;
+use crate::api::{self, AppState};
+use crate::config::Config;
+use crate::engine::Supervisor;
+use crate::keys::KeyStore;
+use crate::library::ModelLibrary;
+use crate::memory_budget;
+use crate::metrics::Metrics;
+
+pub async fn run(config: Config) -> Result<()> {
+    let budget = match config.memory.budget_bytes {
+        Some(bytes) => memory_budget::configured(bytes),
+        None => memory_budget::detect(Path::new("/"), config.memory.os_reserve_bytes).context("detecting the memory budget")?,
+    };
+    tracing::info!(usable_bytes = budget.usable, source = ?budget.source, "memory budget");
+    let metrics = Arc::new(Metrics::new());
+    let library = Arc::new(ModelLibrary::open(config.state_dir.join("models")));
+    let supervisor = Supervisor::new(config.engine.clone(), budget.usable, library.clone(), metrics.clone());
+    supervisor.spawn_idle_reaper();
+    let state = Arc::new(AppState {
+        keys: KeyStore::open(config.state_dir.join("keys.json")),
+        admission: Admission::new(config.api.queue_depth),
+        http: reqwest::Client::builder().no_proxy().build().context("building the HTTP client")?,
+        library,
+        supervisor: supervisor.clone(),
+        metrics,
+        config,
+    });
+    let listener = tokio::net::TcpListener::bind(state.config.api.listen)
+        .await
+        .with_context(|| format!("listening on {}", state.config.api.listen))?;
+    tracing::info!(address = %listener.local_addr()?, "API listening");
+    axum::serve(listener, api::router(state)).with_graceful_shutdown(shutdown_signal()).await.context("serving the API")?;
+    tracing::info!("stopping engines");
+    supervisor.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

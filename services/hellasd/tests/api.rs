@@ -1,0 +1,313 @@
+//! hellasd end to end with the real llama-server and the real SmolLM2 and Gemma 3 models.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::{Daemon, DirectEngine, Setup, GEMMA, SMOLLM};
+
+const SMOL: &str = "smollm2:135m-q4_1";
+
+fn greedy_chat(model: &str, stream: bool) -> Value {
+    json!({
+        "model": model,
+        "messages": [{"role": "user", "content": "What is the capital of France?"}],
+        "temperature": 0, "seed": 42, "max_tokens": 24, "stream": stream,
+    })
+}
+
+fn content(answer: &Value) -> String {
+    answer["choices"][0]["message"]["content"].as_str().unwrap_or_else(|| panic!("no content in {answer}")).to_string()
+}
+
+/// Reads an SSE body, returning each event's data with its arrival time.
+fn sse_events(response: reqwest::blocking::Response) -> Vec<(Instant, String)> {
+    let mut events = Vec::new();
+    let reader = BufReader::new(response);
+    for line in reader.lines() {
+        let Ok(line) = line else { break };
+        if let Some(data) = line.strip_prefix("data: ") {
+            events.push((Instant::now(), data.to_string()));
+        }
+    }
+    events
+}
+
+fn streamed_text(events: &[(Instant, String)]) -> String {
+    events
+        .iter()
+        .filter(|(_, d)| d != "[DONE]")
+        .filter_map(|(_, d)| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|v| v["choices"][0]["delta"]["content"].as_str().map(String::from))
+        .collect()
+}
+
+#[test]
+fn greedy_answers_match_the_engine_directly_and_stream_incrementally() {
+    let daemon = Daemon::start(Setup::default());
+    let through = daemon.post("/v1/chat/completions", &greedy_chat(SMOL, false));
+    assert_eq!(through.status(), 200);
+    let through: Value = through.json().unwrap();
+    let text = content(&through);
+    assert!(text.len() > 10, "answer too short: {text:?}");
+
+    let direct = DirectEngine::start(&support::model(SMOLLM), 2048, 2);
+    let direct_answer: Value = direct.post("/v1/chat/completions", &greedy_chat(SMOL, false)).json().unwrap();
+    assert_eq!(text, content(&direct_answer), "hellasd and llama-server disagree");
+    drop(direct);
+
+    // Streaming: the same text, arriving in many pieces spread over the generation.
+    let mut long = greedy_chat(SMOL, true);
+    long["max_tokens"] = json!(64);
+    let sent = Instant::now();
+    let events = sse_events(daemon.post("/v1/chat/completions", &long));
+    assert!(events.len() > 20, "expected one event per token, got {}", events.len());
+    let first = events.first().unwrap().0;
+    let last = events.last().unwrap().0;
+    assert!(last.duration_since(first) > Duration::from_millis(100), "events arrived together: not streamed incrementally");
+    assert!(first.duration_since(sent) < last.duration_since(sent) / 2, "first byte came late");
+    let mut short = greedy_chat(SMOL, true);
+    short["max_tokens"] = json!(24);
+    assert_eq!(streamed_text(&sse_events(daemon.post("/v1/chat/completions", &short))), text);
+
+    // Token counts and latencies reach the metrics.
+    let metrics = daemon.get("/metrics").text().unwrap();
+    assert!(metrics.contains("hellas_requests_total{route=\"/v1/chat/completions\",model=\"smollm2:135m-q4_1\",status=\"200\"} 3"), "{metrics}");
+    assert!(metrics.contains("hellas_tokens_total{model=\"smollm2:135m-q4_1\",direction=\"out\"}"), "{metrics}");
+    assert!(metrics.contains("hellas_time_to_first_token_seconds_count{model=\"smollm2:135m-q4_1\"} 3"), "{metrics}");
+    assert!(metrics.contains("hellas_models_loaded 1"), "{metrics}");
+}
+
+#[test]
+fn ollama_api_works() {
+    let daemon = Daemon::start(Setup::default());
+    let openai = content(&daemon.post("/v1/chat/completions", &greedy_chat(SMOL, false)).json().unwrap());
+
+    let request = json!({
+        "model": SMOL, "stream": true,
+        "messages": [{"role": "user", "content": "What is the capital of France?"}],
+        "options": {"temperature": 0, "seed": 42, "num_predict": 24},
+    });
+    let response = daemon.post("/api/chat", &request);
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/x-ndjson");
+    let lines: Vec<Value> = BufReader::new(response).lines().map(|l| serde_json::from_str(&l.unwrap()).unwrap()).collect();
+    assert!(lines.len() > 5, "{lines:?}");
+    let last = lines.last().unwrap();
+    assert_eq!(last["done"], true, "{last}");
+    assert_eq!(last["eval_count"], 24, "{last}");
+    assert!(last["prompt_eval_count"].as_u64().unwrap() > 0, "{last}");
+    let text: String = lines.iter().filter_map(|l| l["message"]["content"].as_str()).collect();
+    assert_eq!(text, openai);
+
+    let mut whole = request.clone();
+    whole["stream"] = json!(false);
+    let answer: Value = daemon.post("/api/chat", &whole).json().unwrap();
+    assert_eq!(answer["message"]["content"], openai.as_str());
+    assert_eq!(answer["done"], true);
+
+    let generated: Value = daemon
+        .post("/api/generate", &json!({"model": SMOL, "prompt": "What is the capital of France?", "stream": false, "options": {"temperature": 0, "seed": 42, "num_predict": 24}}))
+        .json()
+        .unwrap();
+    assert_eq!(generated["response"], openai.as_str(), "{generated}");
+
+    let tags: Value = daemon.get("/api/tags").json().unwrap();
+    assert_eq!(tags["models"][0]["name"], SMOL);
+    assert_eq!(tags["models"][0]["details"]["family"], "llama");
+    let show: Value = daemon.post("/api/show", &json!({"model": SMOL})).json().unwrap();
+    assert_eq!(show["model_info"]["general.architecture"], "llama");
+    assert!(show["template"].as_str().unwrap().contains("im_start"), "{show}");
+    let ps: Value = daemon.get("/api/ps").json().unwrap();
+    assert_eq!(ps["models"][0]["name"], SMOL);
+    assert!(ps["models"][0]["size"].as_u64().unwrap() > 50_000_000);
+
+    let missing = daemon.post("/api/chat", &json!({"model": "nope", "messages": []}));
+    assert_eq!(missing.status(), 404);
+    let missing: Value = missing.json().unwrap();
+    assert!(missing["error"].as_str().unwrap().contains("nope"), "{missing}");
+}
+
+fn loaded(daemon: &Daemon) -> Vec<String> {
+    let ps: Value = daemon.get("/api/ps").json().unwrap();
+    let mut names: Vec<String> = ps["models"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap().to_string()).collect();
+    names.sort();
+    names
+}
+
+fn planned_total(daemon: &Daemon, file: &str) -> u64 {
+    let out = support::run(daemon.cli().args(["plan", "--ctx", "2048", "--parallel", "2", "--budget", "1000000000000", "--json"]).arg(support::model(file)));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let plan: Value = serde_json::from_slice(&out.stdout).unwrap();
+    plan["plan"]["total"].as_u64().or(plan["total"].as_u64()).unwrap_or_else(|| panic!("no total in {plan}"))
+}
+
+#[test]
+fn models_that_fit_together_stay_together_and_lru_is_evicted_otherwise() {
+    let models = vec![(SMOL, SMOLLM), ("gemma3:270m", GEMMA)];
+    let roomy = Daemon::start(Setup { models: models.clone(), budget_bytes: Some(8 << 30), ..Setup::default() });
+    let ask = |d: &Daemon, m: &str| {
+        let r = d.post("/v1/completions", &json!({"model": m, "prompt": "The sky is", "max_tokens": 4, "temperature": 0}));
+        assert_eq!(r.status(), 200, "{}", r.text().unwrap());
+    };
+    ask(&roomy, SMOL);
+    ask(&roomy, "gemma3:270m");
+    assert_eq!(loaded(&roomy), vec!["gemma3:270m", SMOL]);
+    assert_eq!(roomy.engine_pids().len(), 2);
+
+    let smol = planned_total(&roomy, SMOLLM);
+    let gemma = planned_total(&roomy, GEMMA);
+    drop(roomy);
+    // Room for the larger one alone, not for both.
+    let tight = Daemon::start(Setup { models, budget_bytes: Some(smol.max(gemma) + smol.min(gemma) / 2), ..Setup::default() });
+    ask(&tight, SMOL);
+    ask(&tight, "gemma3:270m");
+    assert_eq!(loaded(&tight), vec!["gemma3:270m"]);
+    ask(&tight, SMOL);
+    assert_eq!(loaded(&tight), vec![SMOL]);
+    assert_eq!(tight.engine_pids().len(), 1, "the evicted engine's process must be gone");
+}
+
+#[test]
+fn a_killed_engine_ends_its_stream_with_an_error_and_the_next_request_succeeds() {
+    let mut daemon = Daemon::start(Setup::default());
+    assert_eq!(daemon.post("/v1/chat/completions", &greedy_chat(SMOL, false)).status(), 200);
+    let pids = daemon.engine_pids();
+    assert_eq!(pids.len(), 1);
+
+    let mut long = greedy_chat(SMOL, true);
+    long["max_tokens"] = json!(4000);
+    long["ignore_eos"] = json!(true);
+    let mut reader = BufReader::new(daemon.post("/v1/chat/completions", &long));
+    let mut line = String::new();
+    let mut data_lines = 0;
+    while data_lines < 5 {
+        line.clear();
+        assert!(reader.read_line(&mut line).unwrap() > 0, "stream ended early");
+        if line.starts_with("data: ") {
+            data_lines += 1;
+        }
+    }
+    unsafe { libc::kill(pids[0] as i32, libc::SIGKILL) };
+    let mut rest = String::new();
+    let _ = reader.read_to_string(&mut rest);
+    let last = rest.lines().filter(|l| l.starts_with("data: ")).last().expect("no event after the kill");
+    let event: Value = serde_json::from_str(last.trim_start_matches("data: ")).unwrap();
+    assert_eq!(event["error"]["type"], "engine_error", "{event}");
+    assert!(event["error"]["message"].as_str().unwrap().contains("smollm2"), "{event}");
+
+    assert!(daemon.is_alive());
+    let again = daemon.post("/v1/chat/completions", &greedy_chat(SMOL, false));
+    assert_eq!(again.status(), 200);
+    let new_pids = daemon.engine_pids();
+    assert_eq!(new_pids.len(), 1);
+    assert_ne!(new_pids, pids);
+    let metrics = daemon.get("/metrics").text().unwrap();
+    assert!(metrics.contains("hellas_engine_restarts_total{model=\"smollm2:135m-q4_1\"} 1"), "{metrics}");
+}
+
+#[test]
+fn bad_requests_get_clear_errors_and_the_daemon_lives_on() {
+    let mut daemon = Daemon::start(Setup::default());
+    let client = daemon.client();
+    let base = daemon.url.clone();
+    let url = |p: &str| format!("{base}{p}");
+    let key = daemon.key.clone().unwrap();
+
+    let bad = client.post(url("/v1/chat/completions")).bearer_auth(&key).body("{not json").send().unwrap();
+    assert_eq!(bad.status(), 400);
+    let bad: Value = bad.json().unwrap();
+    assert_eq!(bad["error"]["type"], "invalid_request_error");
+    assert!(bad["error"]["message"].as_str().unwrap().contains("invalid JSON"), "{bad}");
+
+    let unknown = daemon.post("/v1/chat/completions", &greedy_chat("no-such-model", false));
+    assert_eq!(unknown.status(), 404);
+    let unknown: Value = unknown.json().unwrap();
+    assert_eq!(unknown["error"]["available"], json!([SMOL]), "{unknown}");
+
+    let anonymous = client.post(url("/v1/chat/completions")).json(&greedy_chat(SMOL, false)).send().unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let wrong = client.post(url("/v1/chat/completions")).bearer_auth("hls_0000").json(&greedy_chat(SMOL, false)).send().unwrap();
+    assert_eq!(wrong.status(), 401);
+
+    let huge = json!({"model": SMOL, "messages": [{"role": "user", "content": "x".repeat(2 << 20)}]});
+    let too_large = daemon.post("/v1/chat/completions", &huge);
+    assert_eq!(too_large.status(), 413);
+    let too_large: Value = too_large.json().unwrap();
+    assert_eq!(too_large["error"]["type"], "request_too_large");
+
+    assert_eq!(daemon.post("/v1/chat/completions", &greedy_chat(SMOL, false)).status(), 200);
+    let other = support::run(daemon.cli().args(["keys", "create", "other"]));
+    assert!(other.status.success(), "{}", String::from_utf8_lossy(&other.stderr));
+    let out = support::run(daemon.cli().args(["keys", "revoke", "test"]));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let revoked = daemon.post("/v1/chat/completions", &greedy_chat(SMOL, false));
+    assert_eq!(revoked.status(), 401);
+    let revoked: Value = revoked.json().unwrap();
+    assert!(revoked["error"]["message"].as_str().unwrap().contains("revoked"), "{revoked}");
+    assert!(support::run(daemon.cli().args(["keys", "revoke", "other"])).status.success());
+
+    // With no key left the API refuses to serve at all until the owner makes one.
+    let not_set_up = client.get(url("/v1/models")).send().unwrap();
+    assert_eq!(not_set_up.status(), 403);
+    let not_set_up: Value = not_set_up.json().unwrap();
+    assert_eq!(not_set_up["error"]["type"], "not_set_up");
+
+    assert!(daemon.is_alive());
+    assert_eq!(client.get(url("/health")).send().unwrap().status(), 200);
+}
+
+#[test]
+fn a_model_too_large_for_the_budget_is_refused_with_the_plan() {
+    let daemon = Daemon::start(Setup { budget_bytes: Some(64 << 20), ..Setup::default() });
+    let response = daemon.post("/v1/chat/completions", &greedy_chat(SMOL, false));
+    assert_eq!(response.status(), 507);
+    let body: Value = response.json().unwrap();
+    assert_eq!(body["error"]["type"], "insufficient_memory", "{body}");
+    assert!(body["error"]["plan"]["weights"].as_u64().unwrap() > 60_000_000, "{body}");
+    assert_eq!(body["error"]["plan"]["budget"], 64 << 20);
+    assert!(daemon.engine_pids().is_empty(), "nothing may be started for a model that cannot fit");
+}
+
+#[test]
+fn a_full_queue_answers_429_with_retry_after() {
+    let daemon = Daemon::start(Setup { parallel: 1, queue_depth: 1, ..Setup::default() });
+    assert_eq!(daemon.post("/v1/chat/completions", &greedy_chat(SMOL, false)).status(), 200);
+    let mut long = greedy_chat(SMOL, false);
+    long["max_tokens"] = json!(300);
+    long["ignore_eos"] = json!(true);
+    let statuses: Vec<(u16, Option<String>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..3)
+            .map(|i| {
+                let (daemon, long) = (&daemon, long.clone());
+                s.spawn(move || {
+                    std::thread::sleep(Duration::from_millis(200 * i));
+                    let r = daemon.post("/v1/chat/completions", &long);
+                    (r.status().as_u16(), r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string()))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let ok = statuses.iter().filter(|(s, _)| *s == 200).count();
+    let refused: Vec<_> = statuses.iter().filter(|(s, _)| *s == 429).collect();
+    assert_eq!((ok, refused.len()), (2, 1), "{statuses:?}");
+    assert!(refused[0].1.is_some(), "429 without Retry-After");
+}
+
+#[test]
+fn an_idle_model_is_unloaded_and_its_process_stops() {
+    let daemon = Daemon::start(Setup { idle_unload_secs: 2, ..Setup::default() });
+    assert_eq!(daemon.post("/v1/chat/completions", &greedy_chat(SMOL, false)).status(), 200);
+    assert_eq!(loaded(&daemon), vec![SMOL]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !loaded(&daemon).is_empty() {
+        assert!(Instant::now() < deadline, "the idle model was not unloaded");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(daemon.engine_pids().is_empty(), "the engine process outlived its unload");
+    // It comes back on demand.
+    assert_eq!(daemon.post("/v1/chat/completions", &greedy_chat(SMOL, false)).status(), 200);
+}

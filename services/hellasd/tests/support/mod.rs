@@ -1,0 +1,254 @@
+//! Test harness: a real hellasd with the real llama-server engine and the real test models.
+//!
+//! The engine tree and models come from `cargo xtask engine` and `cargo xtask models`, under
+//! `$HELLAS_CACHE` (default `~/.cache/hellas`).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const SMOLLM: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+pub const GEMMA: &str = "gemma-3-270m-q4_k_m.gguf";
+
+pub fn cache_dir() -> PathBuf {
+    match std::env::var_os("HELLAS_CACHE") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/hellas"),
+    }
+}
+
+fn required(path: PathBuf) -> PathBuf {
+    assert!(path.exists(), "{} is missing: run `cargo xtask engine && cargo xtask models` (or `cargo xtask test`)", path.display());
+    path
+}
+
+pub fn llama_server() -> PathBuf {
+    required(cache_dir().join("engine/bin/llama-server"))
+}
+
+pub fn model(file: &str) -> PathBuf {
+    required(cache_dir().join("models").join(file))
+}
+
+pub fn hellasd() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hellasd"));
+    cmd.arg("--no-system-config");
+    cmd
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Runs a hellasd command and returns its output, whether it succeeded or not.
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("running hellasd")
+}
+
+pub struct Setup {
+    pub ctx: u32,
+    pub parallel: u32,
+    pub budget_bytes: Option<u64>,
+    pub queue_depth: usize,
+    pub idle_unload_secs: u64,
+    pub models: Vec<(&'static str, &'static str)>,
+    pub create_key: bool,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Setup {
+            ctx: 2048,
+            parallel: 2,
+            budget_bytes: None,
+            queue_depth: 16,
+            idle_unload_secs: 600,
+            models: vec![("smollm2:135m-q4_1", SMOLLM)],
+            create_key: true,
+        }
+    }
+}
+
+pub struct Daemon {
+    child: Child,
+    pub url: String,
+    pub key: Option<String>,
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+}
+
+impl Daemon {
+    pub fn start(setup: Setup) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let config = dir.path().join("hellasd.toml");
+        let mut text = format!(
+            "state_dir = {state:?}\n[api]\nlisten = \"127.0.0.1:{port}\"\nqueue_depth = {queue}\nmax_body_bytes = 1048576\n\
+             [engine]\nllama_server = {server:?}\nctx = {ctx}\nparallel = {parallel}\nthreads = 2\nidle_unload_secs = {idle}\nstartup_timeout_secs = 120\n",
+            state = dir.path().join("state"),
+            queue = setup.queue_depth,
+            server = llama_server(),
+            ctx = setup.ctx,
+            parallel = setup.parallel,
+            idle = setup.idle_unload_secs,
+        );
+        if let Some(budget) = setup.budget_bytes {
+            text.push_str(&format!("[memory]\nbudget_bytes = {budget}\n"));
+        }
+        std::fs::write(&config, text).unwrap();
+        for (name, file) in &setup.models {
+            let out = run(hellasd().arg("--config").arg(&config).args(["models", "add"]).arg(model(file)).args(["--name", name]));
+            assert!(out.status.success(), "models add failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let key = setup.create_key.then(|| {
+            let out = run(hellasd().arg("--config").arg(&config).args(["keys", "create", "test"]));
+            assert!(out.status.success(), "keys create failed: {}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8(out.stdout).unwrap().trim().to_string()
+        });
+        let log = std::fs::File::create(dir.path().join("hellasd.log")).unwrap();
+        let child = hellasd()
+            .arg("--config")
+            .arg(&config)
+            .arg("serve")
+            .env("HELLASD_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting hellasd serve");
+        let daemon = Daemon { child, url: format!("http://127.0.0.1:{port}"), key, dir, config };
+        daemon.wait_healthy();
+        daemon
+    }
+
+    fn wait_healthy(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(resp) = reqwest::blocking::get(format!("{}/health", self.url)) {
+                if resp.status().is_success() {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("hellasd did not become healthy; log:\n{}", self.log());
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("hellasd.log")).unwrap_or_default()
+    }
+
+    pub fn is_alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// A hellasd CLI command against this daemon's state.
+    pub fn cli(&self) -> Command {
+        let mut cmd = hellasd();
+        cmd.arg("--config").arg(&self.config);
+        cmd
+    }
+
+    /// The engine processes this daemon runs (its direct children).
+    pub fn engine_pids(&self) -> Vec<u32> {
+        children_of(self.child.id())
+    }
+
+    pub fn client(&self) -> reqwest::blocking::Client {
+        reqwest::blocking::Client::builder().no_proxy().timeout(Duration::from_secs(300)).build().unwrap()
+    }
+
+    pub fn post(&self, path: &str, body: &serde_json::Value) -> reqwest::blocking::Response {
+        let mut req = self.client().post(format!("{}{path}", self.url)).json(body);
+        if let Some(key) = &self.key {
+            req = req.bearer_auth(key);
+        }
+        req.send().unwrap()
+    }
+
+    pub fn get(&self, path: &str) -> reqwest::blocking::Response {
+        let mut req = self.client().get(format!("{}{path}", self.url));
+        if let Some(key) = &self.key {
+            req = req.bearer_auth(key);
+        }
+        req.send().unwrap()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // SIGTERM lets hellasd stop its engines; then make sure.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if self.child.try_wait().unwrap().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let path = format!("/proc/{pid}/task/{pid}/children");
+    let mut pids: Vec<u32> = std::fs::read_to_string(path).unwrap_or_default().split_whitespace().filter_map(|p| p.parse().ok()).collect();
+    // Engines are spawned from runtime worker threads, so look in every thread's list.
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for task in tasks.flatten() {
+            let list = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            pids.extend(list.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+        }
+    }
+    pids.sort();
+    pids.dedup();
+    pids
+}
+
+/// llama-server started directly, with the arguments hellasd gives it, for comparisons.
+pub struct DirectEngine {
+    child: Child,
+    pub url: String,
+}
+
+impl DirectEngine {
+    pub fn start(model_file: &Path, ctx: u32, parallel: u32) -> DirectEngine {
+        let port = free_port();
+        let child = Command::new(llama_server())
+            .arg("--model")
+            .arg(model_file)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--ctx-size", &(ctx * parallel).to_string(), "--parallel", &parallel.to_string()])
+            .args(["--load-mode", "none", "--flash-attn", "on", "--no-webui", "--cache-ram", "0", "--cache-type-k", "f16", "--cache-type-v", "f16", "--threads", "2"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting llama-server");
+        let engine = DirectEngine { child, url: format!("http://127.0.0.1:{port}") };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if reqwest::blocking::get(format!("{}/health", engine.url)).is_ok_and(|r| r.status().is_success()) {
+                return engine;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("llama-server did not become healthy");
+    }
+
+    pub fn post(&self, path: &str, body: &serde_json::Value) -> reqwest::blocking::Response {
+        let client = reqwest::blocking::Client::builder().no_proxy().timeout(Duration::from_secs(300)).build().unwrap();
+        client.post(format!("{}{path}", self.url)).json(body).send().unwrap()
+    }
+}
+
+impl Drop for DirectEngine {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
