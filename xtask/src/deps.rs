@@ -26,7 +26,12 @@ pub const PIP: HostPackage = HostPackage {
     present: pip_works,
 };
 
-pub const ALL: &[HostPackage] = &[MMDEBSTRAP, UNZIP, PIP];
+pub const ZSTD: HostPackage = HostPackage {
+    name: "zstd",
+    present: || on_path("zstd"),
+};
+
+pub const ALL: &[HostPackage] = &[MMDEBSTRAP, UNZIP, PIP, ZSTD];
 
 pub fn ensure(packages: &[HostPackage]) -> Result<()> {
     let missing: Vec<&str> = packages

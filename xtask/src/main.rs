@@ -4,9 +4,11 @@
 mod cache;
 mod deps;
 mod engine;
+mod image;
 mod models;
 mod test;
 
+use anyhow::Context;
 use clap::Parser;
 
 #[derive(Parser)]
@@ -14,6 +16,10 @@ use clap::Parser;
 enum Cmd {
     /// Install the host packages the other verbs need (with apt-get, when root).
     Deps,
+    /// Build the bootable image from image/hellas.toml into out/.
+    Image(image::Image),
+    /// Resolve the image's packages and write image/packages.lock.
+    Lock(image::LockCmd),
     /// Build the llama.cpp engine tree and its launchers under $HELLAS_CACHE/engine.
     Engine(engine::Engine),
     /// Fetch and verify the test models into $HELLAS_CACHE/models.
@@ -23,9 +29,14 @@ enum Cmd {
 }
 
 fn main() -> anyhow::Result<()> {
+    // Paths in the verbs (image/, out/, rootfs-overlay/) are relative to the workspace root.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace root");
+    std::env::set_current_dir(root).context("entering the workspace root")?;
     match Cmd::parse() {
         Cmd::Deps => deps::ensure(deps::ALL),
         Cmd::Engine(engine) => engine.run(),
+        Cmd::Image(image) => image.run(),
+        Cmd::Lock(lock) => lock.run(),
         Cmd::Models => models::fetch_all(),
         Cmd::Test(test) => test.run(),
     }

@@ -1,6 +1,7 @@
 //! `cargo xtask test`: the one command that runs every test. It first installs and builds
 //! what the tests need (host packages, engine, models) into `$HELLAS_CACHE`, then runs
-//! `cargo test --workspace` with `HELLAS_CACHE` exported so the tests find them. Extra
+//! `cargo test --workspace` with `HELLAS_CACHE` exported so the tests find them, and the
+//! `qemu-test` image built for the system test (`HELLAS_TEST_IMAGE`). Extra
 //! arguments after `--` go to `cargo test`; one that picks packages (`-p`) drops `--workspace`.
 
 use std::ffi::OsString;
@@ -8,7 +9,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
-use crate::{cache, deps, engine, models};
+use crate::{cache, deps, engine, image, models};
 
 #[derive(clap::Args)]
 pub struct Test {
@@ -25,6 +26,16 @@ impl Test {
         self.engine.run()?;
         models::fetch_all()?;
         let cache = cache::root()?;
+        let mut env: Vec<(&str, OsString)> = vec![("HELLAS_CACHE", cache.clone().into())];
+        let system_tests = !selects_packages(&self.cargo_args)
+            || self.cargo_args.iter().take_while(|a| *a != "--").any(|a| a.to_string_lossy().contains("hellas-system-tests"));
+        if system_tests {
+            let built = image::Image::for_profile("qemu-test", workspace_root()).build()?;
+            env.push(("HELLAS_TEST_IMAGE", built.image.into()));
+            if let Some(key) = built.api_key {
+                env.push(("HELLAS_TEST_API_KEY_FILE", key.into()));
+            }
+        }
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut args: Vec<OsString> = vec!["test".into()];
         if !selects_packages(&self.cargo_args) {
@@ -37,9 +48,11 @@ impl Test {
             shown.join(" "),
             cache.display()
         );
-        duct::cmd(cargo, &args)
-            .dir(workspace_root())
-            .env("HELLAS_CACHE", &cache)
+        let mut command = duct::cmd(cargo, &args).dir(workspace_root());
+        for (name, value) in env {
+            command = command.env(name, value);
+        }
+        command
             .run()
             .with_context(|| format!("`cargo {}` failed", shown.join(" ")))?;
         Ok(())

@@ -1,0 +1,309 @@
+//! `cargo xtask image`: turns `image/hellas.toml` into a bootable disk image.
+//!
+//! The pipeline, each step a module and each cached by the sha256 of its inputs under
+//! `$HELLAS_CACHE/image`: tools tree → root tree from the lock → overlay and normalise →
+//! partitions (systemd-repart) with the UKI (ukify) → outputs in `out/`.
+
+mod overlay;
+pub mod packages;
+mod partitions;
+pub mod spec;
+mod step;
+mod tools;
+mod uki;
+
+use std::ffi::OsString;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use duct::cmd;
+use serde_json::json;
+
+use crate::{cache, deps};
+use packages::Lock;
+use spec::Spec;
+use step::{file_sha256, Inputs, Progress};
+
+/// Bump when a change to the builder changes the image it makes from the same inputs.
+const RECIPE: &str = "1";
+/// Space a build needs in the cache (trees, staging, image) and in `out/`.
+const NEEDED_BYTES: u64 = 12 << 30;
+
+#[derive(clap::Args)]
+pub struct Image {
+    /// The profile to build (default: the spec's `default_profile`).
+    #[arg(long)]
+    profile: Option<String>,
+    /// The image spec.
+    #[arg(long, default_value = "image/hellas.toml")]
+    spec: PathBuf,
+    /// Where the image, its checksums and manifest go.
+    #[arg(long, default_value = "out")]
+    out: PathBuf,
+    /// Refuse Release files past their Valid-Until date (off: snapshot mirrors have expired ones).
+    #[arg(long, env = "HELLAS_CHECK_VALID_UNTIL")]
+    check_valid_until: bool,
+}
+
+#[derive(clap::Args)]
+pub struct LockCmd {
+    #[arg(long, default_value = "image/hellas.toml")]
+    spec: PathBuf,
+    #[arg(long, env = "HELLAS_CHECK_VALID_UNTIL")]
+    check_valid_until: bool,
+}
+
+/// The outputs of a built image.
+pub struct Built {
+    pub image: PathBuf,
+    pub api_key: Option<PathBuf>,
+}
+
+pub fn mirror() -> Option<String> {
+    std::env::var("HELLAS_MIRROR").ok().filter(|m| !m.is_empty())
+}
+
+fn apt_options(check_valid_until: bool) -> Vec<OsString> {
+    if check_valid_until {
+        vec![]
+    } else {
+        vec![r#"--aptopt=Acquire::Check-Valid-Until "false""#.into()]
+    }
+}
+
+fn preflight(paths: &[&Path]) -> Result<()> {
+    let status = fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let uid = status.lines().find_map(|l| l.strip_prefix("Uid:")).and_then(|l| l.split_whitespace().next()).unwrap_or("");
+    if uid != "0" {
+        bail!("building an image needs root (mmdebstrap, chroot into the tools tree, mount namespaces): run it as root, e.g. `sudo -E cargo xtask image`");
+    }
+    deps::ensure(&[deps::MMDEBSTRAP, deps::ZSTD])?;
+    for path in paths {
+        fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
+        let free = cmd!("df", "--output=avail", "-B1", path).read().with_context(|| format!("checking free space on {}", path.display()))?;
+        let free: u64 = free.lines().nth(1).and_then(|l| l.trim().parse().ok()).unwrap_or(u64::MAX);
+        if free < NEEDED_BYTES {
+            bail!(
+                "{} has {:.1} GiB free; an image build needs about {} GiB: free space there (old builds: {})",
+                path.display(),
+                free as f64 / (1u64 << 30) as f64,
+                NEEDED_BYTES >> 30,
+                cache::root()?.join("image").display()
+            );
+        }
+    }
+    Ok(())
+}
+
+impl LockCmd {
+    pub fn run(&self) -> Result<()> {
+        let spec = Spec::load(&self.spec)?;
+        preflight(&[&cache::root()?])?;
+        let progress = Progress::new(PathBuf::from("out/lock.log"))?;
+        let lock_path = self.spec.with_file_name("packages.lock");
+        let result = packages::lock(&spec, &lock_path, &progress, &apt_options(self.check_valid_until));
+        progress.done();
+        result
+    }
+}
+
+impl Image {
+    /// The default spec and output directory of the workspace at `root`, for one profile.
+    pub fn for_profile(profile: &str, root: &Path) -> Image {
+        Image {
+            profile: Some(profile.to_string()),
+            spec: root.join("image/hellas.toml"),
+            out: root.join("out"),
+            check_valid_until: std::env::var_os("HELLAS_CHECK_VALID_UNTIL").is_some(),
+        }
+    }
+
+    pub fn run(&self) -> Result<()> {
+        let built = self.build()?;
+        println!("{}", built.image.display());
+        Ok(())
+    }
+
+    pub fn build(&self) -> Result<Built> {
+        let spec = Spec::load(&self.spec)?;
+        let (profile_name, profile) = spec.profile(self.profile.as_deref())?;
+        let lock = Lock::load(&self.spec.with_file_name("packages.lock"))?;
+        lock.check(&spec)?;
+        preflight(&[&cache::root()?, &self.out])?;
+        let progress = Progress::new(self.out.join(format!("build-{profile_name}.log")))?;
+        let result = self.pipeline(&spec, profile_name, profile, &lock, &progress);
+        progress.done();
+        result
+    }
+
+    fn pipeline(&self, spec: &Spec, profile_name: &str, profile: &spec::Profile, lock: &Lock, progress: &Progress) -> Result<Built> {
+        let apt = apt_options(self.check_valid_until);
+        let image_dir = self.spec.parent().unwrap_or(Path::new("."));
+        let tools = tools::ensure(progress, &apt)?;
+        let rootfs = packages::rootfs(spec, lock, &image_dir.join("dracut.conf"), progress, &apt)?;
+        let hellasd = progress.step("hellasd (release build)", build_hellasd)?;
+        let epoch = source_date_epoch(spec)?;
+        let models = profile
+            .models
+            .iter()
+            .map(|m| Ok((m.name.clone(), cache::root()?.join("models").join(&m.file))))
+            .collect::<Result<Vec<_>>>()?;
+        for (_, file) in &models {
+            if !file.exists() {
+                bail!("{} (wanted by profile {profile_name}) is missing: run `cargo xtask models`", file.display());
+            }
+        }
+        let verity = (spec.partitions.root.0 / 100).div_ceil(1 << 20).max(8) << 20;
+        let context = json!({
+            "image": spec.image,
+            "profile": profile_name,
+            "partitions": { "esp": spec.partitions.esp.0, "root": spec.partitions.root.0, "verity": verity, "data": spec.partitions.data.0 },
+        });
+        let overlays: Vec<PathBuf> =
+            [image_dir.join("../rootfs-overlay"), image_dir.join("profiles").join(profile_name).join("overlay")].into_iter().filter(|p| p.is_dir()).collect();
+        let cmdline = format!("{} {}", "root=/dev/mapper/root rootfstype=erofs ro", spec.cmdline(profile).join(" "));
+        let mut inputs = Inputs::new("disk")
+            .text("recipe", RECIPE)
+            .text("rootfs", &rootfs.display().to_string())
+            .text("tools", &tools.root.display().to_string())
+            .text("context", &context.to_string())
+            .text("cmdline", &cmdline)
+            .text("epoch", &epoch.to_string())
+            .file("hellasd", &hellasd)?
+            .tree("repart.d", &image_dir.join("repart.d"))?;
+        for overlay in &overlays {
+            inputs = inputs.tree("overlay", overlay)?;
+        }
+        for (name, file) in &models {
+            inputs = inputs.file(name, file)?;
+        }
+        let digest = inputs.finish();
+        let name = format!("{}-{}-{profile_name}", spec.image.name, spec.image.version);
+        let disk = step::cached_dir(progress, &format!("disk-{profile_name}"), &digest, |dir| {
+            let work = dir.join("work");
+            fs::create_dir_all(&work)?;
+            let staged = overlay::stage(
+                &work,
+                &overlay::OverlayInputs {
+                    rootfs: &rootfs,
+                    overlays: overlays.clone(),
+                    context: &context,
+                    hellasd: &hellasd,
+                    units: &units(profile_name),
+                    models: models.clone(),
+                    source_date_epoch: epoch,
+                },
+                &tools,
+                progress,
+            )?;
+            if profile_name == "qemu-test" {
+                // A key for the boot test only; the real image gets its first key in the web setup.
+                let key = cmd!(&hellasd, "--no-system-config", "--state-dir", staged.data.join("lib/hellas"), "keys", "create", "qemu-test")
+                    .read()
+                    .context("creating the qemu-test API key")?;
+                fs::write(dir.join("api-key"), key.trim()).context("writing the qemu-test API key")?;
+                overlay::clamp_mtimes(&staged.data, epoch, progress)?;
+            }
+            partitions::definitions(&image_dir.join("repart.d"), &work, &context)?;
+            let roothash = partitions::without_esp(&tools, &work, "disk.img", epoch, progress)?;
+            let cmdline = format!("roothash={roothash} {cmdline}");
+            uki::build_esp(&tools, &work, &spec.image.name, &spec.image.version, &cmdline, epoch, progress)?;
+            let layout = partitions::add_esp(&tools, &work, "disk.img", epoch, progress)?;
+            fs::rename(work.join("disk.img"), dir.join("disk.img"))?;
+            let manifest = manifest(spec, profile_name, lock, &digest, &roothash, &layout, &staged.data)?;
+            fs::write(dir.join("manifest.json"), serde_json::to_vec_pretty(&manifest)?)?;
+            cache::remove_any(&work)
+        })?;
+        progress.step("outputs", || outputs(&disk, &self.out, &name))
+    }
+}
+
+/// Units enabled in every image, and the boot check in the test image.
+fn units(profile: &str) -> Vec<String> {
+    let mut units = vec!["hellasd.service".to_string(), "systemd-networkd.service".to_string(), "systemd-resolved.service".to_string()];
+    if profile == "qemu-test" {
+        units.push("hellas-bootcheck.service".into());
+    }
+    units
+}
+
+fn source_date_epoch(spec: &Spec) -> Result<u64> {
+    if let Some(epoch) = spec.image.source_date_epoch {
+        return Ok(epoch);
+    }
+    let text = cmd!("git", "log", "-1", "--format=%ct").read().context("reading the last commit's time for SOURCE_DATE_EPOCH (or set image.source_date_epoch)")?;
+    text.trim().parse().with_context(|| format!("git printed {text:?} as the commit time"))
+}
+
+fn build_hellasd() -> Result<PathBuf> {
+    cmd!("cargo", "build", "--release", "--quiet", "--package", "hellasd").run().context("cargo build --release -p hellasd failed")?;
+    let metadata = cmd!("cargo", "metadata", "--format-version", "1", "--no-deps").read().context("cargo metadata")?;
+    let metadata: serde_json::Value = serde_json::from_str(&metadata).context("parsing cargo metadata")?;
+    let target = metadata["target_directory"].as_str().context("cargo metadata has no target_directory")?;
+    Ok(Path::new(target).join("release/hellasd"))
+}
+
+fn manifest(spec: &Spec, profile: &str, lock: &Lock, digest: &str, roothash: &str, layout: &serde_json::Value, data: &Path) -> Result<serde_json::Value> {
+    // dpkg's database moved to the data partition with the rest of /var.
+    let sizes = cmd!("dpkg-query", format!("--admindir={}", data.join("lib/dpkg").display()), "-W", "-f=${Installed-Size} ${Package}\n")
+        .read()
+        .context("listing installed package sizes")?;
+    let mut largest: Vec<(u64, String)> =
+        sizes.lines().filter_map(|l| l.split_once(' ').and_then(|(s, p)| Some((s.parse::<u64>().ok()? * 1024, p.to_string())))).collect();
+    largest.sort_by(|a, b| b.cmp(a));
+    largest.truncate(15);
+    let partitions: Vec<serde_json::Value> = layout
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| json!({ "type": p["type"], "label": p["label"], "offset": p["offset"], "size": p["raw_size"] }))
+        .collect();
+    Ok(json!({
+        "name": spec.image.name,
+        "version": spec.image.version,
+        "profile": profile,
+        "inputs_sha256": digest,
+        "roothash": roothash,
+        "kernel": lock.kernel_version(),
+        "partitions": partitions,
+        "packages": lock.packages.iter().map(|p| json!({"name": p.name, "version": p.version, "architecture": p.architecture})).collect::<Vec<_>>(),
+        "largest_packages": largest.iter().map(|(size, name)| json!({"name": name, "installed_bytes": size})).collect::<Vec<_>>(),
+    }))
+}
+
+/// Copies the cached image to `out/` as `<name>.img`, `.img.zst`, `SHA256SUMS` and
+/// `<name>.manifest.json`, each under a temporary name first.
+fn outputs(disk: &Path, out: &Path, name: &str) -> Result<Built> {
+    fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let image = out.join(format!("{name}.img"));
+    let zst = out.join(format!("{name}.img.zst"));
+    let source = disk.join("disk.img");
+    let digest = file_sha256(&source)?;
+    let current = fs::read_to_string(out.join("SHA256SUMS")).unwrap_or_default();
+    let up_to_date = current.contains(&format!("{digest}  {name}.img")) && image.exists() && zst.exists();
+    if !up_to_date {
+        let tmp = cache::temp_path(&image, "tmp");
+        cmd!("cp", "--sparse=always", &source, &tmp).run().with_context(|| format!("copying the image to {}", tmp.display()))?;
+        fs::rename(&tmp, &image)?;
+        let tmp = cache::temp_path(&zst, "tmp");
+        cmd!("zstd", "--quiet", "--force", "-T0", "-12", &image, "-o", &tmp).run().context("zstd failed")?;
+        fs::rename(&tmp, &zst)?;
+        let zst_digest = file_sha256(&zst)?;
+        let mut sums: Vec<String> = current.lines().filter(|l| !l.ends_with(&format!("  {name}.img")) && !l.ends_with(&format!("  {name}.img.zst"))).map(String::from).collect();
+        sums.push(format!("{digest}  {name}.img"));
+        sums.push(format!("{zst_digest}  {name}.img.zst"));
+        sums.sort_by(|a, b| a[66..].cmp(&b[66..]));
+        cache::write_if_changed(&out.join("SHA256SUMS"), (sums.join("\n") + "\n").as_bytes(), 0o644)?;
+    }
+    cache::write_if_changed(&out.join(format!("{name}.manifest.json")), &fs::read(disk.join("manifest.json"))?, 0o644)?;
+    let api_key = disk.join("api-key");
+    let api_key = if api_key.exists() {
+        let dest = out.join(format!("{name}.api-key"));
+        cache::write_if_changed(&dest, &fs::read(&api_key)?, 0o600)?;
+        Some(dest)
+    } else {
+        None
+    };
+    Ok(Built { image, api_key })
+}
