@@ -30,7 +30,7 @@ const RECIPE: &str = "1";
 /// Space a build needs in the cache (trees, staging, image) and in `out/`.
 const NEEDED_BYTES: u64 = 12 << 30;
 
-#[derive(clap::Args)]
+#[derive(clap::Args, Clone)]
 pub struct Image {
     /// The profile to build (default: the spec's `default_profile`).
     #[arg(long)]
@@ -44,6 +44,9 @@ pub struct Image {
     /// Refuse Release files past their Valid-Until date (off: snapshot mirrors have expired ones).
     #[arg(long, env = "HELLAS_CHECK_VALID_UNTIL")]
     check_valid_until: bool,
+    /// Build a second time from empty step caches and compare the two images bit for bit.
+    #[arg(long)]
+    verify_reproducible: bool,
 }
 
 #[derive(clap::Args)]
@@ -100,7 +103,7 @@ impl LockCmd {
     pub fn run(&self) -> Result<()> {
         let spec = Spec::load(&self.spec)?;
         preflight(&[&cache::root()?])?;
-        let progress = Progress::new(PathBuf::from("out/lock.log"))?;
+        let progress = Progress::new(PathBuf::from("out/lock.log"), cache::root()?.join("image"))?;
         let lock_path = self.spec.with_file_name("packages.lock");
         let result = packages::lock(&spec, &lock_path, &progress, &apt_options(self.check_valid_until));
         progress.done();
@@ -116,22 +119,39 @@ impl Image {
             spec: root.join("image/hellas.toml"),
             out: root.join("out"),
             check_valid_until: std::env::var_os("HELLAS_CHECK_VALID_UNTIL").is_some(),
+            verify_reproducible: false,
         }
     }
 
     pub fn run(&self) -> Result<()> {
         let built = self.build()?;
         println!("{}", built.image.display());
+        if self.verify_reproducible {
+            let again = Image { out: self.out.join("reproducibility"), verify_reproducible: false, ..self.clone() };
+            let cache = cache::root()?.join("image-reproducibility");
+            cache::remove_any(&cache)?;
+            let second = again.build_with_cache(cache.clone())?;
+            let differences = compare_images(&built.image, &second.image)?;
+            cache::remove_any(&cache)?;
+            if !differences.is_empty() {
+                bail!("the two builds differ:\n{}", differences.join("\n"));
+            }
+            println!("reproducible: a second build from empty step caches gave the same image (sha256 {})", file_sha256(&built.image)?);
+        }
         Ok(())
     }
 
     pub fn build(&self) -> Result<Built> {
+        self.build_with_cache(cache::root()?.join("image"))
+    }
+
+    fn build_with_cache(&self, step_cache: PathBuf) -> Result<Built> {
         let spec = Spec::load(&self.spec)?;
         let (profile_name, profile) = spec.profile(self.profile.as_deref())?;
         let lock = Lock::load(&self.spec.with_file_name("packages.lock"))?;
         lock.check(&spec)?;
         preflight(&[&cache::root()?, &self.out])?;
-        let progress = Progress::new(self.out.join(format!("build-{profile_name}.log")))?;
+        let progress = Progress::new(self.out.join(format!("build-{profile_name}.log")), step_cache)?;
         let result = self.pipeline(&spec, profile_name, profile, &lock, &progress);
         progress.done();
         result
@@ -199,10 +219,16 @@ impl Image {
             )?;
             if profile_name == "qemu-test" {
                 // A key for the boot test only; the real image gets its first key in the web setup.
-                let key = cmd!(&hellasd, "--no-system-config", "--state-dir", staged.data.join("lib/hellas"), "keys", "create", "qemu-test")
-                    .read()
-                    .context("creating the qemu-test API key")?;
-                fs::write(dir.join("api-key"), key.trim()).context("writing the qemu-test API key")?;
+                let created = cmd!(&hellasd, "--no-system-config", "--state-dir", staged.data.join("lib/hellas"), "keys", "create", "qemu-test")
+                    .stdout_capture()
+                    .stderr_capture()
+                    .unchecked()
+                    .run()
+                    .context("running hellasd keys create")?;
+                if !created.status.success() {
+                    bail!("hellasd keys create failed: {}", String::from_utf8_lossy(&created.stderr));
+                }
+                fs::write(dir.join("api-key"), String::from_utf8_lossy(&created.stdout).trim()).context("writing the qemu-test API key")?;
                 overlay::clamp_mtimes(&staged.data, epoch, progress)?;
             }
             partitions::definitions(&image_dir.join("repart.d"), &work, &context)?;
@@ -306,4 +332,46 @@ fn outputs(disk: &Path, out: &Path, name: &str) -> Result<Built> {
         None
     };
     Ok(Built { image, api_key })
+}
+
+/// The partitions (by the manifest's layout) in which two images differ; empty when identical.
+fn compare_images(a: &Path, b: &Path) -> Result<Vec<String>> {
+    if file_sha256(a)? == file_sha256(b)? {
+        return Ok(vec![]);
+    }
+    let manifest_of = |image: &Path| -> Result<serde_json::Value> {
+        let path = image.with_extension("manifest.json");
+        Ok(serde_json::from_slice(&fs::read(&path).with_context(|| format!("reading {}", path.display()))?)?)
+    };
+    let layout = manifest_of(a)?;
+    let mut differences = Vec::new();
+    let (mut fa, mut fb) = (fs::File::open(a)?, fs::File::open(b)?);
+    for part in layout["partitions"].as_array().into_iter().flatten() {
+        let (offset, size) = (part["offset"].as_u64().unwrap_or(0), part["size"].as_u64().unwrap_or(0));
+        if !same_range(&mut fa, &mut fb, offset, size)? {
+            differences.push(format!("partition {} ({}) at offset {offset}", part["label"], part["type"]));
+        }
+    }
+    if differences.is_empty() {
+        differences.push("the partition table or the space between partitions".into());
+    }
+    Ok(differences)
+}
+
+fn same_range(a: &mut fs::File, b: &mut fs::File, offset: u64, size: u64) -> Result<bool> {
+    use std::io::{Read, Seek, SeekFrom};
+    a.seek(SeekFrom::Start(offset))?;
+    b.seek(SeekFrom::Start(offset))?;
+    let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(ba.len() as u64) as usize;
+        a.read_exact(&mut ba[..n])?;
+        b.read_exact(&mut bb[..n])?;
+        if ba[..n] != bb[..n] {
+            return Ok(false);
+        }
+        left -= n as u64;
+    }
+    Ok(true)
 }

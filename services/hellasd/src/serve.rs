@@ -27,7 +27,14 @@ pub async fn run(config: Config) -> Result<()> {
     let state = Arc::new(AppState {
         keys: KeyStore::open(config.state_dir.join("keys.json")),
         admission: Admission::new(config.api.queue_depth),
-        http: reqwest::Client::builder().no_proxy().build().context("building the HTTP client")?,
+        http: reqwest::Client::builder()
+            .no_proxy()
+            // llama-server closes idle keep-alive connections after 5 s; dropping ours sooner
+            // keeps a request from being sent down a connection the engine is closing.
+            .pool_idle_timeout(std::time::Duration::from_secs(3))
+            .tcp_nodelay(true)
+            .build()
+            .context("building the HTTP client")?,
         library,
         supervisor: supervisor.clone(),
         metrics,

@@ -90,7 +90,7 @@ pub fn file_sha256(path: &Path) -> Result<String> {
 /// into a temporary directory and renamed into place only when it succeeded. Older outputs of
 /// the same step are removed, so the cache holds one of each.
 pub fn cached_dir(progress: &Progress, step: &str, digest: &str, build: impl FnOnce(&Path) -> Result<()>) -> Result<PathBuf> {
-    let dir = cache::root()?.join("image").join(step);
+    let dir = progress.cache.join(step);
     let done = dir.join(&digest[..16]);
     if done.is_dir() {
         progress.note(&format!("{step}: cached ({})", &digest[..12]));
@@ -122,10 +122,13 @@ pub fn cached_dir(progress: &Progress, step: &str, digest: &str, build: impl FnO
 pub struct Progress {
     bar: indicatif::ProgressBar,
     pub log: PathBuf,
+    /// Where step outputs are cached (`$HELLAS_CACHE/image`, or a fresh one to prove a build
+    /// repeats).
+    pub cache: PathBuf,
 }
 
 impl Progress {
-    pub fn new(log: PathBuf) -> Result<Progress> {
+    pub fn new(log: PathBuf, cache: PathBuf) -> Result<Progress> {
         if let Some(dir) = log.parent() {
             fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
@@ -133,7 +136,7 @@ impl Progress {
         let bar = indicatif::ProgressBar::new_spinner();
         bar.set_style(indicatif::ProgressStyle::with_template("{spinner} {msg} [{elapsed}]").expect("a valid template"));
         bar.enable_steady_tick(std::time::Duration::from_millis(200));
-        Ok(Progress { bar, log })
+        Ok(Progress { bar, log, cache })
     }
 
     pub fn start(&self, step: &str) {

@@ -27,7 +27,7 @@ pub use error::ApiError;
 
 use crate::admission::{Admission, AdmissionError, Permit};
 use crate::config::Config;
-use crate::engine::{EngineLease, Supervisor};
+use crate::engine::{EngineLease, EngineStatus, Supervisor};
 use crate::keys::KeyStore;
 use crate::library::ModelLibrary;
 use crate::metrics::Metrics;
@@ -168,7 +168,14 @@ impl AppState {
             .with_retry_after(std::time::Duration::from_secs(self.config.api.retry_after_secs))
         })?;
         let lease = self.supervisor.acquire(&entry.name).await?;
-        let sent = self.http.post(format!("{}{path}", lease.base_url())).header(header::CONTENT_TYPE, "application/json").body(body).send().await;
+        let url = format!("{}{path}", lease.base_url());
+        let send = || self.http.post(&url).header(header::CONTENT_TYPE, "application/json").body(body.clone()).send();
+        let mut sent = send().await;
+        // A request that never reached the engine (a pooled connection it had just closed) is
+        // safe to send again once; one the engine may have started on is not retried.
+        if sent.as_ref().is_err_and(|e| e.is_connect() || (e.is_request() && !e.is_timeout())) && lease.status() == EngineStatus::Ready {
+            sent = send().await;
+        }
         let upstream = match sent {
             Ok(upstream) => upstream,
             Err(e) => {
