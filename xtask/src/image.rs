@@ -237,6 +237,8 @@ impl Image {
             uki::build_esp(&tools, &work, &spec.image.name, &spec.image.version, &cmdline, epoch, progress)?;
             let layout = partitions::add_esp(&tools, &work, "disk.img", epoch, progress)?;
             fs::rename(work.join("disk.img"), dir.join("disk.img"))?;
+            // Read-only from here on: out/ shares this file, and boots use overlays on top.
+            fs::set_permissions(dir.join("disk.img"), <fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o444))?;
             let manifest = manifest(spec, profile_name, lock, &digest, &roothash, &layout, &staged.data)?;
             fs::write(dir.join("manifest.json"), serde_json::to_vec_pretty(&manifest)?)?;
             cache::remove_any(&work)
@@ -310,10 +312,15 @@ fn outputs(disk: &Path, out: &Path, name: &str) -> Result<Built> {
     let up_to_date = current.contains(&format!("{digest}  {name}.img")) && image.exists() && zst.exists();
     if !up_to_date {
         let tmp = cache::temp_path(&image, "tmp");
-        cmd!("cp", "--sparse=always", &source, &tmp).run().with_context(|| format!("copying the image to {}", tmp.display()))?;
+        cache::remove_any(&tmp)?;
+        // The cached image is never written to again, so out/ can share it instead of a copy.
+        if fs::hard_link(&source, &tmp).is_err() {
+            cmd!("cp", "--sparse=always", &source, &tmp).run().with_context(|| format!("copying the image to {}", tmp.display()))?;
+        }
         fs::rename(&tmp, &image)?;
         let tmp = cache::temp_path(&zst, "tmp");
-        cmd!("zstd", "--quiet", "--force", "-T0", "-12", &image, "-o", &tmp).run().context("zstd failed")?;
+        // The root is zstd-compressed erofs already: higher levels cost minutes and save little.
+        cmd!("zstd", "--quiet", "--force", "-T0", "-9", &image, "-o", &tmp).run().context("zstd failed")?;
         fs::rename(&tmp, &zst)?;
         let zst_digest = file_sha256(&zst)?;
         let mut sums: Vec<String> = current.lines().filter(|l| !l.ends_with(&format!("  {name}.img")) && !l.ends_with(&format!("  {name}.img.zst"))).map(String::from).collect();

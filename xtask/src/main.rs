@@ -6,6 +6,7 @@ mod deps;
 mod engine;
 mod image;
 mod models;
+mod qemu;
 mod test;
 
 use anyhow::Context;
@@ -24,6 +25,8 @@ enum Cmd {
     Engine(engine::Engine),
     /// Fetch and verify the test models into $HELLAS_CACHE/models.
     Models,
+    /// Boot an image under QEMU with the console on this terminal (the system tests' harness).
+    Qemu(qemu::Qemu),
     /// Prepare deps, engine and models, then run `cargo test --workspace [-- ARGS]`.
     Test(test::Test),
 }
@@ -38,6 +41,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Image(image) => image.run(),
         Cmd::Lock(lock) => lock.run(),
         Cmd::Models => models::fetch_all(),
+        Cmd::Qemu(qemu) => qemu.run(),
         Cmd::Test(test) => test.run(),
     }
 }

@@ -1,0 +1,399 @@
+//! Boots the `qemu-test` image once and proves it from the guest's boot report and its API
+//! alone: a verity-protected erofs root, a data partition grown on first boot, hellasd up,
+//! the bundled model answering exactly as the same llama.cpp does on this host, and a clean
+//! power-off. One boot, because CI boots under TCG on two cores (minutes per boot).
+//!
+//! The image and its API key come from `HELLAS_TEST_IMAGE` and `HELLAS_TEST_API_KEY_FILE`,
+//! or else from `out/` where `cargo xtask image --profile qemu-test` puts them. Artefacts
+//! (console log, boot report, overlay) stay in `target/system-tests/image-boots/`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use std::{env, fs};
+
+use hellas_system_tests::vm::{Options, Vm};
+use serde_json::{json, Value};
+
+const MODEL: &str = "smollm2:135m-q4_1";
+const MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+/// `partitions.data` in image/hellas.toml: the data partition as shipped, before it grows.
+const SHIPPED_DATA_BYTES: u64 = 256 << 20;
+/// CI machines boot under TCG, and a slow one takes many minutes.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+/// Inference under TCG is slow, even for 8 tokens of a 135M model: on a 2-core dev box the
+/// engine took 90 s to load and 7 min to answer (8.7 s per prompt token).
+const INFERENCE_TIMEOUT: Duration = Duration::from_secs(20 * 60);
+const POWER_OFF_TIMEOUT: Duration = Duration::from_secs(2 * 60);
+
+#[test]
+fn qemu_test_image_boots_serves_its_model_and_powers_off() {
+    let (image, key_file) = test_image();
+    let key = fs::read_to_string(&key_file)
+        .unwrap_or_else(|err| panic!("reading the API key {}: {err}", key_file.display()));
+    let run_dir = fresh_artefacts_dir();
+    println!(
+        "image: {}; artefacts: {}",
+        image.display(),
+        run_dir.display()
+    );
+
+    // The host's answer first: it takes seconds, and a missing engine fails before the boot.
+    let expected = host_answer(&run_dir);
+    println!("the host's llama-server answers {expected:?}");
+
+    let booted = Instant::now();
+    let options = Options {
+        run_dir: run_dir.clone(),
+        interactive: false,
+    };
+    let mut vm = Vm::boot(&image, &options)
+        .unwrap_or_else(|err| panic!("booting {}: {err:#}", image.display()));
+    let report = vm
+        .wait_report(BOOT_TIMEOUT)
+        .unwrap_or_else(|err| panic!("{err:#}"));
+    let boot_secs = booted.elapsed().as_secs_f64();
+    save(&run_dir.join("report.json"), &report);
+    println!(
+        "boot report after {boot_secs:.0} s under {}: {report}",
+        vm.accel()
+    );
+    check_report(&report, &vm);
+
+    check_api(&vm, key.trim(), &expected);
+
+    let status = vm
+        .power_off(POWER_OFF_TIMEOUT)
+        .unwrap_or_else(|err| panic!("{err:#}"));
+    assert!(
+        status.success(),
+        "QEMU exited with {status} after the power-off\n{}",
+        vm.diagnostics()
+    );
+    println!(
+        "powered off; the boot took {boot_secs:.0} s under {}",
+        vm.accel()
+    );
+}
+
+/// The API through the forwarded port: health, the model list, and a greedy answer that must
+/// be the host's, word for word.
+fn check_api(vm: &Vm, key: &str, expected: &str) {
+    let client = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .timeout(INFERENCE_TIMEOUT)
+        .build()
+        .unwrap();
+    let api = vm.api_url();
+    let health = client
+        .get(format!("{api}/health"))
+        .send()
+        .expect("GET /health");
+    assert_eq!(
+        health.status(),
+        200,
+        "GET /health: {}",
+        health.text().unwrap_or_default()
+    );
+
+    let models = client
+        .get(format!("{api}/v1/models"))
+        .bearer_auth(key)
+        .send()
+        .expect("GET /v1/models");
+    assert_eq!(
+        models.status(),
+        200,
+        "GET /v1/models: {}",
+        models.text().unwrap_or_default()
+    );
+    let models: Value = models.json().expect("GET /v1/models returns JSON");
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m["id"].as_str())
+        .collect();
+    assert!(
+        ids.contains(&MODEL),
+        "{MODEL} is not in GET /v1/models: {models}"
+    );
+
+    let asked = Instant::now();
+    let answer = client
+        .post(format!("{api}/v1/chat/completions"))
+        .bearer_auth(key)
+        .json(&greedy_chat())
+        .send()
+        .expect("POST /v1/chat/completions");
+    assert_eq!(
+        answer.status(),
+        200,
+        "POST /v1/chat/completions: {}",
+        answer.text().unwrap_or_default()
+    );
+    let answer: Value = answer.json().expect("the chat completion is JSON");
+    println!(
+        "the guest answers after {:.1} s: {answer}",
+        asked.elapsed().as_secs_f64()
+    );
+    save(&vm.run_dir().join("completion.json"), &answer);
+    let text = content(&answer);
+    assert!(!text.trim().is_empty(), "empty answer: {answer}");
+    let finished = answer["usage"]["completion_tokens"] == 4
+        || answer["choices"][0]["finish_reason"] == "stop";
+    assert!(finished, "neither 4 tokens nor a stop: {answer}");
+    assert!(
+        text == expected,
+        "the guest answers {text:?} and the host's llama-server {expected:?} (same Debian llama.cpp, same model, greedy); \
+         the backends each loaded, from the guest's console:\n{}",
+        backend_lines(&vm.console_log())
+    );
+}
+
+fn save(path: &Path, value: &Value) {
+    fs::write(path, serde_json::to_vec_pretty(value).unwrap())
+        .unwrap_or_else(|err| panic!("writing {}: {err}", path.display()));
+}
+
+/// The engine's lines about the ggml backends it found and loaded (CPU variant, Vulkan).
+fn backend_lines(console: &Path) -> String {
+    let text = String::from_utf8_lossy(&fs::read(console).unwrap_or_default()).into_owned();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|line| line.contains("backend") || line.contains("ggml_vulkan"))
+        .collect();
+    lines.join("\n")
+}
+
+fn check_report(report: &Value, vm: &Vm) {
+    let field = |name: &str| {
+        report[name]
+            .as_str()
+            .unwrap_or_else(|| panic!("no string {name:?} in the boot report {report}"))
+    };
+    let bytes = |name: &str| {
+        report[name]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no number {name:?} in the boot report {report}"))
+    };
+    let failed = field("failed_units").trim();
+    assert!(
+        field("state") == "running" && failed.is_empty(),
+        "the system is {:?} with failed units {failed:?}\nreport: {report}\n{}",
+        field("state"),
+        vm.diagnostics()
+    );
+    assert_eq!(field("root_fstype"), "erofs", "{report}");
+    assert!(
+        field("root_options")
+            .split(',')
+            .any(|option| option == "ro"),
+        "/ is not read-only: {report}"
+    );
+    assert!(
+        field("dm_uuid").contains("VERITY"),
+        "/ is not on dm-verity: {report}"
+    );
+    assert!(
+        bytes("data_part_bytes") > SHIPPED_DATA_BYTES,
+        "the data partition did not grow: {report}"
+    );
+    assert!(
+        bytes("data_fs_bytes") > SHIPPED_DATA_BYTES,
+        "the data file system did not grow: {report}"
+    );
+    assert_eq!(field("hellasd"), "active", "{report}\n{}", vm.diagnostics());
+    assert_eq!(field("hostname"), "hellas", "{report}");
+}
+
+fn greedy_chat() -> Value {
+    json!({
+        "model": MODEL,
+        // A short system prompt replaces SmolLM2's long default one: under software emulation
+        // every prompt token costs seconds.
+        "messages": [
+            {"role": "system", "content": "Answer briefly."},
+            {"role": "user", "content": "Capital of France?"},
+        ],
+        "temperature": 0, "seed": 42, "max_tokens": 4,
+    })
+}
+
+fn content(answer: &Value) -> String {
+    answer["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no content in {answer}"))
+        .to_string()
+}
+
+/// The same request to the host's llama-server (`cargo xtask engine`), started much as
+/// hellasd starts the guest's. Both run ggml's `haswell` CPU kernels: the launcher pins them
+/// on an AVX2 host, and they are the best that TCG's `-cpu max` offers (AVX2 and FMA, no
+/// AVX-512 or AVX-VNNI), while the guest's Vulkan backend skips Mesa's software device
+/// (lavapipe). So the text must match.
+fn host_answer(artefacts: &Path) -> String {
+    let cache = cache_dir();
+    let server = cache.join("engine/bin/llama-server");
+    let model = cache.join("models").join(MODEL_FILE);
+    for path in [&server, &model] {
+        assert!(
+            path.exists(),
+            "{} is missing: run `cargo xtask engine && cargo xtask models` (or `cargo xtask test`)",
+            path.display()
+        );
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let log_path = artefacts.join("host-llama-server.log");
+    let log = fs::File::create(&log_path)
+        .unwrap_or_else(|err| panic!("creating {}: {err}", log_path.display()));
+    let engine = HostEngine(
+        Command::new(&server)
+            .arg("--model")
+            .arg(&model)
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                // As the qemu-test image's hellasd drop-in configures the guest's engine.
+                "--ctx-size",
+                "2048",
+                "--parallel",
+                "1",
+            ])
+            .args([
+                "--load-mode",
+                "none",
+                "--flash-attn",
+                "on",
+                "--no-webui",
+                "--cache-ram",
+                "0",
+            ])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|err| panic!("starting {}: {err}", server.display())),
+    );
+    let url = format!("http://127.0.0.1:{port}");
+    let client = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !client
+        .get(format!("{url}/health"))
+        .send()
+        .is_ok_and(|r| r.status().is_success())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the host's llama-server did not become healthy; see {}",
+            log_path.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let answer: Value = client
+        .post(format!("{url}/v1/chat/completions"))
+        .json(&greedy_chat())
+        .send()
+        .and_then(|r| r.json())
+        .expect("the host's chat completion");
+    drop(engine);
+    content(&answer)
+}
+
+struct HostEngine(Child);
+
+impl Drop for HostEngine {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The image and API key file: from the environment, or where `cargo xtask image` puts them.
+fn test_image() -> (PathBuf, PathBuf) {
+    let out = workspace_root().join("out");
+    let name = format!("hellas-{}-qemu-test", image_version());
+    let image = env::var_os("HELLAS_TEST_IMAGE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| out.join(format!("{name}.img")));
+    let key = env::var_os("HELLAS_TEST_API_KEY_FILE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| out.join(format!("{name}.api-key")));
+    assert!(
+        image.is_file(),
+        "the qemu-test image is missing: run `cargo xtask image --profile qemu-test` (or `cargo xtask test`, which builds it); looked for {}",
+        image.display()
+    );
+    (image, key)
+}
+
+/// `[image] version` from image/hellas.toml, read without a TOML parser.
+fn image_version() -> String {
+    let spec = workspace_root().join("image/hellas.toml");
+    let text =
+        fs::read_to_string(&spec).unwrap_or_else(|err| panic!("reading {}: {err}", spec.display()));
+    version_in_spec(&text)
+        .unwrap_or_else(|| panic!("no `version` under [image] in {}", spec.display()))
+}
+
+fn version_in_spec(text: &str) -> Option<String> {
+    let mut section = "";
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('[') {
+            section = line;
+        } else if section == "[image]" {
+            let Some((key, value)) = line.split_once('=') else {
+                continue;
+            };
+            if key.trim() == "version" {
+                let value = value.split('#').next()?.trim();
+                return Some(value.trim_matches('"').to_string());
+            }
+        }
+    }
+    None
+}
+
+fn workspace_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ lives in the workspace root")
+}
+
+/// `target/system-tests/image-boots`, emptied of an earlier run's files. The target
+/// directory is CARGO_TARGET_TMPDIR's parent, wherever CARGO_TARGET_DIR puts it.
+fn fresh_artefacts_dir() -> PathBuf {
+    let target = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .expect("CARGO_TARGET_TMPDIR is inside the target directory");
+    let dir = target.join("system-tests/image-boots");
+    if dir.exists() {
+        fs::remove_dir_all(&dir).unwrap_or_else(|err| panic!("removing {}: {err}", dir.display()));
+    }
+    fs::create_dir_all(&dir).unwrap_or_else(|err| panic!("creating {}: {err}", dir.display()));
+    dir
+}
+
+fn cache_dir() -> PathBuf {
+    match env::var_os("HELLAS_CACHE").filter(|dir| !dir.is_empty()) {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(env::var_os("HOME").expect("HOME is set")).join(".cache/hellas"),
+    }
+}
+
+#[test]
+fn the_image_version_is_read_from_the_image_section() {
+    let spec = "default_profile = \"x\"\n[debian]\nversion = \"no\"\n[image]\nname = \"hellas\"\nversion = \"0.1.0\" # why\n[kernel]\n";
+    assert_eq!(version_in_spec(spec).as_deref(), Some("0.1.0"));
+    assert_eq!(version_in_spec("[image]\nname = \"hellas\"\n"), None);
+}
