@@ -173,7 +173,7 @@ async fn respond(
         return Err(ApiError::new(upstream_status, "engine_error", message).into());
     }
     let translator = Translate::new(dispatched.model.clone(), shape, stream, started);
-    let body = relay::spawn(state, dispatched, route, translator);
+    let body = relay::body(state, dispatched, route, translator);
     let content_type = if stream { "application/x-ndjson" } else { "application/json; charset=utf-8" };
     Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
 }

@@ -45,7 +45,7 @@ async fn passthrough(State(state): State<Arc<AppState>>, Extension(key): Extensi
     let status = dispatched.upstream.status();
     let content_type = dispatched.upstream.headers().get(header::CONTENT_TYPE).cloned();
     let sse = content_type.as_ref().is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-    let body = relay::spawn(state.clone(), dispatched, path, Passthrough::new(sse));
+    let body = relay::body(state.clone(), dispatched, path, Passthrough::new(sse));
     let mut response = Response::builder().status(status);
     if let Some(content_type) = content_type {
         response = response.header(header::CONTENT_TYPE, content_type);

@@ -1,18 +1,23 @@
 //! Relaying an engine's answer to the client as it arrives.
 //!
-//! A task reads llama-server's response chunk by chunk and hands each chunk to a [`Relay`], which
-//! passes it through (OpenAI routes) or translates it (Ollama routes). The task holds the request's
-//! admission slot and engine lease until the answer ends or the client goes away, so a dropped
-//! client frees its slot and closes the upstream connection, which stops generation. When the
-//! engine dies mid-answer the relay ends the stream with an error the client can see.
+//! The response body is a stream that reads llama-server's answer chunk by chunk and hands each
+//! chunk to a [`Relay`], which passes it through (OpenAI routes) or translates it (Ollama routes).
+//! It is polled by the client's connection itself, with no task or channel in between, so a
+//! relayed token costs no extra wake-up. The stream holds the request's admission slot and engine
+//! lease until the answer ends or the client goes away: a dropped client drops the stream, which
+//! frees its slot and closes the upstream connection, and that stops generation. When the engine
+//! dies mid-answer the relay ends the stream with an error the client can see.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::body::{Body, Bytes};
+use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
-use tokio::sync::mpsc;
 
 use super::{AppState, Dispatched};
+use crate::admission::Permit;
 use crate::engine::{EngineLease, EngineStatus};
 use crate::metrics::Metrics;
 
@@ -27,59 +32,93 @@ pub trait Relay: Send + 'static {
     fn tokens(&self) -> (u64, u64);
 }
 
-pub fn spawn(state: Arc<AppState>, dispatched: Dispatched, route: &'static str, mut relay: impl Relay) -> Body {
-    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(32);
-    let status = dispatched.upstream.status().as_u16();
-    tokio::spawn(async move {
-        let Dispatched { model, lease, permit, upstream, started } = dispatched;
-        let labels = Metrics::model(&model);
-        let mut stream = upstream.bytes_stream();
-        let mut out = Vec::new();
-        let mut first = true;
-        let mut final_status = status;
-        let mut cut_with = None;
+/// One answer on its way; its metrics are recorded when it is dropped, finished or not.
+struct Relaying<R: Relay> {
+    state: Arc<AppState>,
+    route: &'static str,
+    model: String,
+    lease: EngineLease,
+    _permit: Permit,
+    started: Instant,
+    upstream: BoxStream<'static, reqwest::Result<Bytes>>,
+    relay: R,
+    out: VecDeque<Bytes>,
+    scratch: Vec<Bytes>,
+    first: bool,
+    done: bool,
+    cut_with: Option<String>,
+    status: u16,
+}
+
+impl<R: Relay> Relaying<R> {
+    /// The next piece for the client: `None` at the end.
+    async fn next(&mut self) -> Option<Result<Bytes, std::io::Error>> {
         loop {
-            let next = stream.next().await;
-            let done = !matches!(next, Some(Ok(_)));
-            match next {
+            if let Some(bytes) = self.out.pop_front() {
+                return Some(Ok(bytes));
+            }
+            if let Some(message) = self.cut_with.take() {
+                return Some(Err(std::io::Error::other(message)));
+            }
+            if self.done {
+                return None;
+            }
+            match self.upstream.next().await {
                 Some(Ok(chunk)) => {
-                    if first {
-                        state.metrics.time_to_first_token.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
-                        first = false;
+                    if self.first {
+                        let labels = Metrics::model(&self.model);
+                        self.state.metrics.time_to_first_token.get_or_create(&labels).observe(self.started.elapsed().as_secs_f64());
+                        self.first = false;
                     }
-                    relay.chunk(chunk, &mut out);
+                    self.relay.chunk(chunk, &mut self.scratch);
                 }
                 Some(Err(e)) => {
-                    final_status = 502;
-                    let message = engine_failure(&lease, &format!("broke off its answer: {e}")).await;
-                    if !relay.error(&message, &mut out) {
-                        cut_with = Some(message);
+                    self.status = 502;
+                    self.done = true;
+                    let message = engine_failure(&self.lease, &format!("broke off its answer: {e}")).await;
+                    if !self.relay.error(&message, &mut self.scratch) {
+                        self.cut_with = Some(message);
                     }
                 }
-                None => relay.end(&mut out),
-            }
-            let mut client_gone = false;
-            for bytes in out.drain(..) {
-                if tx.send(Ok(bytes)).await.is_err() {
-                    client_gone = true;
-                    break;
+                None => {
+                    self.done = true;
+                    self.relay.end(&mut self.scratch);
                 }
             }
-            if let Some(message) = cut_with.take() {
-                let _ = tx.send(Err(std::io::Error::other(message))).await;
-            }
-            if done || client_gone {
-                break;
-            }
+            self.out.extend(self.scratch.drain(..));
         }
-        let (prompt, generated) = relay.tokens();
-        state.metrics.count_tokens(&model, prompt, generated);
-        state.metrics.request_duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
-        state.metrics.count_request(route, &model, final_status);
-        drop(lease);
-        drop(permit);
-    });
-    Body::from_stream(futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }))
+    }
+}
+
+impl<R: Relay> Drop for Relaying<R> {
+    fn drop(&mut self) {
+        let metrics = &self.state.metrics;
+        let (prompt, generated) = self.relay.tokens();
+        metrics.count_tokens(&self.model, prompt, generated);
+        metrics.request_duration.get_or_create(&Metrics::model(&self.model)).observe(self.started.elapsed().as_secs_f64());
+        metrics.count_request(self.route, &self.model, self.status);
+    }
+}
+
+pub fn body(state: Arc<AppState>, dispatched: Dispatched, route: &'static str, relay: impl Relay) -> Body {
+    let Dispatched { model, lease, permit, upstream, started } = dispatched;
+    let relaying = Relaying {
+        state,
+        route,
+        model,
+        lease,
+        _permit: permit,
+        started,
+        status: upstream.status().as_u16(),
+        upstream: upstream.bytes_stream().boxed(),
+        relay,
+        out: VecDeque::new(),
+        scratch: Vec::new(),
+        first: true,
+        done: false,
+        cut_with: None,
+    };
+    Body::from_stream(futures_util::stream::unfold(relaying, |mut r| async move { r.next().await.map(|item| (item, r)) }))
 }
 
 /// What to tell a client whose request an engine failed. The supervisor is given a moment to
