@@ -1,6 +1,7 @@
 //! Hellas developer tool, run as `cargo xtask <verb>`. One module per verb; everything
 //! it downloads or builds lives under `$HELLAS_CACHE` (see `cache.rs`).
 
+mod bench;
 mod cache;
 mod deps;
 mod engine;
@@ -15,6 +16,9 @@ use clap::Parser;
 #[derive(Parser)]
 #[command(bin_name = "cargo xtask", about = "Hellas developer tool")]
 enum Cmd {
+    /// Run a benchmark and record its result in docs/benchmarks.md.
+    #[command(subcommand)]
+    Bench(bench::Bench),
     /// Install the host packages the other verbs need (with apt-get, when root).
     Deps,
     /// Build the bootable image from image/hellas.toml into out/.
@@ -36,6 +40,7 @@ fn main() -> anyhow::Result<()> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace root");
     std::env::set_current_dir(root).context("entering the workspace root")?;
     match Cmd::parse() {
+        Cmd::Bench(bench) => bench.run(),
         Cmd::Deps => deps::ensure(deps::ALL),
         Cmd::Engine(engine) => engine.run(),
         Cmd::Image(image) => image.run(),

@@ -1,0 +1,193 @@
+//! `cargo xtask bench <name>`: measurements recorded in `docs/benchmarks.md`. Each bench owns
+//! one section of that file, between `<!-- bench:NAME:start -->` and `<!-- bench:NAME:end -->`,
+//! and replaces only that one, so the file collects the latest result of every bench.
+
+mod chat;
+mod image;
+mod proxy;
+mod servers;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use std::{fs, thread};
+
+use anyhow::{Context, Result};
+use duct::cmd;
+use serde_json::Value;
+
+use crate::cache;
+
+#[derive(clap::Subcommand)]
+pub enum Bench {
+    /// What hellasd's proxy costs against talking to llama-server directly.
+    Proxy(proxy::Proxy),
+    /// Cold build, daemon-only rebuild, sizes and boot time of the image.
+    Image(image::ImageBench),
+}
+
+impl Bench {
+    pub fn run(&self) -> Result<()> {
+        match self {
+            Bench::Proxy(proxy) => proxy.run(),
+            Bench::Image(image) => image.run(),
+        }
+    }
+}
+
+const INTRO: &str = "# Benchmarks
+
+Every section of this file is written by `cargo xtask bench <name>` (`cargo xtask bench --help`
+lists them): it measures on the machine it runs on and replaces only its own section, between
+`<!-- bench:<name>:start -->` and `<!-- bench:<name>:end -->`. To refresh a section, run its
+command again on an otherwise idle machine and commit the file; each section names the command,
+the machine and the date it was measured on.
+";
+
+/// The paths `cargo metadata` reports, so a `CARGO_TARGET_DIR` set by CI is honoured.
+pub struct Workspace {
+    pub root: PathBuf,
+    pub target: PathBuf,
+}
+
+pub fn workspace() -> Result<Workspace> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let json = cmd!(cargo, "metadata", "--format-version", "1", "--no-deps")
+        .stdin_null()
+        .read()
+        .context("`cargo metadata --format-version 1 --no-deps` failed")?;
+    let metadata: Value =
+        serde_json::from_str(&json).context("`cargo metadata` printed no JSON")?;
+    let path = |key: &str| {
+        metadata[key]
+            .as_str()
+            .map(PathBuf::from)
+            .with_context(|| format!("`cargo metadata` printed no {key}"))
+    };
+    Ok(Workspace {
+        root: path("workspace_root")?,
+        target: path("target_directory")?,
+    })
+}
+
+/// The machine a bench ran on, as its report states it.
+pub struct Machine {
+    pub cpus: usize,
+    pub cpu_model: String,
+    pub date: String,
+}
+
+impl Machine {
+    pub fn describe() -> Result<Machine> {
+        let cpuinfo = fs::read_to_string("/proc/cpuinfo").context("reading /proc/cpuinfo")?;
+        let cpu_model = cpuinfo
+            .lines()
+            .find_map(|line| line.strip_prefix("model name")?.split_once(':'))
+            .map_or("unknown CPU".into(), |(_, model)| model.trim().to_string());
+        let date = cmd!("date", "-u", "+%Y-%m-%d")
+            .stdin_null()
+            .read()
+            .context("`date -u +%Y-%m-%d` failed")?;
+        Ok(Machine {
+            cpus: thread::available_parallelism().map_or(1, |cpus| cpus.get()),
+            cpu_model,
+            date,
+        })
+    }
+}
+
+/// The 1-minute load average, to tell a quiet machine from a busy one.
+pub fn load_average() -> Result<f64> {
+    let text = fs::read_to_string("/proc/loadavg").context("reading /proc/loadavg")?;
+    text.split_whitespace()
+        .next()
+        .and_then(|load| load.parse().ok())
+        .with_context(|| format!("/proc/loadavg holds no load average: {text}"))
+}
+
+/// The nearest-rank percentile `p` (0–100) of `samples`, which must not be empty.
+pub fn percentile(samples: &[Duration], p: f64) -> Duration {
+    let mut sorted = samples.to_vec();
+    sorted.sort();
+    let rank = (p / 100.0 * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+pub fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let mid = sorted.len() / 2;
+    if sorted.len() % 2 == 1 {
+        sorted[mid]
+    } else {
+        (sorted[mid - 1] + sorted[mid]) / 2.0
+    }
+}
+
+pub fn millis(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}
+
+/// Replaces bench `name`'s section of `docs/benchmarks.md` with `body`, creating the file
+/// (with its introduction) if needed. The file is written under a temporary name and renamed.
+pub fn write_section(root: &Path, name: &str, body: &str) -> Result<PathBuf> {
+    let path = root.join("docs/benchmarks.md");
+    cache::remove_stale(&path)?;
+    let current = match fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => INTRO.to_string(),
+        Err(err) => return Err(err).with_context(|| format!("reading {}", path.display())),
+    };
+    let updated = with_section(&current, name, body);
+    let temp = cache::temp_path(&path, "tmp");
+    fs::write(&temp, updated).with_context(|| format!("writing {}", temp.display()))?;
+    fs::rename(&temp, &path)
+        .with_context(|| format!("renaming {} to {}", temp.display(), path.display()))?;
+    Ok(path)
+}
+
+/// `document` with the section between `name`'s markers replaced by `body`, or with the
+/// section appended when it has none yet.
+fn with_section(document: &str, name: &str, body: &str) -> String {
+    let start = format!("<!-- bench:{name}:start -->");
+    let end = format!("<!-- bench:{name}:end -->");
+    let section = format!("{start}\n{}\n{end}", body.trim());
+    let found = document.find(&start).and_then(|from| {
+        let to = from + document[from..].find(&end)? + end.len();
+        Some((from, to))
+    });
+    match found {
+        Some((from, to)) => format!("{}{section}{}", &document[..from], &document[to..]),
+        None => format!("{}\n\n{section}\n", document.trim_end()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn section_is_appended_then_replaced_in_place() {
+        let doc = with_section(INTRO, "proxy", "first\n");
+        assert!(doc.starts_with(INTRO.trim_end()));
+        assert!(doc.ends_with("<!-- bench:proxy:start -->\nfirst\n<!-- bench:proxy:end -->\n"));
+        let doc = with_section(&doc, "other", "theirs");
+        let doc = with_section(&doc, "proxy", "second");
+        assert!(!doc.contains("first"));
+        let proxy = doc.find("second").unwrap();
+        assert!(
+            proxy < doc.find("theirs").unwrap(),
+            "the section keeps its place"
+        );
+        assert_eq!(with_section(&doc, "proxy", "second"), doc);
+    }
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let samples: Vec<_> = (1..=100).rev().map(Duration::from_millis).collect();
+        assert_eq!(percentile(&samples, 50.0), Duration::from_millis(50));
+        assert_eq!(percentile(&samples, 99.0), Duration::from_millis(99));
+        assert_eq!(percentile(&samples[..1], 99.0), Duration::from_millis(100));
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+    }
+}
