@@ -232,25 +232,30 @@ impl Vm {
         self.qemu.wait().context("waiting for QEMU")
     }
 
-    /// Presses the guest's power button and waits up to `timeout` for QEMU to exit; past
-    /// that QEMU is killed and this is an error.
+    /// Presses the guest's power button (every 20 s until it listens) and waits up to `timeout`
+    /// for QEMU to exit; past that QEMU is killed and this is an error.
     pub fn power_off(&mut self, timeout: Duration) -> Result<ExitStatus> {
         if let Some(status) = self.qemu.try_wait().context("checking on QEMU")? {
             return Ok(status);
         }
         let deadline = Instant::now() + timeout;
-        if let Err(err) = self.qmp("system_powerdown") {
-            // QEMU may have exited between the check and the command.
-            if let Some(status) = self.qemu.try_wait().context("checking on QEMU")? {
-                return Ok(status);
-            }
-            return Err(err);
-        }
+        // A press early in boot, before logind watches the button, is lost: press again now and
+        // then until the guest goes down.
         while Instant::now() < deadline {
-            if let Some(status) = self.qemu.try_wait().context("checking on QEMU")? {
-                return Ok(status);
+            if let Err(err) = self.qmp("system_powerdown") {
+                // QEMU may have exited between the check and the command.
+                if let Some(status) = self.qemu.try_wait().context("checking on QEMU")? {
+                    return Ok(status);
+                }
+                return Err(err);
             }
-            thread::sleep(Duration::from_millis(200));
+            let press_again = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < press_again.min(deadline) {
+                if let Some(status) = self.qemu.try_wait().context("checking on QEMU")? {
+                    return Ok(status);
+                }
+                thread::sleep(Duration::from_millis(200));
+            }
         }
         self.kill();
         bail!(
