@@ -37,8 +37,7 @@ enum Cmd {
 
 fn main() -> anyhow::Result<()> {
     // Paths in the verbs (image/, out/, rootfs-overlay/) are relative to the workspace root.
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace root");
-    std::env::set_current_dir(root).context("entering the workspace root")?;
+    std::env::set_current_dir(workspace_root()).context("entering the workspace root")?;
     match Cmd::parse() {
         Cmd::Bench(bench) => bench.run(),
         Cmd::Deps => deps::ensure(deps::ALL),
@@ -49,4 +48,9 @@ fn main() -> anyhow::Result<()> {
         Cmd::Qemu(qemu) => qemu.run(),
         Cmd::Test(test) => test.run(),
     }
+}
+
+/// The workspace this xtask was built from.
+pub fn workspace_root() -> &'static std::path::Path {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace root")
 }

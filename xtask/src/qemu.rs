@@ -3,12 +3,12 @@
 //! harness (`hellas_system_tests::vm`), so what you try by hand is what CI proves. The image
 //! is never written: the guest runs on a throwaway overlay in `target/qemu/`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use hellas_system_tests::vm::{Options, Vm, GUEST_API_PORT, GUEST_WEB_PORT};
 
-use crate::deps;
+use crate::{deps, workspace_root};
 use crate::image::spec::Spec;
 
 #[derive(clap::Args)]
@@ -65,8 +65,3 @@ impl Qemu {
     }
 }
 
-fn workspace_root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives in the workspace root")
-}

@@ -5,11 +5,10 @@
 //! arguments after `--` go to `cargo test`; one that picks packages (`-p`) drops `--workspace`.
 
 use std::ffi::OsString;
-use std::path::Path;
 
 use anyhow::{Context, Result};
 
-use crate::{cache, deps, engine, image, models};
+use crate::{cache, deps, engine, image, models, workspace_root};
 
 #[derive(clap::Args)]
 pub struct Test {
@@ -67,11 +66,6 @@ fn selects_packages(args: &[OsString]) -> bool {
     })
 }
 
-fn workspace_root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives in the workspace root")
-}
 
 #[cfg(test)]
 mod tests {
