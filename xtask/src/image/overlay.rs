@@ -36,12 +36,7 @@ pub fn stage(work: &Path, inputs: &OverlayInputs, tools: &ToolsTree, progress: &
     let root = work.join("root");
     let data = work.join("data");
     progress.run("copying the root tree", cmd!("cp", "-a", "--reflink=auto", inputs.rootfs, &root))?;
-    let handlebars = {
-        let mut h = handlebars::Handlebars::new();
-        h.set_strict_mode(true);
-        h.register_escape_fn(handlebars::no_escape);
-        h
-    };
+    let handlebars = super::step::handlebars();
     for overlay in &inputs.overlays {
         lay(overlay, overlay, &root, &handlebars, inputs.context)?;
     }

@@ -21,9 +21,7 @@ pub const SEED: &str = "6b6f2f6e-1a1e-4c55-9d7b-68656c6c6173";
 pub fn definitions(templates: &Path, work: &Path, context: &Value) -> Result<()> {
     let out = work.join("repart.d");
     fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    let mut handlebars = handlebars::Handlebars::new();
-    handlebars.set_strict_mode(true);
-    handlebars.register_escape_fn(handlebars::no_escape);
+    let handlebars = super::step::handlebars();
     for entry in fs::read_dir(templates).with_context(|| format!("listing {}", templates.display()))? {
         let path = entry?.path();
         let Some(name) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".hbs")) else { continue };

@@ -86,6 +86,15 @@ pub fn file_sha256(path: &Path) -> Result<String> {
     Ok(hex::encode(hasher.finalize()))
 }
 
+/// The template engine for `*.hbs` files: strict (a missing key is an error) and without HTML
+/// escaping (these are config files, not pages).
+pub fn handlebars() -> handlebars::Handlebars<'static> {
+    let mut h = handlebars::Handlebars::new();
+    h.set_strict_mode(true);
+    h.register_escape_fn(handlebars::no_escape);
+    h
+}
+
 /// A step's output directory under `$HELLAS_CACHE/image/<step>/<digest>`, built by `build`
 /// into a temporary directory and renamed into place only when it succeeded. Older outputs of
 /// the same step are removed, so the cache holds one of each.
