@@ -4,6 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use axum::serve::ListenerExt;
 
 use crate::admission::Admission;
 use crate::api::{self, AppState};
@@ -44,6 +45,12 @@ pub async fn run(config: Config) -> Result<()> {
         .await
         .with_context(|| format!("listening on {}", state.config.api.listen))?;
     tracing::info!(address = %listener.local_addr()?, "API listening");
+    // Streamed tokens are small writes that must leave at once, not wait for an ACK (Nagle).
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::warn!("setting TCP_NODELAY on a client connection: {e}");
+        }
+    });
     axum::serve(listener, api::router(state)).with_graceful_shutdown(shutdown_signal()).await.context("serving the API")?;
     tracing::info!("stopping engines");
     supervisor.shutdown().await;

@@ -27,7 +27,11 @@ const MODEL_NAME: &str = "smollm2:135m-q4_1";
 /// Context per slot and slots: enough for the prompt and answers, and one slot per client.
 const CTX: u32 = 512;
 const PARALLEL: usize = 16;
-const THREADS: u32 = 2;
+/// One engine thread, so one core stays free for hellasd and the clients. On the device the GPU
+/// does the engine's work and most cores are idle; two spinning engine threads on this machine's
+/// two cores would instead charge every proxy wake-up to the engine twice, once for the time and
+/// once for the thread barrier it stalls.
+const THREADS: u32 = 1;
 const PROMPT: &str = "Write one sentence about the sea.";
 const SEQUENTIAL_TOKENS: u64 = 8;
 const LOAD_TOKENS: u64 = 32;
