@@ -48,7 +48,17 @@ pub const OVMF: HostPackage = HostPackage {
     present: || Path::new(vm::OVMF_CODE).is_file() && Path::new(vm::OVMF_VARS).is_file(),
 };
 
-pub const ALL: &[HostPackage] = &[MMDEBSTRAP, UNZIP, PIP, ZSTD, QEMU, QEMU_IMG, OVMF];
+/// The browser the web setup tests drive, and its WebDriver.
+pub const CHROMIUM: HostPackage = HostPackage {
+    name: "chromium",
+    present: || on_path("chromium"),
+};
+pub const CHROMEDRIVER: HostPackage = HostPackage {
+    name: "chromium-driver",
+    present: || on_path("chromedriver"),
+};
+
+pub const ALL: &[HostPackage] = &[MMDEBSTRAP, UNZIP, PIP, ZSTD, QEMU, QEMU_IMG, OVMF, CHROMIUM, CHROMEDRIVER];
 
 /// Installed from bookworm-backports on bookworm, whose own QEMU is too old.
 const BACKPORTED_ON_BOOKWORM: &[&str] = &["qemu-system-x86", "qemu-utils", "ovmf"];

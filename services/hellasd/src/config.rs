@@ -27,6 +27,7 @@ pub struct Config {
     pub api: ApiConfig,
     pub engine: EngineConfig,
     pub memory: MemoryConfig,
+    pub web: WebConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -66,6 +67,17 @@ pub struct EngineConfig {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+pub struct WebConfig {
+    /// The setup pages and the owner's dashboard.
+    pub listen: SocketAddr,
+    /// The curated model catalog shipped in the image.
+    pub catalog: PathBuf,
+    /// Where this boot's claim code and console text live (a tmpfs).
+    pub runtime_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct MemoryConfig {
     /// A fixed budget for models in bytes; unset means detect it (GTT + VRAM, or MemAvailable).
     pub budget_bytes: Option<u64>,
@@ -80,6 +92,7 @@ impl Default for Config {
             api: ApiConfig::default(),
             engine: EngineConfig::default(),
             memory: MemoryConfig::default(),
+            web: WebConfig::default(),
         }
     }
 }
@@ -107,6 +120,16 @@ impl Default for EngineConfig {
             extra_args: Vec::new(),
             idle_unload_secs: 30 * 60,
             startup_timeout_secs: 300,
+        }
+    }
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        WebConfig {
+            listen: "0.0.0.0:80".parse().unwrap(),
+            catalog: PathBuf::from("/usr/share/hellas/catalog.toml"),
+            runtime_dir: PathBuf::from("/run/hellas"),
         }
     }
 }

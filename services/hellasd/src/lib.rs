@@ -13,3 +13,4 @@ pub mod gguf;
 pub mod planner;
 pub mod memory_budget;
 pub mod plan_command;
+pub mod web;

@@ -74,13 +74,35 @@ impl ModelLibrary {
 
     /// Copies `source` into the library under `name`. The name must be new.
     pub fn add_file(&self, source: &Path, name: &str) -> Result<ModelEntry> {
+        self.check_new(source, name)?;
+        let (sha256, size) = self.import_blob(source)?;
+        self.insert(name, sha256, size)
+    }
+
+    /// Moves a file whose sha256 the caller has verified (a finished download on the same file
+    /// system) into the library under `name`, without copying it.
+    pub fn adopt_verified(&self, file: &Path, name: &str, sha256: &str) -> Result<ModelEntry> {
+        self.check_new(file, name)?;
+        let size = fs::metadata(file).with_context(|| format!("reading {}", file.display()))?.len();
+        let blobs = self.dir.join("blobs");
+        fs::create_dir_all(&blobs).with_context(|| format!("creating {}", blobs.display()))?;
+        let dest = self.blob_path(sha256);
+        fs::rename(file, &dest).with_context(|| format!("renaming {} to {}", file.display(), dest.display()))?;
+        sync_dir(&blobs)?;
+        self.insert(name, sha256.to_string(), size)
+    }
+
+    fn check_new(&self, source: &Path, name: &str) -> Result<()> {
         validate_name(name)?;
         if self.get(name)?.is_some_and(|e| e.name == name) {
             bail!("a model named '{name}' is already in the library: remove it first with `hellasd models rm {name}`");
         }
         // Refuse what is not a readable GGUF before copying gigabytes.
         GgufFile::open(source).with_context(|| format!("{} is not a usable GGUF model", source.display()))?;
-        let (sha256, size) = self.import_blob(source)?;
+        Ok(())
+    }
+
+    fn insert(&self, name: &str, sha256: String, size: u64) -> Result<ModelEntry> {
         let entry = ModelEntry { name: name.to_string(), sha256, size, added: unix_now() };
         self.manifest.update(|m| {
             if m.models.contains_key(name) {

@@ -47,6 +47,15 @@ enum Command {
     Keys(KeysCommand),
     /// Show whether a model fits in memory, and what it needs.
     Plan(PlanArgs),
+    /// Print this boot's claim code, which the web setup asks for.
+    ClaimCode {
+        /// Make one when the box has no owner and none was made this boot (the boot unit does).
+        #[arg(long)]
+        ensure: bool,
+    },
+    /// Set the owner's password, read as one line from standard input; on a box with no owner
+    /// this claims it without the web setup (for scripted installs).
+    SetPassword,
 }
 
 #[derive(Subcommand)]
@@ -94,8 +103,42 @@ fn main() -> Result<()> {
         }
         Command::Models(command) => models(&config, command),
         Command::Keys(command) => keys(&config, command),
+        Command::ClaimCode { ensure } => claim_code(&config, ensure),
+        Command::SetPassword => set_password(&config),
         Command::Plan(_) => unreachable!("handled above"),
     }
+}
+
+fn claim_code(config: &Config, ensure: bool) -> Result<()> {
+    let owner = hellasd::web::owner_store(&config.state_dir).load()?;
+    if owner.owner.is_some() {
+        println!("this box is claimed already: log in at http://{}.local/", owner.settings.box_name);
+        return Ok(());
+    }
+    let claim = hellasd::web::ClaimFiles::new(&config.web.runtime_dir);
+    let code = if ensure { Some(claim.ensure()?) } else { claim.current()? };
+    match code {
+        Some(code) => println!("Hellas claim code: {code} (open http://{}.local/ to set up this box)", owner.settings.box_name),
+        None => anyhow::bail!("no claim code yet this boot: is hellasd running? (`systemctl status hellasd`)"),
+    }
+    Ok(())
+}
+
+fn set_password(config: &Config) -> Result<()> {
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).context("reading the password from standard input")?;
+    let password = line.trim_end_matches(['\n', '\r']);
+    let store = hellasd::web::owner_store(&config.state_dir);
+    if store.is_claimed()? {
+        store.set_password(password)?;
+        println!("the owner's password was changed");
+    } else {
+        store.claim(password)?;
+        let name = store.load()?.settings.box_name;
+        hellasd::web::ClaimFiles::new(&config.web.runtime_dir).claimed(&name)?;
+        println!("the box is claimed; the owner logs in at http://{name}.local/");
+    }
+    Ok(())
 }
 
 fn models(config: &Config, command: ModelsCommand) -> Result<()> {

@@ -14,6 +14,7 @@ use crate::keys::KeyStore;
 use crate::library::ModelLibrary;
 use crate::memory_budget;
 use crate::metrics::Metrics;
+use crate::web::{self, Web};
 
 pub async fn run(config: Config) -> Result<()> {
     let budget = match config.memory.budget_bytes {
@@ -25,7 +26,12 @@ pub async fn run(config: Config) -> Result<()> {
     let library = Arc::new(ModelLibrary::open(config.state_dir.join("models")));
     let supervisor = Supervisor::new(config.engine.clone(), budget.usable, library.clone(), metrics.clone());
     supervisor.spawn_idle_reaper();
+    let http = reqwest::Client::builder().no_proxy().build().context("building the HTTP client")?;
+    let web = Web::new(&config, library.clone(), http).context("loading the web setup")?;
     let state = Arc::new(AppState {
+        budget,
+        web,
+        recent: Default::default(),
         keys: KeyStore::open(config.state_dir.join("keys.json")),
         admission: Admission::new(config.api.queue_depth),
         http: reqwest::Client::builder()
@@ -45,6 +51,13 @@ pub async fn run(config: Config) -> Result<()> {
         .await
         .with_context(|| format!("listening on {}", state.config.api.listen))?;
     tracing::info!(address = %listener.local_addr()?, "API listening");
+    let web_listener = tokio::net::TcpListener::bind(state.config.web.listen)
+        .await
+        .with_context(|| format!("listening on {} for the web pages", state.config.web.listen))?;
+    tracing::info!(address = %web_listener.local_addr()?, "web pages listening");
+    state.web.start()?;
+    let pages = web::router(state.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let web_server = tokio::spawn(async move { axum::serve(web_listener, pages).with_graceful_shutdown(shutdown_signal()).await });
     // Streamed tokens are small writes that must leave at once, not wait for an ACK (Nagle).
     let listener = listener.tap_io(|tcp| {
         if let Err(e) = tcp.set_nodelay(true) {
@@ -52,6 +65,7 @@ pub async fn run(config: Config) -> Result<()> {
         }
     });
     axum::serve(listener, api::router(state)).with_graceful_shutdown(shutdown_signal()).await.context("serving the API")?;
+    web_server.await.context("the web server task")?.context("serving the web pages")?;
     tracing::info!("stopping engines");
     supervisor.shutdown().await;
     Ok(())

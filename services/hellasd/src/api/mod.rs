@@ -10,7 +10,8 @@ mod ollama;
 mod openai;
 mod relay;
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use axum::body::{Body, Bytes};
@@ -30,16 +31,41 @@ use crate::config::Config;
 use crate::engine::{EngineLease, EngineStatus, Supervisor};
 use crate::keys::KeyStore;
 use crate::library::ModelLibrary;
+use crate::memory_budget::MemoryBudget;
 use crate::metrics::Metrics;
+use crate::web::Web;
 
 pub struct AppState {
     pub config: Config,
+    pub budget: MemoryBudget,
+    pub web: Web,
+    /// The last answers, newest last, for the dashboard's tokens/s.
+    pub recent: Mutex<VecDeque<RecentRequest>>,
     pub library: Arc<ModelLibrary>,
     pub keys: KeyStore,
     pub supervisor: Arc<Supervisor>,
     pub admission: Arc<Admission>,
     pub metrics: Arc<Metrics>,
     pub http: reqwest::Client,
+}
+
+pub struct RecentRequest {
+    pub model: String,
+    pub generated: u64,
+    pub duration: std::time::Duration,
+    pub at: Instant,
+}
+
+const RECENT: usize = 20;
+
+impl AppState {
+    pub fn record_recent(&self, request: RecentRequest) {
+        let mut recent = self.recent.lock().unwrap();
+        if recent.len() == RECENT {
+            recent.pop_front();
+        }
+        recent.push_back(request);
+    }
 }
 
 /// The API key a request was made with (its public id).
@@ -64,7 +90,25 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .merge(models)
         .fallback(not_found)
+        .layer(middleware::from_fn(cors))
         .with_state(state)
+}
+
+/// Browsers may call the API from other origins (the setup's "try it" box, web chat clients):
+/// it authenticates with bearer keys, never cookies, so allowing any origin exposes nothing.
+async fn cors(request: Request, next: Next) -> Response {
+    let mut response = if request.method() == axum::http::Method::OPTIONS {
+        let mut preflight = StatusCode::NO_CONTENT.into_response();
+        let headers = preflight.headers_mut();
+        headers.insert(header::ACCESS_CONTROL_ALLOW_METHODS, header::HeaderValue::from_static("GET, POST, OPTIONS"));
+        headers.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, header::HeaderValue::from_static("authorization, content-type"));
+        headers.insert(header::ACCESS_CONTROL_MAX_AGE, header::HeaderValue::from_static("600"));
+        preflight
+    } else {
+        next.run(request).await
+    };
+    response.headers_mut().insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, header::HeaderValue::from_static("*"));
+    response
 }
 
 async fn health(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
@@ -84,13 +128,13 @@ async fn not_found(request: Request) -> Response {
 async fn require_key(State(state): State<Arc<AppState>>, mut request: Request, next: Next) -> Response {
     let ollama = request.uri().path().starts_with("/api/");
     let refuse = |e: ApiError| if ollama { e.into_ollama() } else { e.into_openai() };
-    match state.keys.is_empty() {
-        Ok(false) => {}
-        Ok(true) => {
+    match state.web.owner.is_claimed() {
+        Ok(true) => {}
+        Ok(false) => {
             return refuse(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "not_set_up",
-                "this box has no API key yet: finish the setup at http://hellas.local or run `hellasd keys create NAME` as root",
+                "this box is not set up yet: claim it at http://hellas.local/ (or run `hellasd set-password` as root), then create an API key",
             ))
         }
         Err(e) => return refuse(internal(e)),
@@ -146,6 +190,7 @@ pub struct Dispatched {
 impl AppState {
     /// Admits a request for `model` and sends `body` to `path` on its engine.
     async fn dispatch(&self, key: &ClientKey, model: &str, path: &str, body: Bytes, started: Instant) -> Result<Dispatched, ApiError> {
+        crate::library::validate_name(model).map_err(|e| ApiError::bad_request(format!("{e:#}")))?;
         let entry = self.library.get(model).map_err(internal)?.ok_or_else(|| {
             let available: Vec<String> = self.library.list().unwrap_or_default().into_iter().map(|e| e.name).collect();
             ApiError::new(

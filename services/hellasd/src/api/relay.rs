@@ -97,6 +97,14 @@ impl<R: Relay> Drop for Relaying<R> {
         metrics.count_tokens(&self.model, prompt, generated);
         metrics.request_duration.get_or_create(&Metrics::model(&self.model)).observe(self.started.elapsed().as_secs_f64());
         metrics.count_request(self.route, &self.model, self.status);
+        if generated > 0 {
+            self.state.record_recent(crate::api::RecentRequest {
+                model: self.model.clone(),
+                generated,
+                duration: self.started.elapsed(),
+                at: Instant::now(),
+            });
+        }
     }
 }
 

@@ -4,6 +4,9 @@
 //! `$HELLAS_CACHE` (default `~/.cache/hellas`).
 #![allow(dead_code)]
 
+pub mod model_server;
+pub mod webdriver;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -54,7 +57,13 @@ pub struct Setup {
     pub idle_unload_secs: u64,
     pub models: Vec<(&'static str, &'static str)>,
     pub create_key: bool,
+    /// Give the box an owner (`hellasd set-password`) before it starts.
+    pub claimed: bool,
+    /// `web.catalog`; none means an empty catalog.
+    pub catalog: Option<PathBuf>,
 }
+
+pub const OWNER_PASSWORD: &str = "correct horse battery staple";
 
 impl Default for Setup {
     fn default() -> Self {
@@ -66,6 +75,8 @@ impl Default for Setup {
             idle_unload_secs: 600,
             models: vec![("smollm2:135m-q4_1", SMOLLM)],
             create_key: true,
+            claimed: true,
+            catalog: None,
         }
     }
 }
@@ -73,6 +84,8 @@ impl Default for Setup {
 pub struct Daemon {
     child: Child,
     pub url: String,
+    /// The setup pages and dashboard.
+    pub web_url: String,
     pub key: Option<String>,
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
@@ -82,6 +95,7 @@ impl Daemon {
     pub fn start(setup: Setup) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
+        let web_port = free_port();
         let config = dir.path().join("hellasd.toml");
         let mut text = format!(
             "state_dir = {state:?}\n[api]\nlisten = \"127.0.0.1:{port}\"\nqueue_depth = {queue}\nmax_body_bytes = 1048576\n\
@@ -93,6 +107,11 @@ impl Daemon {
             parallel = setup.parallel,
             idle = setup.idle_unload_secs,
         );
+        text.push_str(&format!(
+            "[web]\nlisten = \"127.0.0.1:{web_port}\"\nruntime_dir = {:?}\ncatalog = {:?}\n",
+            dir.path().join("run"),
+            setup.catalog.clone().unwrap_or_else(|| dir.path().join("no-catalog.toml")),
+        ));
         if let Some(budget) = setup.budget_bytes {
             text.push_str(&format!("[memory]\nbudget_bytes = {budget}\n"));
         }
@@ -100,6 +119,12 @@ impl Daemon {
         for (name, file) in &setup.models {
             let out = run(hellasd().arg("--config").arg(&config).args(["models", "add"]).arg(model(file)).args(["--name", name]));
             assert!(out.status.success(), "models add failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        if setup.claimed {
+            use std::io::Write;
+            let mut child = hellasd().arg("--config").arg(&config).arg("set-password").stdin(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
+            writeln!(child.stdin.take().unwrap(), "{OWNER_PASSWORD}").unwrap();
+            assert!(child.wait().unwrap().success(), "hellasd set-password failed");
         }
         let key = setup.create_key.then(|| {
             let out = run(hellasd().arg("--config").arg(&config).args(["keys", "create", "test"]));
@@ -116,7 +141,7 @@ impl Daemon {
             .stderr(log)
             .spawn()
             .expect("starting hellasd serve");
-        let daemon = Daemon { child, url: format!("http://127.0.0.1:{port}"), key, dir, config };
+        let daemon = Daemon { child, url: format!("http://127.0.0.1:{port}"), web_url: format!("http://127.0.0.1:{web_port}"), key, dir, config };
         daemon.wait_healthy();
         daemon
     }

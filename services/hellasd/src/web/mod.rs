@@ -1,0 +1,167 @@
+//! The web pages on port 80: the first-boot setup (claim, owner, settings, model, API key) and
+//! afterwards the owner's dashboard. Server-rendered with handlebars; the only script shows
+//! download progress, copies text and runs the "try it" box.
+//!
+//! Before the box is claimed only the setup pages answer; every API route answers 403. Forms
+//! carry a per-session CSRF token, requests from another origin are refused, and wrong claim
+//! codes and passwords are rate-limited.
+
+mod catalog;
+mod claim;
+mod download;
+mod owner;
+mod pages;
+mod session;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use handlebars::Handlebars;
+
+pub use catalog::{Catalog, CatalogEntry, Fit};
+pub use claim::ClaimFiles;
+pub use download::{Downloads, Progress};
+pub use owner::{OwnerStore, Settings};
+pub use session::{Limiter, Session, Sessions};
+
+use crate::api::AppState;
+use crate::config::Config;
+use crate::library::ModelLibrary;
+
+pub const ZONEINFO: &str = "/usr/share/zoneinfo";
+
+/// The web side of the daemon's state.
+pub struct Web {
+    pub owner: OwnerStore,
+    pub sessions: Sessions,
+    pub claim: ClaimFiles,
+    /// Wrong claim codes and passwords.
+    pub guesses: Limiter,
+    pub catalog: Catalog,
+    pub headers: catalog::Headers,
+    pub downloads: Arc<Downloads>,
+    pages: Handlebars<'static>,
+}
+
+impl Web {
+    pub fn new(config: &Config, library: Arc<ModelLibrary>, http: reqwest::Client) -> Result<Web> {
+        let catalog = Catalog::load(&config.web.catalog)?;
+        Ok(Web {
+            owner: owner_store(&config.state_dir),
+            sessions: Sessions::default(),
+            claim: ClaimFiles::new(&config.web.runtime_dir),
+            guesses: Limiter::new(Duration::from_secs(60), 5, 20),
+            headers: catalog::Headers::new(config.state_dir.join("catalog"), http.clone()),
+            downloads: Downloads::new(config.state_dir.join("downloads"), library, http),
+            catalog,
+            pages: pages::templates()?,
+        })
+    }
+
+    /// Start-up: a claim code when the box has no owner, and interrupted downloads resumed.
+    pub fn start(&self) -> Result<()> {
+        let file = self.owner.load()?;
+        if file.owner.is_none() {
+            let code = self.claim.ensure()?;
+            tracing::info!("not set up yet: claim this box at http://{}.local/ with the code {code}", file.settings.box_name);
+        } else {
+            self.claim.claimed(&file.settings.box_name)?;
+        }
+        self.downloads.resume_interrupted(&self.catalog.entries);
+        Ok(())
+    }
+}
+
+pub fn owner_store(state_dir: &Path) -> OwnerStore {
+    OwnerStore::open(state_dir.join("owner.json"))
+}
+
+/// Files the setup writes in the state directory, all removed by a factory reset.
+pub fn state_paths(state_dir: &Path) -> Vec<PathBuf> {
+    ["owner.json", "owner.lock", "keys.json", "keys.lock", "models", "downloads", "catalog"].iter().map(|p| state_dir.join(p)).collect()
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/", get(pages::home))
+        .route("/setup/claim", get(pages::claim_page).post(pages::claim))
+        .route("/setup/owner", get(pages::owner_page).post(pages::set_owner))
+        .route("/setup/key", get(pages::key_form))
+        .route("/settings", get(pages::settings_page).post(pages::save_settings))
+        .route("/models", get(pages::models_page))
+        .route("/models/remove", post(pages::remove_model))
+        .route("/downloads", post(pages::start_download))
+        .route("/downloads/{sha256}", get(pages::download_page))
+        .route("/downloads/{sha256}/events", get(pages::download_events))
+        .route("/downloads/{sha256}/cancel", post(pages::cancel_download))
+        .route("/keys", post(pages::create_key))
+        .route("/keys/new", get(pages::key_form))
+        .route("/keys/revoke", post(pages::revoke_key))
+        .route("/dashboard", get(pages::dashboard))
+        .route("/login", get(pages::login_page).post(pages::login))
+        .route("/logout", post(pages::logout))
+        .route("/reset", get(pages::reset_page).post(pages::reset))
+        .route("/assets/style.css", get(|| async { asset("text/css", include_str!("assets/style.css")) }))
+        .route("/assets/app.js", get(|| async { asset("text/javascript", include_str!("assets/app.js")) }))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "no such page") })
+        .layer(axum::extract::DefaultBodyLimit::max(64 << 10))
+        .route_layer(middleware::from_fn_with_state(state.clone(), with_session))
+        .with_state(state)
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "no-cache")], body).into_response()
+}
+
+/// Gives every request its session (starting one when needed), refuses state changes from
+/// other origins, and sets the security headers.
+async fn with_session(State(state): State<Arc<AppState>>, mut request: Request, next: Next) -> Response {
+    if request.method() == Method::POST && !same_origin(&request) {
+        return (StatusCode::FORBIDDEN, "cross-origin form posts are refused").into_response();
+    }
+    let cookie = request
+        .headers()
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| session::cookie_value(v, session::COOKIE).map(str::to_string));
+    let (session, new) = state.web.sessions.resume_or_start(cookie.as_deref());
+    request.extensions_mut().insert(session.clone());
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    if new && !headers.contains_key(header::SET_COOKIE) {
+        if let Ok(value) = HeaderValue::from_str(&session::set_cookie(&session)) {
+            headers.append(header::SET_COOKIE, value);
+        }
+    }
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    // "no-referrer" would make browsers send `Origin: null` with forms, which `same_origin` refuses.
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        // connect-src: the "try it" box calls the API on its own port.
+        HeaderValue::from_static("default-src 'self'; connect-src *; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"),
+    );
+    response
+}
+
+/// A POST whose `Origin` (when the browser sends one) is this host.
+fn same_origin(request: &Request) -> bool {
+    let Some(origin) = request.headers().get(header::ORIGIN).and_then(|v| v.to_str().ok()) else { return true };
+    let host = request.headers().get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    origin.split_once("://").is_some_and(|(_, rest)| rest == host)
+}
+
+/// Runs slow work (argon2 takes a good fraction of a second) off the async runtime.
+pub async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(work).await.context("a background task failed")?
+}

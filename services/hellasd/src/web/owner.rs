@@ -1,0 +1,253 @@
+//! The owner of the box and the settings chosen in the setup: `owner.json` in the state
+//! directory. The password is kept only as an argon2id hash (PHC string).
+
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use serde::{Deserialize, Serialize};
+
+use crate::state_file::StateFile;
+
+pub const MIN_PASSWORD: usize = 10;
+pub const MAX_PASSWORD: usize = 256;
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct OwnerFile {
+    pub owner: Option<Owner>,
+    #[serde(default)]
+    pub settings: Settings,
+    /// The owner finished the setup (has seen the first API key).
+    #[serde(default)]
+    pub setup_done: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Owner {
+    /// argon2id, as a PHC string.
+    pub password: String,
+    pub claimed: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    /// The host name announced over mDNS (`<box_name>.local`).
+    pub box_name: String,
+    pub timezone: String,
+    /// OpenSSH public keys allowed to log in as the admin user; sshd stays off while empty.
+    pub ssh_keys: Vec<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings { box_name: "hellas".into(), timezone: "UTC".into(), ssh_keys: Vec::new() }
+    }
+}
+
+pub struct OwnerStore {
+    file: StateFile<OwnerFile>,
+}
+
+impl OwnerStore {
+    pub fn open(path: PathBuf) -> OwnerStore {
+        OwnerStore { file: StateFile::new(path) }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.file.path()
+    }
+
+    pub fn load(&self) -> Result<OwnerFile> {
+        Ok((*self.file.load()?).clone())
+    }
+
+    pub fn is_claimed(&self) -> Result<bool> {
+        Ok(self.file.load()?.owner.is_some())
+    }
+
+    /// Makes the box the caller's. Fails when it has an owner already. Slow (argon2): call it
+    /// off the async runtime.
+    pub fn claim(&self, password: &str) -> Result<()> {
+        check_password(password).map_err(anyhow::Error::msg)?;
+        let hash = hash_password(password)?;
+        self.file.update(|f| {
+            if f.owner.is_some() {
+                bail!("this box has an owner already: log in instead");
+            }
+            f.owner = Some(Owner { password: hash, claimed: unix_now() });
+            Ok(())
+        })
+    }
+
+    /// Replaces the password of a claimed box. Slow (argon2).
+    pub fn set_password(&self, password: &str) -> Result<()> {
+        check_password(password).map_err(anyhow::Error::msg)?;
+        let hash = hash_password(password)?;
+        self.file.update(|f| {
+            let owner = f.owner.as_mut().context("this box has no owner yet: claim it first")?;
+            owner.password = hash;
+            Ok(())
+        })
+    }
+
+    /// Whether `password` is the owner's. Slow (argon2).
+    pub fn verify_password(&self, password: &str) -> Result<bool> {
+        let file = self.file.load()?;
+        let Some(owner) = &file.owner else { return Ok(false) };
+        let hash = PasswordHash::new(&owner.password)
+            .map_err(|e| anyhow::anyhow!("the owner's password hash in {} is damaged: {e}", self.path().display()))?;
+        Ok(Argon2::default().verify_password(password.as_bytes(), &hash).is_ok())
+    }
+
+    pub fn update_settings(&self, settings: Settings) -> Result<()> {
+        self.file.update(|f| {
+            f.settings = settings;
+            Ok(())
+        })
+    }
+
+    pub fn finish_setup(&self) -> Result<()> {
+        self.file.update(|f| {
+            f.setup_done = true;
+            Ok(())
+        })
+    }
+}
+
+/// The rules a password must meet, as shown on the form.
+pub fn check_password(password: &str) -> Result<(), String> {
+    let chars = password.chars().count();
+    if chars < MIN_PASSWORD {
+        return Err(format!("the password needs at least {MIN_PASSWORD} characters ({chars} given)"));
+    }
+    if chars > MAX_PASSWORD {
+        return Err(format!("the password may have at most {MAX_PASSWORD} characters"));
+    }
+    if password.chars().any(|c| c.is_control()) {
+        return Err("the password may not contain control characters".into());
+    }
+    Ok(())
+}
+
+fn hash_password(password: &str) -> Result<String> {
+    let salt = SaltString::generate(&mut rand::rngs::OsRng);
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| anyhow::anyhow!("hashing the password: {e}"))
+}
+
+/// A box name is one DNS label: it becomes `<name>.local`.
+pub fn check_box_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("'{name}' cannot be a box name: use 1 to 63 lower-case letters, digits and inner hyphens, e.g. hellas-kitchen"))
+    }
+}
+
+/// A time zone from the tz database, e.g. `Europe/Athens`, that exists under `zoneinfo` when
+/// that directory is present.
+pub fn check_timezone(zone: &str, zoneinfo: &Path) -> Result<(), String> {
+    let shaped = !zone.is_empty()
+        && zone.len() <= 64
+        && zone.split('/').all(|part| !part.is_empty() && part != "." && part != "..")
+        && zone.bytes().all(|b| b.is_ascii_alphanumeric() || b"/_+-".contains(&b));
+    if !shaped || (zoneinfo.is_dir() && !zoneinfo.join(zone).is_file()) {
+        return Err(format!("'{zone}' is not a known time zone: pick one from the list, e.g. Europe/Athens or UTC"));
+    }
+    Ok(())
+}
+
+/// The zones to offer: `zone1970.tab` when the tz database is installed, else only UTC.
+pub fn timezones(zoneinfo: &Path) -> Vec<String> {
+    let mut zones: Vec<String> = std::fs::read_to_string(zoneinfo.join("zone1970.tab"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split('\t').nth(2).map(str::to_string))
+        .collect();
+    zones.push("UTC".into());
+    zones.sort();
+    zones.dedup();
+    zones
+}
+
+/// Checks OpenSSH public keys, one per line; blank lines are ignored.
+pub fn parse_ssh_keys(text: &str) -> Result<Vec<String>, String> {
+    const TYPES: &[&str] = &[
+        "ssh-ed25519",
+        "ssh-rsa",
+        "ecdsa-sha2-nistp256",
+        "ecdsa-sha2-nistp384",
+        "ecdsa-sha2-nistp521",
+        "sk-ssh-ed25519@openssh.com",
+        "sk-ecdsa-sha2-nistp256@openssh.com",
+    ];
+    let mut keys = Vec::new();
+    for (n, line) in text.lines().map(str::trim).enumerate().filter(|(_, l)| !l.is_empty()) {
+        let mut parts = line.split_whitespace();
+        let (kind, blob) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+        let decoded = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, blob).unwrap_or_default();
+        // The blob starts with the key type again, length-prefixed.
+        let named = decoded.len() > 4 + kind.len() && &decoded[4..4 + kind.len()] == kind.as_bytes();
+        if !TYPES.contains(&kind) || !named || line.chars().any(|c| c.is_control()) {
+            return Err(format!(
+                "line {} is not an OpenSSH public key: paste the contents of e.g. ~/.ssh/id_ed25519.pub (it starts with ssh-ed25519)",
+                n + 1
+            ));
+        }
+        keys.push(line.to_string());
+    }
+    Ok(keys)
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claim_once_then_verify() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = OwnerStore::open(dir.path().join("owner.json"));
+        assert!(!store.is_claimed().unwrap());
+        assert!(store.claim("short").is_err());
+        store.claim("correct horse battery").unwrap();
+        assert!(store.is_claimed().unwrap());
+        assert!(store.claim("another long password").is_err());
+        assert!(store.verify_password("correct horse battery").unwrap());
+        assert!(!store.verify_password("correct horse batterY").unwrap());
+        let text = std::fs::read_to_string(store.path()).unwrap();
+        assert!(text.contains("$argon2id$") && !text.contains("correct horse"));
+    }
+
+    #[test]
+    fn names_zones_and_keys_are_checked() {
+        assert!(check_box_name("hellas-2").is_ok());
+        for bad in ["", "-a", "a-", "Hellas", "a.b", "a b", &"x".repeat(64)] {
+            assert!(check_box_name(bad).is_err(), "{bad}");
+        }
+        let none = Path::new("/nonexistent");
+        assert!(check_timezone("Europe/Athens", none).is_ok());
+        for bad in ["", "../etc/passwd", "Europe/../x", "a b", "/abs"] {
+            assert!(check_timezone(bad, none).is_err(), "{bad}");
+        }
+        let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl me@laptop";
+        assert_eq!(parse_ssh_keys(&format!("\n{key}\n")).unwrap(), vec![key.to_string()]);
+        assert!(parse_ssh_keys("ssh-ed25519 notbase64").is_err());
+        assert!(parse_ssh_keys("ssh-rsa AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl").is_err());
+        assert!(parse_ssh_keys("-----BEGIN OPENSSH PRIVATE KEY-----").is_err());
+    }
+}

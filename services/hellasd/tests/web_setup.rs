@@ -1,0 +1,303 @@
+//! The first-boot setup in a real browser (Debian's headless chromium through chromedriver)
+//! against a real hellasd with the real engine: claim code, owner password, settings, a model
+//! from the catalog downloaded from a local server that corrupts one download and cuts the
+//! next, the first API key, and a chat answer through the API from the "try it" box.
+//! Screenshots of every step go to `target/tmp/web-setup/`.
+//!
+//! Then the refusals, over plain HTTP: the API before the claim, wrong claim codes, forms without
+//! their CSRF token or from another origin, bad model names and bodies over the limit.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::model_server::{Fault, ModelServer};
+use support::webdriver::Browser;
+use support::{Daemon, Setup, SMOLLM};
+
+const SMOLLM_SHA256: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
+const PASSWORD: &str = "a long and private phrase";
+
+fn artefacts(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A catalog with SmolLM2 from `server` and a model far too big for the test budget.
+fn catalog(dir: &Path, server: &ModelServer) -> PathBuf {
+    let size = std::fs::metadata(support::model(SMOLLM)).unwrap().len();
+    let text = format!(
+        r#"[[model]]
+name = "smollm2:135m-q4_1"
+title = "SmolLM2 135M Instruct"
+description = "A tiny model for trying things out."
+url = "{url}"
+sha256 = "{SMOLLM_SHA256}"
+size = {size}
+parameters = "135M"
+architecture = "llama"
+licence = "Apache-2.0"
+context = 8192
+
+[[model]]
+name = "huge:70b-q4_k_m"
+title = "Huge 70B"
+url = "{url}.missing"
+sha256 = "{zeros}"
+size = 42000000000
+parameters = "70B"
+architecture = "llama"
+licence = "Llama 3.3"
+context = 131072
+"#,
+        url = server.url,
+        zeros = "0".repeat(64),
+    );
+    let path = dir.join("catalog.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn unclaimed(catalog: Option<PathBuf>) -> Daemon {
+    Daemon::start(Setup {
+        models: vec![],
+        create_key: false,
+        claimed: false,
+        catalog,
+        budget_bytes: Some(1 << 30),
+        ctx: 2048,
+        parallel: 1,
+        ..Setup::default()
+    })
+}
+
+fn claim_code(daemon: &Daemon) -> String {
+    let out = support::run(daemon.cli().arg("claim-code"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    text.split_whitespace().find(|w| w.len() == 9 && w.as_bytes()[4] == b'-').unwrap_or_else(|| panic!("no code in {text:?}")).to_string()
+}
+
+fn library_names(daemon: &Daemon) -> String {
+    let out = support::run(daemon.cli().args(["models", "list"]));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn a_person_sets_up_the_box_in_a_browser() {
+    let shots = artefacts("web-setup");
+    let booted = Instant::now();
+    // About 20 MB/s, so the page shows a download in progress.
+    let server = ModelServer::start(support::model(SMOLLM), 20 << 20);
+    let daemon = unclaimed(Some(catalog(&shots, &server)));
+    let browser = Browser::start(&shots.join("chromedriver.log"));
+    let shot = |name: &str| browser.screenshot(&shots.join(format!("{name}.png")));
+
+    // 1. The claim code: a wrong one is refused, the one from the console claims.
+    browser.goto(&format!("{}/", daemon.web_url));
+    assert!(browser.url().ends_with("/setup/claim"), "{}", browser.url());
+    shot("01-claim");
+    browser.find("#code").type_text("ABCD-EFGH");
+    browser.find("#claim").click();
+    assert!(browser.text(".error").contains("not this box's claim code"), "{}", browser.text("body"));
+    browser.find("#code").type_text(&claim_code(&daemon).to_lowercase());
+    browser.find("#claim").click();
+
+    // 2. The owner's password, with its rules; a mismatch is caught.
+    assert!(browser.url().ends_with("/setup/owner"), "{}", browser.url());
+    assert!(browser.text(".rules").contains("At least 10 characters"));
+    shot("02-owner");
+    browser.find("#password").type_text(PASSWORD);
+    browser.find("#confirm").type_text("something else entirely");
+    browser.find("#save-password").click();
+    assert!(browser.text(".error").contains("differ"), "{}", browser.text("body"));
+    browser.find("#password").type_text(PASSWORD);
+    browser.find("#confirm").type_text(PASSWORD);
+    browser.find("#save-password").click();
+    let session = browser.cookies().into_iter().find(|c| c["name"] == "hellas_session").expect("a session cookie");
+    assert_eq!((session["httpOnly"].as_bool(), session["sameSite"].as_str()), (Some(true), Some("Strict")), "{session}");
+
+    // 3. Settings: a bad key is explained, then a good name and zone are kept.
+    assert!(browser.url().ends_with("/settings"), "{}", browser.url());
+    shot("03-settings");
+    browser.find("#box_name").clear().type_text("kitchen");
+    browser.find("#ssh_keys").type_text("not a key");
+    browser.find("#save-settings").click();
+    assert!(browser.text(".error").contains("not an OpenSSH public key"), "{}", browser.text("body"));
+    browser.find("#ssh_keys").clear();
+    browser.find("#timezone").type_text("Europe/Athens");
+    browser.find("#save-settings").click();
+
+    // 4. The catalog with this box's verdicts.
+    assert!(browser.url().ends_with("/models"), "{}", browser.url());
+    shot("04-models");
+    let small = browser.text("tr[data-model='smollm2:135m-q4_1'] .verdict");
+    assert!(small.starts_with("fits at context 2048"), "{small}");
+    let huge = browser.text("tr[data-model='huge:70b-q4_k_m'] .verdict");
+    assert!(huge.starts_with("does not fit"), "{huge}");
+    assert!(browser.try_find("tr[data-model='huge:70b-q4_k_m'] button").is_none(), "a model that cannot fit is not offered");
+
+    // 5. The download: the first is corrupted (refused, nothing kept), the second is cut
+    // part-way and resumes.
+    server.fault_next(Fault::Corrupt(50_000_000));
+    server.fault_next(Fault::Cut(30_000_000));
+    browser.find("tr[data-model='smollm2:135m-q4_1'] button").click();
+    browser.wait_text("#status", Duration::from_secs(60), |t| t.contains('%'));
+    shot("05-downloading");
+    let failed = browser.wait_text("#status", Duration::from_secs(120), |t| t.starts_with("Failed"));
+    assert!(failed.contains("sha256"), "{failed}");
+    shot("06-corrupted");
+    assert!(!library_names(&daemon).contains("smollm2"), "a corrupted download entered the library");
+    let downloads = daemon.dir.path().join("state/downloads");
+    assert_eq!(std::fs::read_dir(&downloads).map(|d| d.count()).unwrap_or(0), 0, "the corrupted file was kept");
+    browser.find("#retry").click();
+    browser.wait_text("#status", Duration::from_secs(120), |t| t.contains("is ready"));
+    shot("07-downloaded");
+    let resumed: Vec<_> = server.requests().into_iter().filter(|(start, end)| *start > 0 && end.is_none()).collect();
+    assert_eq!(resumed, vec![(30_000_000, None)], "the cut download resumes where it broke: {:?}", server.requests());
+    assert!(library_names(&daemon).contains("smollm2:135m-q4_1"));
+    browser.find("#continue").click();
+
+    // 6. The first API key, its examples, and an answer through the real API.
+    assert!(browser.url().ends_with("/setup/key"), "{}", browser.url());
+    browser.find("#create-key").click();
+    let key = browser.text("#api-key");
+    assert!(key.starts_with("hls_"), "{key}");
+    assert!(browser.text("#ex-curl").contains(&key));
+    assert!(browser.text("#ex-python").contains("base_url=\"http://127.0.0.1:"));
+    shot("08-key");
+    browser.find("#try-send").click();
+    let answer = browser.wait_text("#try-answer", Duration::from_secs(180), |t| !t.is_empty() && t != "…");
+    let first_answer = booted.elapsed();
+    assert!(!answer.starts_with("Error"), "{answer}");
+    assert!(answer.contains("Paris"), "SmolLM2 greedy answer: {answer}");
+    shot("09-answer");
+
+    // The same key works from outside the browser; the dashboard shows what happened.
+    let models = daemon.client().get(format!("{}/v1/models", daemon.url)).bearer_auth(&key).send().unwrap();
+    assert_eq!(models.status(), 200);
+    browser.find("#to-dashboard").click();
+    assert!(browser.text("h1").contains("kitchen.local"), "{}", browser.text("body"));
+    assert!(browser.text("#models").contains("smollm2:135m-q4_1"));
+    assert!(browser.text("#recent").contains("smollm2:135m-q4_1"), "{}", browser.text("body"));
+    assert!(browser.text("#keys").contains("first key"));
+    shot("10-dashboard");
+
+    let timing = json!({ "booted_to_first_answer_secs": first_answer.as_secs_f64() });
+    std::fs::write(shots.join("timing.json"), timing.to_string()).unwrap();
+    println!("from start to the first answer in the browser: {:.1} s; screenshots in {}", first_answer.as_secs_f64(), shots.display());
+}
+
+/// A browser-like client: keeps the session cookie and reads CSRF tokens from forms.
+struct Visitor {
+    http: reqwest::blocking::Client,
+    base: String,
+    cookie: String,
+}
+
+impl Visitor {
+    fn new(daemon: &Daemon) -> Visitor {
+        let http = reqwest::blocking::Client::builder().no_proxy().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+        Visitor { http, base: daemon.web_url.clone(), cookie: String::new() }
+    }
+
+    fn remember(&mut self, response: &reqwest::blocking::Response) {
+        for value in response.headers().get_all("set-cookie") {
+            let value = value.to_str().unwrap();
+            if let Some(pair) = value.split(';').next() {
+                self.cookie = pair.to_string();
+            }
+        }
+    }
+
+    /// GETs a page and returns its CSRF token.
+    fn csrf(&mut self, path: &str) -> String {
+        let response = self.http.get(format!("{}{path}", self.base)).header("cookie", &self.cookie).send().unwrap();
+        self.remember(&response);
+        let page = response.text().unwrap();
+        let at = page.find("name=\"csrf\" value=\"").unwrap_or_else(|| panic!("no form on {path}: {page}")) + 19;
+        page[at..at + 64].to_string()
+    }
+
+    fn post(&mut self, path: &str, form: &[(&str, &str)]) -> reqwest::blocking::Response {
+        let response = self.http.post(format!("{}{path}", self.base)).header("cookie", &self.cookie).form(form).send().unwrap();
+        self.remember(&response);
+        response
+    }
+}
+
+#[test]
+fn the_setup_refuses_what_it_must() {
+    let daemon = unclaimed(None);
+    let api = daemon.client();
+
+    // Before the claim the API serves nothing, with or without a key.
+    let before = api.get(format!("{}/v1/models", daemon.url)).send().unwrap();
+    assert_eq!(before.status(), 403);
+    assert_eq!(before.json::<Value>().unwrap()["error"]["type"], "not_set_up");
+    let ollama = api.post(format!("{}/api/chat", daemon.url)).json(&json!({"model": "x"})).send().unwrap();
+    assert_eq!(ollama.status(), 403);
+
+    let mut visitor = Visitor::new(&daemon);
+    let csrf = visitor.csrf("/setup/claim");
+    let cookie = visitor.cookie.clone();
+    let set_cookie_flags = visitor.http.get(format!("{}/", daemon.web_url)).send().unwrap();
+    let flags = set_cookie_flags.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(flags.contains("HttpOnly") && flags.contains("SameSite=Strict"), "{flags}");
+
+    // Forms without the session's CSRF token, or posted from another origin, are refused.
+    assert_eq!(visitor.post("/setup/claim", &[("code", "ABCD-EFGH")]).status(), 422, "a form without its token does not even parse");
+    assert_eq!(visitor.post("/setup/claim", &[("csrf", &"0".repeat(64)), ("code", "ABCD-EFGH")]).status(), 403);
+    let foreign = visitor
+        .http
+        .post(format!("{}/setup/claim", daemon.web_url))
+        .header("cookie", &cookie)
+        .header("origin", "http://evil.example")
+        .form(&[("csrf", csrf.as_str()), ("code", "ABCD-EFGH")])
+        .send()
+        .unwrap();
+    assert_eq!(foreign.status(), 403);
+
+    // Wrong claim codes: five are answered, then the door closes for a while, even for the
+    // right code.
+    for _ in 0..5 {
+        assert_eq!(visitor.post("/setup/claim", &[("csrf", &csrf), ("code", "ABCD-EFGH")]).status(), 403);
+    }
+    let limited = visitor.post("/setup/claim", &[("csrf", &csrf), ("code", &claim_code(&daemon))]);
+    assert_eq!(limited.status(), 429);
+    assert!(limited.headers().contains_key("retry-after"));
+    assert!(limited.text().unwrap().contains("Too many wrong tries"));
+
+    // Owner pages need the owner; the password page needs the claim code first.
+    assert_eq!(visitor.http.get(format!("{}/dashboard", daemon.web_url)).header("cookie", &cookie).send().unwrap().headers()["location"], "/login");
+    assert_eq!(visitor.http.get(format!("{}/setup/owner", daemon.web_url)).header("cookie", &cookie).send().unwrap().headers()["location"], "/setup/claim");
+    let owner = visitor.post("/setup/owner", &[("csrf", &csrf), ("password", PASSWORD), ("confirm", PASSWORD)]);
+    assert_eq!(owner.headers()["location"], "/setup/claim");
+    assert!(!daemon.dir.path().join("state/owner.json").exists(), "no owner without the claim code");
+
+    // Bodies over the limit.
+    let big = "x".repeat(100 << 10);
+    assert_eq!(visitor.post("/setup/claim", &[("csrf", &csrf), ("code", &big)]).status(), 413);
+
+    // Model names that could be paths never reach the library (NUL cannot be an argument;
+    // the API test and the library's own tests cover it).
+    for name in ["../etc/passwd", "/etc/passwd", "models/../../x"] {
+        let out = support::run(daemon.cli().args(["models", "add"]).arg(support::model(SMOLLM)).args(["--name", name]));
+        assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("invalid model name"), "{name:?} accepted");
+    }
+}
+
+#[test]
+fn bad_model_names_in_api_requests_are_refused() {
+    let daemon = Daemon::start(Setup { models: vec![], ..Setup::default() });
+    for name in ["../etc/passwd", "/etc/passwd", "a\u{0}b"] {
+        let response = daemon.post("/v1/chat/completions", &json!({"model": name, "messages": [{"role": "user", "content": "hi"}]}));
+        assert_eq!(response.status(), 400, "{name:?}");
+        let body: Value = response.json().unwrap();
+        assert!(body["error"]["message"].as_str().unwrap().contains("invalid model name"), "{body}");
+    }
+}
