@@ -1,5 +1,5 @@
 //! Boots a Hellas disk image under QEMU: q35 with OVMF, the image behind a qcow2 overlay so
-//! that it is never written, the guest's API and web ports forwarded to 127.0.0.1, the console
+//! that it is never written, the guest's API, web and SSH ports forwarded to 127.0.0.1, the console
 //! (ttyS0) in a log file and the guest's boot report on ttyS1. Readiness comes from that
 //! report, one JSON line, never from console text. QEMU dies with its `Vm`, and with the
 //! thread that booted it, so a failed or killed test leaves no guest running.
@@ -70,6 +70,7 @@ pub struct Vm {
     accel: Accel,
     api_port: u16,
     web_port: u16,
+    ssh_port: u16,
 }
 
 impl Vm {
@@ -88,7 +89,7 @@ impl Vm {
         fs::copy(OVMF_VARS, &vars)
             .with_context(|| format!("copying {OVMF_VARS} to {}", vars.display()))?;
         let accel = pick_accel(&run_dir)?;
-        let (api_port, web_port) = two_free_ports()?;
+        let [api_port, web_port, ssh_port] = free_ports()?;
 
         let mut qemu = qemu_command();
         qemu.args(
@@ -102,7 +103,7 @@ impl Vm {
         ));
         qemu.args(["-device", "virtio-blk-pci,drive=disk"]);
         qemu.arg("-netdev").arg(format!(
-            "user,id=net,hostfwd=tcp:127.0.0.1:{api_port}-:{GUEST_API_PORT},hostfwd=tcp:127.0.0.1:{web_port}-:{GUEST_WEB_PORT}"
+            "user,id=net,hostfwd=tcp:127.0.0.1:{api_port}-:{GUEST_API_PORT},hostfwd=tcp:127.0.0.1:{web_port}-:{GUEST_WEB_PORT},hostfwd=tcp:127.0.0.1:{ssh_port}-:22"
         ));
         qemu.args(["-device", "virtio-net-pci,netdev=net"]);
         let console = option_path(&run_dir.join(CONSOLE));
@@ -146,6 +147,7 @@ impl Vm {
             accel,
             api_port,
             web_port,
+            ssh_port,
         })
     }
 
@@ -194,6 +196,11 @@ impl Vm {
 
     pub fn web_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.web_port)
+    }
+
+    /// The guest's SSH port, forwarded.
+    pub fn ssh_addr(&self) -> std::net::SocketAddr {
+        ([127, 0, 0, 1], self.ssh_port).into()
     }
 
     pub fn accel(&self) -> Accel {
@@ -480,11 +487,16 @@ fn first_json_object(text: &str) -> Option<Value> {
         .find(Value::is_object)
 }
 
-/// Two loopback ports that are free now, held together so that they differ.
-fn two_free_ports() -> Result<(u16, u16)> {
-    let first = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
-    let second = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
-    Ok((first.local_addr()?.port(), second.local_addr()?.port()))
+/// Loopback ports that are free now, held together so that they differ.
+fn free_ports<const N: usize>() -> Result<[u16; N]> {
+    let listeners = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0").context("finding a free port"))
+        .collect::<Result<Vec<_>>>()?;
+    let mut ports = [0; N];
+    for (port, listener) in ports.iter_mut().zip(&listeners) {
+        *port = listener.local_addr()?.port();
+    }
+    Ok(ports)
 }
 
 /// A path inside a QEMU option value, where a comma separates options unless doubled.

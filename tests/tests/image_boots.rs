@@ -1,11 +1,13 @@
-//! Boots the `qemu-test` image once and proves it from the guest's boot report and its API
-//! alone: a verity-protected erofs root, a data partition grown on first boot, hellasd up,
-//! the bundled model answering exactly as the same llama.cpp does on this host, and a clean
-//! power-off. One boot, because CI boots under TCG on two cores (minutes per boot).
+//! Boots the `qemu-test` image once and proves it from the guest's boot report, its console
+//! and its ports alone: a verity-protected erofs root, a data partition grown on first boot,
+//! hellasd up, the API closed until the box is claimed, the claim code from the serial console
+//! claiming it through the web setup on the forwarded port, the bundled model answering with
+//! the key made there exactly as the same llama.cpp does on this host, and a clean power-off.
+//! One boot, because CI boots under TCG on two cores (minutes per boot).
 //!
-//! The image and its API key come from `HELLAS_TEST_IMAGE` and `HELLAS_TEST_API_KEY_FILE`,
-//! or else from `out/` where `cargo xtask image --profile qemu-test` puts them. Artefacts
-//! (console log, boot report, overlay) stay in `target/system-tests/image-boots/`.
+//! The image comes from `HELLAS_TEST_IMAGE`, or else from `out/` where
+//! `cargo xtask image --profile qemu-test` puts it. Artefacts (console log, boot report,
+//! overlay) stay in `target/system-tests/image-boots/`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -28,9 +30,7 @@ const POWER_OFF_TIMEOUT: Duration = Duration::from_secs(2 * 60);
 
 #[test]
 fn qemu_test_image_boots_serves_its_model_and_powers_off() {
-    let (image, key_file) = test_image();
-    let key = fs::read_to_string(&key_file)
-        .unwrap_or_else(|err| panic!("reading the API key {}: {err}", key_file.display()));
+    let image = test_image();
     let run_dir = fresh_artefacts_dir();
     println!(
         "image: {}; artefacts: {}",
@@ -60,7 +60,8 @@ fn qemu_test_image_boots_serves_its_model_and_powers_off() {
     );
     check_report(&report, &vm);
 
-    check_api(&vm, key.trim(), &expected);
+    let key = claim_through_the_web(&vm);
+    check_api(&vm, &key, &expected);
 
     let status = vm
         .power_off(POWER_OFF_TIMEOUT)
@@ -149,6 +150,123 @@ fn check_api(vm: &Vm, key: &str, expected: &str) {
          the backends each loaded, from the guest's console:\n{}",
         backend_lines(&vm.console_log())
     );
+}
+
+/// The first-boot setup as a person does it: the API refuses before the claim, the claim code
+/// is read off the serial console (the getty's issue text shows it too), and the setup pages
+/// on the forwarded web port take it, the owner's password and a request for the first API
+/// key, which is returned.
+fn claim_through_the_web(vm: &Vm) -> String {
+    let http = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(120))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let before = http
+        .get(format!("{}/v1/models", vm.api_url()))
+        .send()
+        .expect("GET /v1/models before the claim");
+    assert_eq!(before.status(), 403, "the API must be closed before the claim");
+
+    let console = String::from_utf8_lossy(&fs::read(vm.console_log()).unwrap_or_default()).into_owned();
+    let code = claim_code_in(&console)
+        .unwrap_or_else(|| panic!("no claim code on the serial console\n{}", vm.diagnostics()));
+    assert!(
+        console.contains(&format!("enter the claim code {code}")),
+        "the login prompt's issue text does not show the claim code {code}\n{}",
+        vm.console_tail(40)
+    );
+    println!("the serial console shows the claim code {code}");
+
+    let web = vm.web_url();
+    let mut cookie = String::new();
+    let mut csrf = String::new();
+    // Each POST carries the CSRF token of the last page seen, as a browser's form would.
+    let mut visit = |method: &str, path: &str, form: &[(&str, &str)]| {
+        let mut form: Vec<(&str, &str)> = form.to_vec();
+        form.push(("csrf", &csrf));
+        let request = match method {
+            "GET" => http.get(format!("{web}{path}")),
+            _ => http.post(format!("{web}{path}")).form(&form),
+        };
+        let response = request
+            .header("cookie", &cookie)
+            .send()
+            .unwrap_or_else(|err| panic!("{method} {path}: {err}"));
+        if let Some(set) = response.headers().get("set-cookie") {
+            cookie = set.to_str().unwrap().split(';').next().unwrap().to_string();
+        }
+        let status = response.status().as_u16();
+        let location = response
+            .headers()
+            .get("location")
+            .map(|l| l.to_str().unwrap().to_string());
+        let page = response.text().unwrap_or_default();
+        if let Some(at) = page.find("name=\"csrf\" value=\"") {
+            csrf = page[at + 19..at + 19 + 64].to_string();
+        }
+        (status, location, page)
+    };
+    let (status, _, _) = visit("GET", "/setup/claim", &[]);
+    assert_eq!(status, 200, "the setup page is not reachable on the forwarded port");
+    let claimed = visit("POST", "/setup/claim", &[("code", &code)]);
+    assert_eq!(claimed.1.as_deref(), Some("/setup/owner"), "the console's claim code did not claim the box: {claimed:?}");
+    visit("GET", "/setup/owner", &[]);
+    let password = "a long and private phrase";
+    let owner = visit(
+        "POST",
+        "/setup/owner",
+        &[("password", password), ("confirm", password)],
+    );
+    assert_eq!(owner.1.as_deref(), Some("/settings"), "setting the owner's password: {owner:?}");
+
+    // sshd stays off until the owner gives a public key, then runs with it.
+    assert_eq!(ssh_banner(vm), None, "sshd answers before the owner gave a key");
+    visit("GET", "/settings", &[]);
+    let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl test@host";
+    let saved = visit(
+        "POST",
+        "/settings",
+        &[("box_name", "hellas"), ("timezone", "UTC"), ("ssh_keys", key)],
+    );
+    assert_eq!(saved.1.as_deref(), Some("/models"), "saving the settings: {saved:?}");
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let banner = loop {
+        if let Some(banner) = ssh_banner(vm) {
+            break banner;
+        }
+        assert!(Instant::now() < deadline, "sshd did not start after the key was set\n{}", vm.diagnostics());
+        std::thread::sleep(Duration::from_secs(2));
+    };
+    println!("with the owner's key set, sshd answers {banner:?}");
+
+    visit("GET", "/setup/key", &[]);
+    let (status, _, page) = visit("POST", "/keys", &[("name", "qemu-test")]);
+    assert_eq!(status, 200, "creating the first API key: {page}");
+    let at = page.find("id=\"api-key\">").expect("the key page shows the key") + 13;
+    page[at..].split('<').next().unwrap().to_string()
+}
+
+/// The code in hellasd's "Hellas claim code: XXXX-XXXX" line.
+fn claim_code_in(console: &str) -> Option<String> {
+    console.match_indices("Hellas claim code: ").find_map(|(at, marker)| {
+        let code = console.get(at + marker.len()..at + marker.len() + 9)?;
+        let shaped = code.char_indices().all(|(i, c)| if i == 4 { c == '-' } else { c.is_ascii_uppercase() || c.is_ascii_digit() });
+        shaped.then(|| code.to_string())
+    })
+}
+
+/// The SSH server's greeting through the forwarded port, if one answers. QEMU accepts the
+/// host's connection either way and closes it when nothing listens in the guest.
+fn ssh_banner(vm: &Vm) -> Option<String> {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect_timeout(&vm.ssh_addr(), Duration::from_secs(10)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(20))).ok()?;
+    let mut buf = [0u8; 64];
+    let n = stream.read(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+    text.starts_with("SSH-").then(|| text.trim().to_string())
 }
 
 fn save(path: &Path, value: &Value) {
@@ -319,22 +437,19 @@ impl Drop for HostEngine {
     }
 }
 
-/// The image and API key file: from the environment, or where `cargo xtask image` puts them.
-fn test_image() -> (PathBuf, PathBuf) {
+/// The image: from the environment, or where `cargo xtask image` puts it.
+fn test_image() -> PathBuf {
     let out = workspace_root().join("out");
     let name = format!("hellas-{}-qemu-test", image_version());
     let image = env::var_os("HELLAS_TEST_IMAGE")
         .map(PathBuf::from)
         .unwrap_or_else(|| out.join(format!("{name}.img")));
-    let key = env::var_os("HELLAS_TEST_API_KEY_FILE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| out.join(format!("{name}.api-key")));
     assert!(
         image.is_file(),
         "the qemu-test image is missing: run `cargo xtask image --profile qemu-test` (or `cargo xtask test`, which builds it); looked for {}",
         image.display()
     );
-    (image, key)
+    image
 }
 
 /// `[image] version` from image/hellas.toml, read without a TOML parser.
@@ -389,6 +504,13 @@ fn cache_dir() -> PathBuf {
         Some(dir) => PathBuf::from(dir),
         None => PathBuf::from(env::var_os("HOME").expect("HOME is set")).join(".cache/hellas"),
     }
+}
+
+#[test]
+fn the_claim_code_is_found_among_other_console_lines() {
+    let console = "Starting x - Hellas claim code: shown below\nHellas claim code: AB2C-D3EF (open http://hellas.local/)\n";
+    assert_eq!(claim_code_in(console).as_deref(), Some("AB2C-D3EF"));
+    assert_eq!(claim_code_in("Hellas claim code: shown"), None);
 }
 
 #[test]

@@ -6,6 +6,7 @@ mod chat;
 mod image;
 mod proxy;
 mod servers;
+mod setup;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -23,6 +24,8 @@ pub enum Bench {
     Proxy(proxy::Proxy),
     /// Cold build, daemon-only rebuild, sizes and boot time of the image.
     Image(image::ImageBench),
+    /// From a booted box to the first answer through the web setup in a browser.
+    Setup(setup::SetupBench),
 }
 
 impl Bench {
@@ -30,6 +33,7 @@ impl Bench {
         match self {
             Bench::Proxy(proxy) => proxy.run(),
             Bench::Image(image) => image.run(),
+            Bench::Setup(setup) => setup.run(),
         }
     }
 }

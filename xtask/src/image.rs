@@ -60,7 +60,6 @@ pub struct LockCmd {
 /// The outputs of a built image.
 pub struct Built {
     pub image: PathBuf,
-    pub api_key: Option<PathBuf>,
 }
 
 pub fn mirror() -> Option<String> {
@@ -217,20 +216,6 @@ impl Image {
                 &tools,
                 progress,
             )?;
-            if profile_name == "qemu-test" {
-                // A key for the boot test only; the real image gets its first key in the web setup.
-                let created = cmd!(&hellasd, "--no-system-config", "--state-dir", staged.data.join("lib/hellas"), "keys", "create", "qemu-test")
-                    .stdout_capture()
-                    .stderr_capture()
-                    .unchecked()
-                    .run()
-                    .context("running hellasd keys create")?;
-                if !created.status.success() {
-                    bail!("hellasd keys create failed: {}", String::from_utf8_lossy(&created.stderr));
-                }
-                fs::write(dir.join("api-key"), String::from_utf8_lossy(&created.stdout).trim()).context("writing the qemu-test API key")?;
-                overlay::clamp_mtimes(&staged.data, epoch, progress)?;
-            }
             partitions::definitions(&image_dir.join("repart.d"), &work, &context)?;
             let roothash = partitions::without_esp(&tools, &work, "disk.img", epoch, progress)?;
             let cmdline = format!("roothash={roothash} {cmdline}");
@@ -249,7 +234,10 @@ impl Image {
 
 /// Units enabled in every image, and the boot check in the test image.
 fn units(profile: &str) -> Vec<String> {
-    let mut units = vec!["hellasd.service".to_string(), "systemd-networkd.service".to_string(), "systemd-resolved.service".to_string()];
+    let mut units: Vec<String> =
+        ["hellasd.service", "hellas-claim-code.service", "hellas-settings.service", "hellas-settings.path", "systemd-networkd.service", "systemd-resolved.service", "avahi-daemon.service"]
+            .map(String::from)
+            .to_vec();
     if profile == "qemu-test" {
         units.push("hellas-bootcheck.service".into());
     }
@@ -330,15 +318,7 @@ fn outputs(disk: &Path, out: &Path, name: &str) -> Result<Built> {
         cache::write_if_changed(&out.join("SHA256SUMS"), (sums.join("\n") + "\n").as_bytes(), 0o644)?;
     }
     cache::write_if_changed(&out.join(format!("{name}.manifest.json")), &fs::read(disk.join("manifest.json"))?, 0o644)?;
-    let api_key = disk.join("api-key");
-    let api_key = if api_key.exists() {
-        let dest = out.join(format!("{name}.api-key"));
-        cache::write_if_changed(&dest, &fs::read(&api_key)?, 0o600)?;
-        Some(dest)
-    } else {
-        None
-    };
-    Ok(Built { image, api_key })
+    Ok(Built { image })
 }
 
 /// The partitions (by the manifest's layout) in which two images differ; empty when identical.

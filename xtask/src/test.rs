@@ -31,9 +31,6 @@ impl Test {
         if system_tests {
             let built = image::Image::for_profile("qemu-test", workspace_root()).build()?;
             env.push(("HELLAS_TEST_IMAGE", built.image.into()));
-            if let Some(key) = built.api_key {
-                env.push(("HELLAS_TEST_API_KEY_FILE", key.into()));
-            }
         }
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut args: Vec<OsString> = vec!["test".into()];

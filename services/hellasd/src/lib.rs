@@ -9,6 +9,7 @@ pub mod library;
 pub mod metrics;
 pub mod serve;
 pub mod state_file;
+pub mod system_settings;
 pub mod gguf;
 pub mod planner;
 pub mod memory_budget;

@@ -56,6 +56,10 @@ enum Command {
     /// Set the owner's password, read as one line from standard input; on a box with no owner
     /// this claims it without the web setup (for scripted installs).
     SetPassword,
+    /// Apply the owner's settings to the system (as root; hellas-settings.service runs it at boot
+    /// and whenever the settings change): the box name becomes the host name avahi announces,
+    /// and sshd runs with the owner's keys while there are any.
+    ApplySettings,
 }
 
 #[derive(Subcommand)]
@@ -105,6 +109,7 @@ fn main() -> Result<()> {
         Command::Keys(command) => keys(&config, command),
         Command::ClaimCode { ensure } => claim_code(&config, ensure),
         Command::SetPassword => set_password(&config),
+        Command::ApplySettings => apply_settings(&config),
         Command::Plan(_) => unreachable!("handled above"),
     }
 }
@@ -122,6 +127,11 @@ fn claim_code(config: &Config, ensure: bool) -> Result<()> {
         None => anyhow::bail!("no claim code yet this boot: is hellasd running? (`systemctl status hellasd`)"),
     }
     Ok(())
+}
+
+fn apply_settings(config: &Config) -> Result<()> {
+    let settings = hellasd::web::owner_store(&config.state_dir).load()?.settings;
+    hellasd::system_settings::apply(&settings)
 }
 
 fn set_password(config: &Config) -> Result<()> {

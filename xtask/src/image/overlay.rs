@@ -51,6 +51,11 @@ pub fn stage(work: &Path, inputs: &OverlayInputs, tools: &ToolsTree, progress: &
     // sshd stays off until the owner gives a key (the web setup turns it on).
     progress.run("systemctl disable ssh", tools.command(work, "systemctl", &["--root=/work/root".into(), "disable".into(), "ssh.service".into()]))?;
 
+    // The login prompts show this boot's claim code, which hellasd writes under /run.
+    let issue = root.join("etc/issue.d");
+    fs::create_dir_all(&issue).with_context(|| format!("creating {}", issue.display()))?;
+    std::os::unix::fs::symlink("/run/hellas/claim.issue", issue.join("50-hellas.issue")).context("linking the claim code's issue file")?;
+
     let os_release = root.join("usr/lib/os-release");
     let mut text = fs::read_to_string(&os_release).with_context(|| format!("reading {}", os_release.display()))?;
     let image = &inputs.context["image"];

@@ -238,4 +238,10 @@ context = 8192
         assert!(format!("{unknown:#}").contains("colour"), "{unknown:#}");
         assert!(Catalog::load(Path::new("/nonexistent/catalog.toml")).unwrap().entries.is_empty());
     }
+
+    #[test]
+    fn the_shipped_catalog_is_valid() {
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../rootfs-overlay/usr/share/hellas/catalog.toml");
+        assert!(!Catalog::load(&shipped).unwrap().entries.is_empty());
+    }
 }

@@ -1,0 +1,66 @@
+//! The owner's settings applied to the system, as root (`hellasd apply-settings`, run by
+//! hellas-settings.service at boot and by hellas-settings.path whenever `owner.json` changes):
+//! the box name becomes this boot's host name, which avahi announces as `<name>.local`, and sshd
+//! runs with the owner's public keys while there are any (never with passwords).
+//!
+//! Time zones are kept in the settings but not applied yet: the image ships no tz database and
+//! `/etc/localtime` is on the read-only root.
+
+use anyhow::{Context, Result};
+
+use crate::web::Settings;
+
+/// Applies the owner's settings; needs root.
+pub fn apply(settings: &Settings) -> Result<()> {
+    apply_ssh_keys(&settings.ssh_keys)?;
+    apply_box_name(&settings.box_name)
+}
+
+/// `/var/lib/hellas-ssh`, as `rootfs-overlay/etc/ssh/sshd_config.d/hellas.conf` names it.
+const SSH_DIR: &str = "/var/lib/hellas-ssh";
+
+fn apply_ssh_keys(keys: &[String]) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let dir = std::path::Path::new(SSH_DIR);
+    let authorized = dir.join("root.keys");
+    if keys.is_empty() {
+        systemctl(&["stop", "ssh.service"])?;
+        match std::fs::remove_file(&authorized) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e).with_context(|| format!("removing {}", authorized.display())),
+            _ => return Ok(()),
+        }
+    }
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let host_key = dir.join("ssh_host_ed25519_key");
+    if !host_key.exists() {
+        // Made on the box, once: a key in the image would be every box's key.
+        let made = std::process::Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", "hellas host key", "-f"]).arg(&host_key).status();
+        anyhow::ensure!(made.is_ok_and(|s| s.success()), "ssh-keygen could not make {}", host_key.display());
+    }
+    crate::state_file::write_atomically(&authorized, (keys.join("\n") + "\n").as_bytes())?;
+    std::fs::set_permissions(&authorized, std::fs::Permissions::from_mode(0o600)).with_context(|| format!("restricting {}", authorized.display()))?;
+    systemctl(&["start", "ssh.service"])
+}
+
+fn systemctl(args: &[&str]) -> Result<()> {
+    let status = std::process::Command::new("systemctl").args(args).status().context("running systemctl")?;
+    anyhow::ensure!(status.success(), "`systemctl {}` failed ({status})", args.join(" "));
+    Ok(())
+}
+
+fn apply_box_name(name: &str) -> Result<()> {
+    const HOSTNAME: &str = "/proc/sys/kernel/hostname";
+    let current = std::fs::read_to_string(HOSTNAME).with_context(|| format!("reading {HOSTNAME}"))?;
+    if current.trim() == name {
+        return Ok(());
+    }
+    // The root file system is read-only: the name is set for this boot, at every boot.
+    std::fs::write(HOSTNAME, name).with_context(|| format!("setting the host name to {name} (as root?)"))?;
+    println!("host name: {name} (was {})", current.trim());
+    // avahi reads the host name when it starts; at boot this runs before it.
+    if let Err(e) = systemctl(&["try-restart", "avahi-daemon.service"]) {
+        eprintln!("warning: {e:#}; {name}.local follows at the next boot");
+    }
+    Ok(())
+}
+
