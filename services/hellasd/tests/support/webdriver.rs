@@ -71,6 +71,28 @@ impl Browser {
         value.get("value").cloned().map(|v| if path == "/session" { json!({ "sessionId": value["value"]["sessionId"] }) } else { v }).unwrap()
     }
 
+    fn script(&self, code: &str) -> Value {
+        self.call("POST", "/execute/sync", json!({ "script": code, "args": [] }))
+    }
+
+    /// Clicks what leads to another page (a form's button, a link) and waits until that page
+    /// has loaded, so nothing is read from the page being left.
+    pub fn follow(&self, css: &str) {
+        self.script("window.__hellasLeft = true;");
+        self.find(css).click();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let url = format!("{}/execute/sync", self.base);
+            let script = json!({ "script": "return window.__hellasLeft === undefined && document.readyState === 'complete';", "args": [] });
+            let loaded = self.http.post(url).json(&script).send().ok().and_then(|r| r.json::<Value>().ok());
+            if loaded.is_some_and(|v| v["value"] == true) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "clicking {css} did not lead to a new page");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn goto(&self, url: &str) {
         self.call("POST", "/url", json!({ "url": url }));
     }

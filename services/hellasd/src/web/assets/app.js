@@ -64,6 +64,8 @@ function tryIt(form) {
           model: document.getElementById("try-model").value,
           messages: [{ role: "user", content: document.getElementById("try-message").value }],
           max_tokens: 64,
+          // Greedy: the same question gets the same answer, which makes a first test readable.
+          temperature: 0,
         }),
       });
       const body = await response.json();
