@@ -212,6 +212,7 @@ impl Image {
                     units: &units(profile_name),
                     models: models.clone(),
                     source_date_epoch: epoch,
+                    rootfs_started: packages::rootfs_started(&rootfs)?,
                 },
                 &tools,
                 progress,
@@ -235,7 +236,7 @@ impl Image {
 /// Units enabled in every image, and the boot check in the test image.
 fn units(profile: &str) -> Vec<String> {
     let mut units: Vec<String> =
-        ["hellasd.service", "hellas-claim-code.service", "hellas-settings.service", "hellas-settings.path", "systemd-networkd.service", "systemd-resolved.service", "avahi-daemon.service"]
+        ["hellasd.service", "hellas-claim-code.service", "hellas-settings.service", "hellas-settings.path", "hellas-tune.service", "systemd-networkd.service", "systemd-resolved.service", "avahi-daemon.service"]
             .map(String::from)
             .to_vec();
     if profile == "qemu-test" {

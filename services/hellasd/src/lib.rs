@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod serve;
 pub mod state_file;
 pub mod system_settings;
+pub mod tune;
 pub mod gguf;
 pub mod planner;
 pub mod memory_budget;

@@ -60,6 +60,8 @@ enum Command {
     /// and whenever the settings change): the box name becomes the host name avahi announces,
     /// and sshd runs with the owner's keys while there are any.
     ApplySettings,
+    /// AMD Strix Halo memory tuning: GTT/TTM limits for the next boot and BIOS advice.
+    Tune(hellasd::tune::TuneArgs),
 }
 
 #[derive(Subcommand)]
@@ -110,6 +112,7 @@ fn main() -> Result<()> {
         Command::ClaimCode { ensure } => claim_code(&config, ensure),
         Command::SetPassword => set_password(&config),
         Command::ApplySettings => apply_settings(&config),
+        Command::Tune(args) => hellasd::tune::run(&args, &config),
         Command::Plan(_) => unreachable!("handled above"),
     }
 }

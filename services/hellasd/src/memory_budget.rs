@@ -67,22 +67,25 @@ pub fn configured(bytes: u64) -> MemoryBudget {
 /// Detects the budget of the machine whose filesystem is at `root`, less `os_reserve` bytes.
 pub fn detect(root: &Path, os_reserve: u64) -> anyhow::Result<MemoryBudget> {
     let meminfo = read_meminfo(root);
-    let (source, total) = match best_amd_gpu(root) {
+    match best_amd_gpu(root) {
         Some(gpu) => {
-            // GTT is backed by system RAM; a TTM limit set above the RAM there is cannot be used.
-            let gtt = match &meminfo {
-                Ok(m) if m.total > 0 => gpu.gtt_total.min(m.total),
-                _ => gpu.gtt_total,
+            // GTT is backed by system RAM, which the OS needs too: the reserve bites only where
+            // the TTM limit would reach into it (a tuned box's limit already leaves it out).
+            let (gtt, ram_for_gpu) = match &meminfo {
+                Ok(m) if m.total > 0 => (gpu.gtt_total.min(m.total), m.total.saturating_sub(os_reserve)),
+                _ => (gpu.gtt_total, gpu.gtt_total.saturating_sub(os_reserve)),
             };
             let total = gtt.saturating_add(gpu.vram_total);
-            (BudgetSource::AmdGpu { card: gpu.card, gtt_total: gpu.gtt_total, vram_total: gpu.vram_total }, total)
+            let usable = gtt.min(ram_for_gpu).saturating_add(gpu.vram_total);
+            let source = BudgetSource::AmdGpu { card: gpu.card, gtt_total: gpu.gtt_total, vram_total: gpu.vram_total };
+            Ok(MemoryBudget { source, total, os_reserve: total - usable, usable })
         }
         None => {
             let m = meminfo?;
-            (BudgetSource::SystemMemory { mem_available: m.available, mem_total: m.total }, m.available)
+            let source = BudgetSource::SystemMemory { mem_available: m.available, mem_total: m.total };
+            Ok(MemoryBudget { source, total: m.available, os_reserve, usable: m.available.saturating_sub(os_reserve) })
         }
-    };
-    Ok(MemoryBudget { source, total, os_reserve, usable: total.saturating_sub(os_reserve) })
+    }
 }
 
 struct AmdGpu {
@@ -206,7 +209,8 @@ mod tests {
         let b = detect(root, 4 * GIB).unwrap();
         assert_eq!(b.source, BudgetSource::AmdGpu { card: "card1".into(), gtt_total: gtt, vram_total: 512 * MIB });
         assert_eq!(b.total, gtt + 512 * MIB);
-        assert_eq!(b.usable, gtt + 512 * MIB - 4 * GIB);
+        // GTT is half of RAM: the other half is the OS's, so the reserve takes nothing from it.
+        assert_eq!(b.usable, gtt + 512 * MIB);
         assert!(b.describe().starts_with("AMD GPU card1: GTT 62.29 GiB + VRAM 512.0 MiB"), "{}", b.describe());
     }
 

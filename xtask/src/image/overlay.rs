@@ -30,6 +30,9 @@ pub struct OverlayInputs<'a> {
     pub units: &'a [String],
     pub models: Vec<(String, PathBuf)>,
     pub source_date_epoch: u64,
+    /// When the root tree's build started: files newer than that (or than the epoch) were made
+    /// by the build, and their times are not the packages'.
+    pub rootfs_started: u64,
 }
 
 pub fn stage(work: &Path, inputs: &OverlayInputs, tools: &ToolsTree, progress: &Progress) -> Result<Staged> {
@@ -51,6 +54,8 @@ pub fn stage(work: &Path, inputs: &OverlayInputs, tools: &ToolsTree, progress: &
     // sshd stays off until the owner gives a key (the web setup turns it on).
     progress.run("systemctl disable ssh", tools.command(work, "systemctl", &["--root=/work/root".into(), "disable".into(), "ssh.service".into()]))?;
 
+    // systemd-gpt-auto-generator mounts the ESP here, where hellas-tune writes its boot entry.
+    fs::create_dir_all(root.join("efi")).context("creating /efi")?;
     // The login prompts show this boot's claim code, which hellasd writes under /run.
     let issue = root.join("etc/issue.d");
     fs::create_dir_all(&issue).with_context(|| format!("creating {}", issue.display()))?;
@@ -68,11 +73,12 @@ pub fn stage(work: &Path, inputs: &OverlayInputs, tools: &ToolsTree, progress: &
             cmd!(inputs.hellasd, "--no-system-config", "--state-dir", root.join("var/lib/hellas"), "models", "add", file, "--name", name),
         )?;
     }
-    normalise(&root, inputs.source_date_epoch, progress)?;
+    let made_after = inputs.rootfs_started.min(inputs.source_date_epoch);
+    normalise(&root, made_after, inputs.source_date_epoch, progress)?;
     // /var becomes the data partition; the root keeps an empty /var to mount it on.
     fs::rename(root.join("var"), &data).context("moving /var out to the data partition")?;
     fs::create_dir(root.join("var")).context("recreating /var")?;
-    clamp_mtimes(&root, inputs.source_date_epoch, progress)?;
+    clamp_mtimes(&root, made_after, inputs.source_date_epoch, progress)?;
     Ok(Staged { data })
 }
 
@@ -105,7 +111,7 @@ fn lay(base: &Path, dir: &Path, root: &Path, handlebars: &handlebars::Handlebars
 
 /// No per-device identity and no caches: machine-id empty (made on first boot), no SSH host
 /// keys (they would be shared by every stick), no apt lists, logs or caches.
-fn normalise(root: &Path, epoch: u64, progress: &Progress) -> Result<()> {
+fn normalise(root: &Path, made_after: u64, epoch: u64, progress: &Progress) -> Result<()> {
     fs::write(root.join("etc/machine-id"), b"").context("emptying etc/machine-id")?;
     let mut doomed: Vec<PathBuf> = vec![root.join("var/lib/dbus/machine-id"), root.join("var/cache/ldconfig/aux-cache")];
     for dir in ["etc/ssh", "var/lib/apt/lists", "var/cache/apt", "var/log", "var/cache/debconf"] {
@@ -126,12 +132,17 @@ fn normalise(root: &Path, epoch: u64, progress: &Progress) -> Result<()> {
     for path in doomed {
         crate::cache::remove_any(&path)?;
     }
-    clamp_mtimes(root, epoch, progress)
+    clamp_mtimes(root, made_after, epoch, progress)
 }
 
-pub(super) fn clamp_mtimes(dir: &Path, epoch: u64, progress: &Progress) -> Result<()> {
+/// Sets every file modified after `made_after` to `epoch`. The packages' own files keep the
+/// times their .debs give them; whatever a build made (mmdebstrap's hooks, dpkg's
+/// alternatives, the overlay) carries that build's clock, so `made_after` must be no later than
+/// the earliest such build: a cached root tree built before the last commit would otherwise keep
+/// its clock times and differ from a fresh one.
+pub(super) fn clamp_mtimes(dir: &Path, made_after: u64, epoch: u64, progress: &Progress) -> Result<()> {
     progress.run(
         "clamping mtimes to SOURCE_DATE_EPOCH",
-        cmd!("find", dir, "-newermt", format!("@{epoch}"), "-exec", "touch", "-h", "-d", format!("@{epoch}"), "{}", "+"),
+        cmd!("find", dir, "-newermt", format!("@{made_after}"), "-exec", "touch", "-h", "-d", format!("@{epoch}"), "{}", "+"),
     )
 }

@@ -189,6 +189,16 @@ fn installed_packages(tree: &Path) -> Result<BTreeMap<String, (String, String)>>
         .collect())
 }
 
+/// Beside the tree: when its build started (seconds since the epoch).
+const STARTED: &str = "started";
+
+/// When the root tree at `tree` began to be built; files newer than that were made by the build.
+pub fn rootfs_started(tree: &Path) -> Result<u64> {
+    let path = tree.with_file_name(STARTED);
+    let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    text.trim().parse().with_context(|| format!("{} holds no time", path.display()))
+}
+
 /// The root tree: exactly the locked packages, every .deb checked, a systemd initrd with
 /// dm-verity support built by dracut, and no caches.
 pub fn rootfs(spec: &Spec, lock: &Lock, dracut_conf: &Path, progress: &Progress, apt_options: &[OsString]) -> Result<PathBuf> {
@@ -196,9 +206,11 @@ pub fn rootfs(spec: &Spec, lock: &Lock, dracut_conf: &Path, progress: &Progress,
         .text("lock", &lock.render(spec))
         .text("mirror", &super::mirror().unwrap_or_default())
         .file("dracut.conf", dracut_conf)?
-        .text("recipe", "1")
+        .text("recipe", "2")
         .finish();
     let dir = step::cached_dir(progress, "rootfs", &digest, |out| {
+        let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+        fs::write(out.join(STARTED), started.to_string()).context("recording when the root tree's build started")?;
         let (debs, debs_out) = debs_dirs()?;
         let tree = out.join("tree");
         let mut args = mmdebstrap_args(spec, apt_options, &debs, &debs_out);

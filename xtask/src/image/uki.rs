@@ -41,5 +41,5 @@ pub fn build_esp(tools: &ToolsTree, work: &Path, name: &str, version: &str, cmdl
         fs::copy(&boot, esp.join(dest)).with_context(|| format!("copying {} to the ESP", boot.display()))?;
     }
     fs::write(esp.join("loader/loader.conf"), "timeout 0\neditor no\n").context("writing loader.conf")?;
-    super::overlay::clamp_mtimes(&esp, epoch, progress)
+    super::overlay::clamp_mtimes(&esp, epoch, epoch, progress)
 }

@@ -524,9 +524,15 @@ pub async fn dashboard(State(state): St, Extension(session): Ses) -> Response {
         .collect();
     let keys = guard!(state.keys.list().map_err(internal));
     let recent = recent_rows(&state.recent.lock().unwrap());
+    let tuning = {
+        let probe = crate::tune::Probe::read(std::path::Path::new("/"));
+        let options = crate::tune::Options { os_reserve: state.config.memory.os_reserve_bytes, iommu_off: false };
+        let decision = crate::tune::decide(&probe, &options);
+        json!({ "state": decision.summary(), "warnings": decision.warnings, "advice": decision.bios_advice })
+    };
     let data = json!({
         "memory": memory_bar(&state, used), "models": models, "downloads": downloads, "keys": keys,
-        "recent": recent, "settings": file.settings,
+        "recent": recent, "settings": file.settings, "tuning": tuning,
     });
     Page::new("dashboard", format!("{}.local", file.settings.box_name), data).render(&state, &session)
 }

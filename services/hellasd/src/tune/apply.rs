@@ -1,0 +1,84 @@
+//! Puts the decided kernel parameters where the next boot takes them, without rebuilding the
+//! image: a boot loader entry (Boot Loader Specification type #1) on the ESP that boots the
+//! same unified kernel image with the running command line plus the parameters. systemd-boot
+//! sorts it before the image's own entry; its name carries boot counting (`+3`), so a tuned
+//! boot that fails three times is marked bad and the untuned entry boots again. The running
+//! entry is never edited, and a second apply with nothing new changes nothing.
+//!
+//! Without Secure Boot, systemd-stub lets the loader's command line replace the one inside the
+//! UKI. With Secure Boot it does not, and `hellasd tune status` then reports the parameters as
+//! not taken.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+use crate::state_file::write_atomically;
+
+const ENTRY_PREFIX: &str = "hellas-tuned";
+const TRIES: u32 = 3;
+/// Parameters this tool owns: dropped from the running command line before its own are added.
+const OWNED: &[&str] = &["ttm.pages_limit=", "ttm.page_pool_size=", "amdgpu.gttsize=", "amd_iommu=", "BOOT_IMAGE=", "initrd="];
+
+#[derive(Debug, PartialEq)]
+pub enum Applied {
+    Written(PathBuf),
+    Unchanged(PathBuf),
+}
+
+/// Writes (or keeps) the tuned entry under `esp` for the running `cmdline` plus `parameters`.
+pub fn apply(esp: &Path, cmdline: &str, parameters: &[String], image_version: &str) -> Result<Applied> {
+    let uki = blessed_uki(esp)?;
+    let mut options: Vec<&str> = cmdline.split_whitespace().filter(|w| !OWNED.iter().any(|o| w.starts_with(o))).collect();
+    options.extend(parameters.iter().map(String::as_str));
+    let text = format!(
+        "title Hellas {image_version} (memory tuned)\nsort-key hellas\nversion {image_version}+tuned\nuki /EFI/Linux/{uki}\noptions {}\n",
+        options.join(" ")
+    );
+    let entries = esp.join("loader/entries");
+    let existing = existing_entries(&entries)?;
+    // The same entry, whatever its counter says now (`+3`, `+1-2`, or blessed without one).
+    if let Some(same) = existing.iter().find(|p| fs::read_to_string(p).is_ok_and(|t| t == text)) {
+        return Ok(Applied::Unchanged(same.clone()));
+    }
+    fs::create_dir_all(&entries).with_context(|| format!("creating {}", entries.display()))?;
+    let path = entries.join(format!("{ENTRY_PREFIX}+{TRIES}.conf"));
+    write_atomically(&path, text.as_bytes())?;
+    for old in existing.into_iter().filter(|p| *p != path) {
+        fs::remove_file(&old).with_context(|| format!("removing the outdated {}", old.display()))?;
+    }
+    Ok(Applied::Written(path))
+}
+
+fn existing_entries(entries: &Path) -> Result<Vec<PathBuf>> {
+    let Ok(dir) = fs::read_dir(entries) else { return Ok(Vec::new()) };
+    let mut found = Vec::new();
+    for entry in dir {
+        let path = entry.with_context(|| format!("listing {}", entries.display()))?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if name.starts_with(ENTRY_PREFIX) && name.ends_with(".conf") {
+            found.push(path);
+        }
+    }
+    Ok(found)
+}
+
+/// The image's UKI once this boot has been marked good: its file name has no `+tries` left to
+/// change, so an entry can name it.
+fn blessed_uki(esp: &Path) -> Result<String> {
+    let dir = esp.join("EFI/Linux");
+    let mut ukis: Vec<String> = fs::read_dir(&dir)
+        .with_context(|| format!("reading {} (is the ESP mounted there? pass --esp)", dir.display()))?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".efi"))
+        .collect();
+    ukis.sort();
+    if let Some(blessed) = ukis.iter().rev().find(|n| !n.contains('+')) {
+        return Ok(blessed.clone());
+    }
+    if ukis.is_empty() {
+        bail!("no unified kernel image in {}", dir.display());
+    }
+    bail!("the image in {} is still counting boots ({}): tuning waits until this boot is marked good", dir.display(), ukis.join(", "))
+}
