@@ -3,6 +3,7 @@
 //! and replaces only that one, so the file collects the latest result of every bench.
 
 mod chat;
+mod flash;
 mod image;
 mod proxy;
 mod servers;
@@ -26,6 +27,8 @@ pub enum Bench {
     Image(image::ImageBench),
     /// From a booted box to the first answer through the web setup in a browser.
     Setup(setup::SetupBench),
+    /// `cargo xtask flash`'s write and verify against dd and cmp.
+    Flash(flash::FlashBench),
 }
 
 impl Bench {
@@ -34,6 +37,7 @@ impl Bench {
             Bench::Proxy(proxy) => proxy.run(),
             Bench::Image(image) => image.run(),
             Bench::Setup(setup) => setup.run(),
+            Bench::Flash(flash) => flash.run(),
         }
     }
 }

@@ -48,6 +48,11 @@ pub const OVMF: HostPackage = HostPackage {
     present: || Path::new(vm::OVMF_CODE).is_file() && Path::new(vm::OVMF_VARS).is_file(),
 };
 
+/// `mcopy`, which writes the seed file into a flashed stick's ESP.
+pub const MTOOLS: HostPackage = HostPackage {
+    name: "mtools",
+    present: || on_path("mcopy"),
+};
 /// The browser the web setup tests drive, and its WebDriver.
 pub const CHROMIUM: HostPackage = HostPackage {
     name: "chromium",
@@ -58,7 +63,7 @@ pub const CHROMEDRIVER: HostPackage = HostPackage {
     present: || on_path("chromedriver"),
 };
 
-pub const ALL: &[HostPackage] = &[MMDEBSTRAP, UNZIP, PIP, ZSTD, QEMU, QEMU_IMG, OVMF, CHROMIUM, CHROMEDRIVER];
+pub const ALL: &[HostPackage] = &[MMDEBSTRAP, UNZIP, PIP, ZSTD, QEMU, QEMU_IMG, OVMF, CHROMIUM, CHROMEDRIVER, MTOOLS];
 
 /// Installed from bookworm-backports on bookworm, whose own QEMU is too old.
 const BACKPORTED_ON_BOOKWORM: &[&str] = &["qemu-system-x86", "qemu-utils", "ovmf"];

@@ -5,6 +5,7 @@ mod bench;
 mod cache;
 mod deps;
 mod engine;
+mod flash;
 mod image;
 mod models;
 mod qemu;
@@ -25,6 +26,8 @@ enum Cmd {
     Image(image::Image),
     /// Resolve the image's packages and write image/packages.lock.
     Lock(image::LockCmd),
+    /// Write an image to a USB stick, verify it by reading it back, and seed first-boot settings.
+    Flash(flash::Flash),
     /// Build the llama.cpp engine tree and its launchers under $HELLAS_CACHE/engine.
     Engine(engine::Engine),
     /// Fetch and verify the test models into $HELLAS_CACHE/models.
@@ -42,6 +45,10 @@ fn main() -> anyhow::Result<()> {
         Cmd::Bench(bench) => bench.run(),
         Cmd::Deps => deps::ensure(deps::ALL),
         Cmd::Engine(engine) => engine.run(),
+        Cmd::Flash(flash) => {
+            deps::ensure(&[deps::MTOOLS])?;
+            flash.run()
+        }
         Cmd::Image(image) => image.run(),
         Cmd::Lock(lock) => lock.run(),
         Cmd::Models => models::fetch_all(),
