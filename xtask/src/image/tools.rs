@@ -56,7 +56,8 @@ pub fn ensure(progress: &Progress, apt_options: &[OsString]) -> Result<ToolsTree
 
 impl ToolsTree {
     /// A command run inside the tools tree, in a private mount namespace (nothing is left
-    /// mounted afterwards), with `work` bind-mounted at `/work`.
+    /// mounted afterwards), with `work` bind-mounted at `/work`. Only the environment named
+    /// here reaches it.
     pub fn command(&self, work: &Path, program: &str, args: &[OsString]) -> duct::Expression {
         let script = r#"
             T=$1; W=$2; shift 2
@@ -66,7 +67,8 @@ impl ToolsTree {
             mount --rbind /dev "$T/dev"
             mount --bind "$W" "$T/work"
             exec chroot "$T" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
-                SOURCE_DATE_EPOCH="$SOURCE_DATE_EPOCH" TZ=UTC LC_ALL=C.UTF-8 "$@"
+                SOURCE_DATE_EPOCH="$SOURCE_DATE_EPOCH" TZ=UTC LC_ALL=C.UTF-8 \
+                SYSTEMD_REPART_MKFS_OPTIONS_EXT4="${SYSTEMD_REPART_MKFS_OPTIONS_EXT4:-}" "$@"
         "#;
         let mut all: Vec<OsString> =
             vec!["--mount".into(), "--propagation".into(), "private".into(), "--".into(), "/bin/sh".into(), "-ec".into(), script.into()];
