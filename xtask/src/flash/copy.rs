@@ -34,6 +34,46 @@ impl Aligned {
     }
 }
 
+// SAFETY: an `Aligned` owns its allocation alone; moving it to another thread moves that.
+unsafe impl Send for Aligned {}
+
+/// Runs `produce` on its own thread, handing each filled buffer to `consume` here, so reading
+/// and hashing overlap with writing (or reading with hashing). Buffers go round a small pool.
+fn pipeline(
+    total: u64,
+    mut produce: impl FnMut(&mut [u8], u64) -> Result<usize> + Send,
+    mut consume: impl FnMut(&[u8], u64) -> Result<()>,
+) -> Result<()> {
+    let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Result<(Aligned, usize)>>(2);
+    let (empty_tx, empty_rx) = std::sync::mpsc::channel::<Aligned>();
+    for _ in 0..3 {
+        empty_tx.send(Aligned::new(CHUNK)).expect("the pool is open");
+    }
+    std::thread::scope(|scope| {
+        scope.spawn(move || {
+            let mut at = 0u64;
+            while at < total {
+                let Ok(mut buffer) = empty_rx.recv() else { return };
+                let want = (total - at).min(CHUNK as u64) as usize;
+                let filled = produce(&mut buffer.slice()[..want.div_ceil(ALIGN) * ALIGN], at).map(|n| (buffer, n));
+                let failed = filled.is_err();
+                if full_tx.send(filled).is_err() || failed {
+                    return;
+                }
+                at += want as u64;
+            }
+        });
+        let mut at = 0u64;
+        while at < total {
+            let (mut buffer, n) = full_rx.recv().context("the reading thread stopped")??;
+            consume(&buffer.slice()[..n], at)?;
+            at += n as u64;
+            let _ = empty_tx.send(buffer);
+        }
+        Ok(())
+    })
+}
+
 impl Drop for Aligned {
     fn drop(&mut self) {
         // SAFETY: allocated with this layout in `new`.
@@ -73,31 +113,35 @@ pub fn write(image: &Path, target: &Path, block_device: bool, stop_after: Option
         bail!("{} is {len} bytes, not whole 512-byte sectors: not a disk image", image.display());
     }
     let mut output = open_direct(target, true, block_device)?;
-    let mut buffer = Aligned::new(CHUNK);
-    let mut hasher = Sha256::new();
     let progress = bar(len, "writing");
     let limit = stop_after.unwrap_or(len).min(len);
-    let mut done = 0u64;
-    while done < limit {
-        let want = (limit - done).min(CHUNK as u64) as usize;
-        let buf = &mut buffer.slice()[..want];
-        input.read_exact(buf).with_context(|| format!("reading {}", image.display()))?;
-        hasher.update(&*buf);
-        if want & (ALIGN - 1) == 0 {
-            output.write_all(buf).with_context(|| format!("writing {} at byte {done}", target.display()))?;
-        } else {
-            // The last, unaligned piece goes through the page cache.
-            let mut tail = OpenOptions::new().write(true).open(target).with_context(|| format!("opening {}", target.display()))?;
-            std::io::Seek::seek(&mut tail, std::io::SeekFrom::Start(done))?;
-            tail.write_all(buf).with_context(|| format!("writing {} at byte {done}", target.display()))?;
-            tail.sync_all()?;
-        }
-        done += want as u64;
-        progress.set_position(done);
-    }
+    let mut hasher = Sha256::new();
+    let hashed = &mut hasher;
+    pipeline(
+        limit,
+        |buf, at| {
+            let want = (limit - at).min(CHUNK as u64) as usize;
+            input.read_exact(&mut buf[..want]).with_context(|| format!("reading {}", image.display()))?;
+            hashed.update(&buf[..want]);
+            Ok(want)
+        },
+        |buf, at| {
+            if buf.len() & (ALIGN - 1) == 0 {
+                output.write_all(buf).with_context(|| format!("writing {} at byte {at}", target.display()))?;
+            } else {
+                // The last, unaligned piece goes through the page cache.
+                let mut tail = OpenOptions::new().write(true).open(target).with_context(|| format!("opening {}", target.display()))?;
+                std::io::Seek::seek(&mut tail, std::io::SeekFrom::Start(at))?;
+                tail.write_all(buf).with_context(|| format!("writing {} at byte {at}", target.display()))?;
+                tail.sync_all()?;
+            }
+            progress.set_position(at + buf.len() as u64);
+            Ok(())
+        },
+    )?;
     output.sync_all().with_context(|| format!("syncing {}", target.display()))?;
     progress.finish_with_message("written");
-    if done < len {
+    if limit < len {
         // Only a test stops early: hash the rest so the expected digest is the image's.
         std::io::copy(&mut input, &mut hasher)?;
     }
@@ -107,26 +151,28 @@ pub fn write(image: &Path, target: &Path, block_device: bool, stop_after: Option
 /// The sha256 of the first `len` bytes of `target`, read back with O_DIRECT.
 pub fn read_back(target: &Path, len: u64) -> Result<String> {
     let mut input = open_direct(target, false, false)?;
-    let mut buffer = Aligned::new(CHUNK);
     let mut hasher = Sha256::new();
     let progress = bar(len, "verifying");
-    let mut done = 0u64;
-    while done < len {
-        let want = (len - done).min(CHUNK as u64) as usize;
-        let aligned = want.div_ceil(ALIGN) * ALIGN;
-        let buf = &mut buffer.slice()[..aligned];
-        let mut got = 0;
-        while got < want {
-            let n = input.read(&mut buf[got..]).with_context(|| format!("reading {} back at byte {}", target.display(), done + got as u64))?;
-            if n == 0 {
-                bail!("{} ends after {} of the image's {len} bytes", target.display(), done + got as u64);
+    pipeline(
+        len,
+        |buf, at| {
+            let want = (len - at).min(CHUNK as u64) as usize;
+            let mut got = 0;
+            while got < want {
+                let n = input.read(&mut buf[got..]).with_context(|| format!("reading {} back at byte {}", target.display(), at + got as u64))?;
+                if n == 0 {
+                    bail!("{} ends after {} of the image's {len} bytes", target.display(), at + got as u64);
+                }
+                got += n;
             }
-            got += n;
-        }
-        hasher.update(&buf[..want]);
-        done += want as u64;
-        progress.set_position(done);
-    }
+            Ok(want)
+        },
+        |buf, at| {
+            hasher.update(buf);
+            progress.set_position(at + buf.len() as u64);
+            Ok(())
+        },
+    )?;
     progress.finish_with_message("verified");
     Ok(hex::encode(hasher.finalize()))
 }

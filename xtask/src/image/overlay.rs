@@ -140,9 +140,13 @@ fn normalise(root: &Path, made_after: u64, epoch: u64, progress: &Progress) -> R
 /// alternatives, the overlay) carries that build's clock, so `made_after` must be no later than
 /// the earliest such build: a cached root tree built before the last commit would otherwise keep
 /// its clock times and differ from a fresh one.
+///
+/// Access times carry the clock of whoever last read a file, and mkfs.ext4 copies them into the
+/// data partition: every file's is set to `epoch` (the tools tree then reads with `noatime`).
 pub(super) fn clamp_mtimes(dir: &Path, made_after: u64, epoch: u64, progress: &Progress) -> Result<()> {
     progress.run(
         "clamping mtimes to SOURCE_DATE_EPOCH",
         cmd!("find", dir, "-newermt", format!("@{made_after}"), "-exec", "touch", "-h", "-d", format!("@{epoch}"), "{}", "+"),
-    )
+    )?;
+    progress.run("setting access times to SOURCE_DATE_EPOCH", cmd!("find", dir, "-exec", "touch", "-h", "-a", "-d", format!("@{epoch}"), "{}", "+"))
 }

@@ -66,6 +66,8 @@ impl ToolsTree {
             mount --rbind /sys "$T/sys"
             mount --rbind /dev "$T/dev"
             mount --bind "$W" "$T/work"
+            # Reading the staged trees must not change their access times (see clamp_mtimes).
+            mount -o remount,bind,noatime "$T/work"
             exec chroot "$T" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
                 SOURCE_DATE_EPOCH="$SOURCE_DATE_EPOCH" TZ=UTC LC_ALL=C.UTF-8 \
                 SYSTEMD_REPART_MKFS_OPTIONS_EXT4="${SYSTEMD_REPART_MKFS_OPTIONS_EXT4:-}" "$@"
