@@ -124,7 +124,7 @@ fn claim_code(config: &Config, ensure: bool) -> Result<()> {
         return Ok(());
     }
     let claim = hellasd::web::ClaimFiles::new(&config.web.runtime_dir);
-    let code = if ensure { Some(claim.ensure()?) } else { claim.current()? };
+    let code = if ensure { Some(claim.ensure(owner.claim_code.as_deref())?) } else { claim.current()? };
     match code {
         Some(code) => println!("Hellas claim code: {code} (open http://{}.local/ to set up this box)", owner.settings.box_name),
         None => anyhow::bail!("no claim code yet this boot: is hellasd running? (`systemctl status hellasd`)"),

@@ -22,6 +22,10 @@ pub struct OwnerFile {
     /// The owner finished the setup (has seen the first API key).
     #[serde(default)]
     pub setup_done: bool,
+    /// A claim code seeded on the stick (`crate::seed`): every boot's code until the box is
+    /// claimed, which spends it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim_code: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -78,6 +82,7 @@ impl OwnerStore {
                 bail!("this box has an owner already: log in instead");
             }
             f.owner = Some(Owner { password: hash, claimed: unix_now() });
+            f.claim_code = None;
             Ok(())
         })
     }
