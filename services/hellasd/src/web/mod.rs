@@ -27,9 +27,9 @@ use axum::Router;
 use handlebars::Handlebars;
 
 pub use catalog::{Catalog, CatalogEntry, Fit};
-pub use claim::ClaimFiles;
+pub use claim::{check_code, ClaimFiles};
 pub use download::{Downloads, Progress};
-pub use owner::{OwnerStore, Settings};
+pub use owner::{check_box_name, parse_ssh_keys, OwnerStore, Settings};
 pub use session::{Limiter, Session, Sessions};
 
 use crate::api::AppState;

@@ -114,6 +114,26 @@ impl OwnerStore {
         })
     }
 
+    /// First-boot settings from the stick (`crate::seed`), in one write; refused once the box
+    /// has an owner. Settings the seed leaves out keep their values.
+    pub fn seed(&self, box_name: Option<&str>, ssh_keys: Option<&[String]>, claim_code: Option<&str>) -> Result<()> {
+        self.file.update(|f| {
+            if f.owner.is_some() {
+                bail!("this box has an owner already");
+            }
+            if let Some(name) = box_name {
+                f.settings.box_name = name.to_string();
+            }
+            if let Some(keys) = ssh_keys {
+                f.settings.ssh_keys = keys.to_vec();
+            }
+            if let Some(code) = claim_code {
+                f.claim_code = Some(code.to_string());
+            }
+            Ok(())
+        })
+    }
+
     pub fn finish_setup(&self) -> Result<()> {
         self.file.update(|f| {
             f.setup_done = true;
