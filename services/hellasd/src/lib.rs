@@ -13,6 +13,7 @@ pub mod system_settings;
 pub mod tune;
 pub mod gguf;
 pub mod planner;
+pub mod seed;
 pub mod memory_budget;
 pub mod plan_command;
 pub mod web;

@@ -60,6 +60,13 @@ enum Command {
     /// and whenever the settings change): the box name becomes the host name avahi announces,
     /// and sshd runs with the owner's keys while there are any.
     ApplySettings,
+    /// Apply the first-boot settings seeded on the stick's ESP (`/hellas/seed.toml`) once, then
+    /// remove the file (as root; hellas-seed.service runs it at boot).
+    ApplySeed {
+        /// Where the ESP is mounted.
+        #[arg(long, default_value = "/efi")]
+        esp: PathBuf,
+    },
     /// AMD Strix Halo memory tuning: GTT/TTM limits for the next boot and BIOS advice.
     Tune(hellasd::tune::TuneArgs),
 }
@@ -112,6 +119,7 @@ fn main() -> Result<()> {
         Command::ClaimCode { ensure } => claim_code(&config, ensure),
         Command::SetPassword => set_password(&config),
         Command::ApplySettings => apply_settings(&config),
+        Command::ApplySeed { esp } => hellasd::seed::apply(&config, &esp).map(drop),
         Command::Tune(args) => hellasd::tune::run(&args, &config),
         Command::Plan(_) => unreachable!("handled above"),
     }
@@ -124,7 +132,7 @@ fn claim_code(config: &Config, ensure: bool) -> Result<()> {
         return Ok(());
     }
     let claim = hellasd::web::ClaimFiles::new(&config.web.runtime_dir);
-    let code = if ensure { Some(claim.ensure()?) } else { claim.current()? };
+    let code = if ensure { Some(claim.ensure(owner.claim_code.as_deref())?) } else { claim.current()? };
     match code {
         Some(code) => println!("Hellas claim code: {code} (open http://{}.local/ to set up this box)", owner.settings.box_name),
         None => anyhow::bail!("no claim code yet this boot: is hellasd running? (`systemctl status hellasd`)"),

@@ -1,6 +1,8 @@
 //! The claim code: a short secret, new each boot until the box has an owner, shown on the local
 //! console (getty issue text), on the serial port and by `hellasd claim-code` as root. Whoever
-//! claims the box must type it, so a neighbour on the same network cannot take the box.
+//! claims the box must type it, so a neighbour on the same network cannot take the box. A code
+//! seeded on the stick (`crate::seed`) is kept in `owner.json` and used every boot instead of a
+//! random one, until the box is claimed.
 //!
 //! It lives in the runtime directory (a tmpfs, so every boot starts without one): `claim-code`
 //! holds the code, `claim.issue` the text agetty shows above the login prompt (the image links
@@ -27,7 +29,7 @@ impl ClaimFiles {
         ClaimFiles { dir: runtime_dir.to_path_buf() }
     }
 
-    fn code_path(&self) -> PathBuf {
+    pub fn code_path(&self) -> PathBuf {
         self.dir.join("claim-code")
     }
 
@@ -35,20 +37,26 @@ impl ClaimFiles {
         self.dir.join("claim.issue")
     }
 
-    /// This boot's code, made now if there is none yet.
-    pub fn ensure(&self) -> Result<String> {
+    /// This boot's code, made now if there is none yet: the `kept` one (seeded, from
+    /// `owner.json`) when there is one, else a random one.
+    pub fn ensure(&self, kept: Option<&str>) -> Result<String> {
         if let Some(code) = self.current()? {
             return Ok(code);
         }
+        let code = kept.filter(|c| check_code(c).is_ok()).map_or_else(generate, str::to_string);
+        self.set(&code)?;
+        Ok(code)
+    }
+
+    /// Makes `code` this boot's code, replacing any other.
+    pub fn set(&self, code: &str) -> Result<()> {
         fs::create_dir_all(&self.dir).with_context(|| format!("creating {}", self.dir.display()))?;
-        let code = generate();
         write_atomically(&self.code_path(), format!("{code}\n").as_bytes())?;
         restrict(&self.code_path())?;
         write_atomically(
             &self.issue_path(),
             format!("\nHellas is not set up yet. Open http://\\4/ or http://hellas.local/ and enter the claim code {code}\n\n").as_bytes(),
-        )?;
-        Ok(code)
+        )
     }
 
     /// The code, when one was made this boot.
@@ -88,6 +96,17 @@ pub fn generate() -> String {
     format(&raw)
 }
 
+/// A code as it is written down: `XXXX-XXXX` from the alphabet, upper case.
+pub fn check_code(code: &str) -> Result<(), String> {
+    let shaped = code.len() == LEN + 1
+        && code.bytes().enumerate().all(|(i, b)| if i == LEN / 2 { b == b'-' } else { ALPHABET.contains(&b) });
+    if shaped {
+        Ok(())
+    } else {
+        Err(format!("'{code}' is not a claim code: use XXXX-XXXX from {}", std::str::from_utf8(ALPHABET).unwrap()))
+    }
+}
+
 fn format(raw: &str) -> String {
     format!("{}-{}", &raw[..LEN / 2], &raw[LEN / 2..])
 }
@@ -112,14 +131,25 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let files = ClaimFiles::new(dir.path());
         assert_eq!(files.current().unwrap(), None);
-        let code = files.ensure().unwrap();
-        assert_eq!(code.len(), 9);
-        assert!(code.chars().all(|c| c == '-' || ALPHABET.contains(&(c as u8))));
-        assert_eq!(files.ensure().unwrap(), code);
+        let code = files.ensure(None).unwrap();
+        assert!(check_code(&code).is_ok(), "{code}");
+        assert_eq!(files.ensure(Some("ABCD-EF23")).unwrap(), code);
         assert!(fs::read_to_string(files.issue_path()).unwrap().contains(&code));
         files.claimed("hellas").unwrap();
         assert_eq!(files.current().unwrap(), None);
         assert!(!fs::read_to_string(files.issue_path()).unwrap().contains(&code));
+    }
+
+    #[test]
+    fn a_kept_code_is_used_instead_of_a_random_one() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(ClaimFiles::new(dir.path()).ensure(Some("ABCD-EF23")).unwrap(), "ABCD-EF23");
+        let next_boot = tempfile::tempdir().unwrap();
+        let damaged = ClaimFiles::new(next_boot.path()).ensure(Some("abcd-ef23")).unwrap();
+        assert!(check_code(&damaged).is_ok() && damaged != "ABCD-EF23", "{damaged}");
+        for bad in ["ABCD-EF2", "ABCDEF23", "ABCD-EF20", "abcd-ef23", "ABCD_EF23", "ABCD-EF23 "] {
+            assert!(check_code(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -27,9 +27,9 @@ use axum::Router;
 use handlebars::Handlebars;
 
 pub use catalog::{Catalog, CatalogEntry, Fit};
-pub use claim::ClaimFiles;
+pub use claim::{check_code, ClaimFiles};
 pub use download::{Downloads, Progress};
-pub use owner::{OwnerStore, Settings};
+pub use owner::{check_box_name, parse_ssh_keys, OwnerStore, Settings};
 pub use session::{Limiter, Session, Sessions};
 
 use crate::api::AppState;
@@ -70,13 +70,18 @@ impl Web {
     pub fn start(&self) -> Result<()> {
         let file = self.owner.load()?;
         if file.owner.is_none() {
-            let code = self.claim.ensure()?;
+            let code = self.claim.ensure(file.claim_code.as_deref())?;
             tracing::info!("not set up yet: claim this box at http://{}.local/ with the code {code}", file.settings.box_name);
         } else {
             self.claim.claimed(&file.settings.box_name)?;
         }
         self.downloads.resume_interrupted(&self.catalog.entries);
         Ok(())
+    }
+
+    /// This boot's claim code, made now (the seeded one, or a random one) if there is none yet.
+    pub fn claim_code(&self) -> Result<String> {
+        self.claim.ensure(self.owner.load()?.claim_code.as_deref())
     }
 }
 

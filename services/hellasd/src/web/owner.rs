@@ -22,6 +22,10 @@ pub struct OwnerFile {
     /// The owner finished the setup (has seen the first API key).
     #[serde(default)]
     pub setup_done: bool,
+    /// A claim code seeded on the stick (`crate::seed`): every boot's code until the box is
+    /// claimed, which spends it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim_code: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -78,6 +82,7 @@ impl OwnerStore {
                 bail!("this box has an owner already: log in instead");
             }
             f.owner = Some(Owner { password: hash, claimed: unix_now() });
+            f.claim_code = None;
             Ok(())
         })
     }
@@ -105,6 +110,26 @@ impl OwnerStore {
     pub fn update_settings(&self, settings: Settings) -> Result<()> {
         self.file.update(|f| {
             f.settings = settings;
+            Ok(())
+        })
+    }
+
+    /// First-boot settings from the stick (`crate::seed`), in one write; refused once the box
+    /// has an owner. Settings the seed leaves out keep their values.
+    pub fn seed(&self, box_name: Option<&str>, ssh_keys: Option<&[String]>, claim_code: Option<&str>) -> Result<()> {
+        self.file.update(|f| {
+            if f.owner.is_some() {
+                bail!("this box has an owner already");
+            }
+            if let Some(name) = box_name {
+                f.settings.box_name = name.to_string();
+            }
+            if let Some(keys) = ssh_keys {
+                f.settings.ssh_keys = keys.to_vec();
+            }
+            if let Some(code) = claim_code {
+                f.claim_code = Some(code.to_string());
+            }
             Ok(())
         })
     }

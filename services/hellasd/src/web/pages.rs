@@ -194,7 +194,7 @@ pub async fn claim(State(state): St, Extension(session): Ses, ConnectInfo(peer):
     if let Err(wait) = state.web.guesses.check(peer.ip()) {
         return with_retry_after(page().error(StatusCode::TOO_MANY_REQUESTS, too_many(wait)).render(&state, &session), wait);
     }
-    let code = guard!(state.web.claim.ensure().map_err(internal));
+    let code = guard!(state.web.claim_code().map_err(internal));
     if !claim::matches(&form.code, &code) {
         state.web.guesses.failed(peer.ip());
         tracing::warn!(client = %peer.ip(), "a wrong claim code was entered");
@@ -676,7 +676,7 @@ async fn factory_reset(state: &AppState) -> Result<()> {
         }
     }
     state.web.sessions.end_all();
-    let code = state.web.claim.ensure()?;
+    let code = state.web.claim_code()?;
     tracing::info!("factory reset done: claim the box again with the code {code}");
     Ok(())
 }

@@ -1,0 +1,317 @@
+//! First-boot settings seeded on the stick: `/hellas/seed.toml` on the ESP, written by
+//! `cargo xtask flash` (`xtask/src/flash/seed.rs`) or by hand, and applied once by
+//! `hellasd apply-seed` as root (hellas-seed.service, before the claim code and hellasd).
+//!
+//! This module owns reading and checking that file, applying it to a box that has no owner yet
+//! (`hostname` becomes the box name, `ssh_authorized_keys` the owner's SSH keys, `claim_code`
+//! the claim code of every boot until the box is claimed) and removing it afterwards. A file
+//! that does not check out is renamed `seed.toml.rejected`, with nothing of it applied, so it is
+//! not tried again at every boot; the error says what to fix.
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+
+use crate::config::Config;
+use crate::state_file::sync_dir;
+use crate::web::{check_box_name, check_code, owner_store, parse_ssh_keys, ClaimFiles};
+
+/// What [`apply`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// There is no seed file: every boot after the first.
+    Absent,
+    /// The seed was applied and removed.
+    Applied,
+    /// The box has an owner already: the seed was removed without being applied.
+    IgnoredClaimed,
+}
+
+/// The file as `xtask/src/flash/seed.rs` writes it; every key may be left out.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Seed {
+    hostname: Option<String>,
+    ssh_authorized_keys: Option<Vec<String>>,
+    claim_code: Option<String>,
+}
+
+/// Larger than any honest seed by far: a bigger file is a mistake, not settings.
+const MAX_LEN: u64 = 64 << 10;
+
+/// The seed file below the ESP mount point.
+pub fn seed_path(esp: &Path) -> PathBuf {
+    esp.join("hellas/seed.toml")
+}
+
+/// Applies `<esp>/hellas/seed.toml`, when there is one, and removes it. Running it again does
+/// nothing, and a crash before the removal applies the same settings again.
+pub fn apply(config: &Config, esp: &Path) -> Result<Outcome> {
+    let path = seed_path(esp);
+    let Some(bytes) = read(&path)? else { return Ok(Outcome::Absent) };
+    let store = owner_store(&config.state_dir);
+    if store.is_claimed()? {
+        tracing::info!("{}: this box has an owner already, so the seed is ignored and removed", path.display());
+        remove(&path)?;
+        return Ok(Outcome::IgnoredClaimed);
+    }
+    let seed = match parse(&bytes) {
+        Ok(seed) => seed,
+        Err(problem) => {
+            let rejected = path.with_extension("toml.rejected");
+            fs::rename(&path, &rejected).with_context(|| format!("renaming {} to {}", path.display(), rejected.display()))?;
+            sync_dir(rejected.parent().expect("below the ESP"))?;
+            bail!(
+                "{}: {problem}. Nothing of it was applied; it is now {}: fix it and rename it back to seed.toml, or remove it \
+                 (docs/operator-guide.md, \"Seed file\")",
+                path.display(),
+                rejected.display()
+            );
+        }
+    };
+
+    store.seed(seed.hostname.as_deref(), seed.ssh_authorized_keys.as_deref(), seed.claim_code.as_deref())?;
+    give_to_directory_owner(&config.state_dir, &[store.path().to_path_buf(), store.path().with_extension("lock")])?;
+    if let Some(code) = &seed.claim_code {
+        // hellas-seed.service runs before the claim code is made; this is for a hand-run
+        // apply-seed after it, so the console and the web setup agree at once.
+        let runtime = &config.web.runtime_dir;
+        if runtime.is_dir() {
+            let claim = ClaimFiles::new(runtime);
+            claim.set(code)?;
+            give_to_directory_owner(runtime, &[claim.code_path(), claim.issue_path()])?;
+        }
+    }
+    remove(&path)?;
+    tracing::info!(
+        "{}: applied and removed (box name: {}, SSH keys: {}, claim code: {})",
+        path.display(),
+        seed.hostname.as_deref().unwrap_or("unchanged"),
+        seed.ssh_authorized_keys.as_ref().map_or("unchanged".to_string(), |k| k.len().to_string()),
+        if seed.claim_code.is_some() { "seeded" } else { "random" },
+    );
+    Ok(Outcome::Applied)
+}
+
+fn read(path: &Path) -> Result<Option<Vec<u8>>> {
+    let meta = match fs::metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    if meta.len() > MAX_LEN {
+        // Not read whole: it is rejected by `parse` as too long.
+        return Ok(Some(vec![0; MAX_LEN as usize + 1]));
+    }
+    fs::read(path).map(Some).with_context(|| format!("reading {}", path.display()))
+}
+
+/// Checks every value with the rules `cargo xtask flash` applies, and the web setup's where it
+/// is stricter (SSH keys are decoded, not only recognised by their prefix).
+fn parse(bytes: &[u8]) -> Result<Seed, String> {
+    if bytes.len() as u64 > MAX_LEN {
+        return Err(format!("the file is larger than {} KiB, so it is not a seed file", MAX_LEN >> 10));
+    }
+    let text = std::str::from_utf8(bytes).map_err(|_| "the file is not UTF-8 text".to_string())?;
+    let seed: Seed = toml::from_str(text).map_err(|e| {
+        let line = e.span().map(|span| text[..span.start].matches('\n').count() + 1);
+        match line {
+            Some(n) => format!("line {n} (`{}`): {}", text.lines().nth(n - 1).unwrap_or_default().trim(), e.message().trim()),
+            None => e.message().trim().to_string(),
+        }
+    })?;
+    if let Some(name) = &seed.hostname {
+        check_box_name(name).map_err(|e| format!("key `hostname`: {e}"))?;
+    }
+    if let Some(keys) = &seed.ssh_authorized_keys {
+        if keys.is_empty() {
+            return Err("key `ssh_authorized_keys`: the list is empty: give at least one public key, or leave the key out".into());
+        }
+        for (n, key) in keys.iter().enumerate() {
+            let one = key.lines().count() == 1 && parse_ssh_keys(key).is_ok_and(|k| k.len() == 1) && key.trim() == key;
+            if !one {
+                return Err(format!(
+                    "key `ssh_authorized_keys`, entry {}: not an OpenSSH public key; give each key as one string, the one line of e.g. ~/.ssh/id_ed25519.pub",
+                    n + 1
+                ));
+            }
+        }
+    }
+    if let Some(code) = &seed.claim_code {
+        check_code(code).map_err(|e| format!("key `claim_code`: {e}"))?;
+    }
+    Ok(seed)
+}
+
+fn remove(path: &Path) -> Result<()> {
+    fs::remove_file(path).with_context(|| format!("removing {}", path.display()))?;
+    sync_dir(path.parent().expect("below the ESP"))
+}
+
+/// apply-seed runs as root, but hellasd (User=hellas) rewrites these files later, so they go to
+/// the owner of their directory. A directory that is root's still (made just now, or by the
+/// image builder) goes to hellas with everything in it when a unit with
+/// `StateDirectory=hellas` starts, because systemd then fixes its ownership recursively.
+fn give_to_directory_owner(dir: &Path, paths: &[PathBuf]) -> Result<()> {
+    let owner = fs::metadata(dir).with_context(|| format!("reading {}", dir.display()))?;
+    for path in paths.iter().filter(|p| p.exists()) {
+        std::os::unix::fs::chown(path, Some(owner.uid()), Some(owner.gid())).with_context(|| format!("handing {} to uid {}", path.display(), owner.uid()))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl me@laptop";
+
+    struct Device {
+        _dirs: [tempfile::TempDir; 3],
+        config: Config,
+        esp: PathBuf,
+    }
+
+    /// A box on its first boot: an ESP, an empty state directory and this boot's runtime one.
+    fn first_boot() -> Device {
+        let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+        let mut config = Config { state_dir: dirs[1].path().join("state"), ..Config::default() };
+        config.web.runtime_dir = dirs[2].path().to_path_buf();
+        fs::create_dir_all(dirs[0].path().join("hellas")).unwrap();
+        Device { esp: dirs[0].path().to_path_buf(), config, _dirs: dirs }
+    }
+
+    impl Device {
+        fn write_seed(&self, text: &str) {
+            fs::write(seed_path(&self.esp), text).unwrap();
+        }
+
+        fn owner(&self) -> crate::web::OwnerStore {
+            owner_store(&self.config.state_dir)
+        }
+
+        /// What `hellasd claim-code --ensure` prints at a boot: hellas-claim-code.service.
+        fn claim_code_at_boot(&self, runtime: &Path) -> String {
+            ClaimFiles::new(runtime).ensure(self.owner().load().unwrap().claim_code.as_deref()).unwrap()
+        }
+    }
+
+    fn good_seed() -> String {
+        format!("# a comment\nhostname = \"kitchen\"\nssh_authorized_keys = [\"{KEY}\"]\nclaim_code = \"ABCD-EF23\"\n")
+    }
+
+    #[test]
+    fn a_good_seed_is_applied_once_then_removed() {
+        let b = first_boot();
+        b.write_seed(&good_seed());
+        assert_eq!(apply(&b.config, &b.esp).unwrap(), Outcome::Applied);
+        assert!(!seed_path(&b.esp).exists());
+        let file = b.owner().load().unwrap();
+        assert!(file.owner.is_none());
+        assert_eq!(file.settings.box_name, "kitchen");
+        assert_eq!(file.settings.ssh_keys, vec![KEY.to_string()]);
+        assert_eq!(file.settings.timezone, "UTC");
+        assert_eq!(file.claim_code.as_deref(), Some("ABCD-EF23"));
+
+        let before = fs::read(b.owner().path()).unwrap();
+        assert_eq!(apply(&b.config, &b.esp).unwrap(), Outcome::Absent);
+        assert_eq!(fs::read(b.owner().path()).unwrap(), before);
+    }
+
+    #[test]
+    fn the_seeded_claim_code_is_the_one_claim_code_reports_until_the_box_is_claimed() {
+        let b = first_boot();
+        b.write_seed("claim_code = \"ABCD-EF23\"\n");
+        apply(&b.config, &b.esp).unwrap();
+        // This boot (the runtime directory was there) and a later one (a fresh /run).
+        assert_eq!(ClaimFiles::new(&b.config.web.runtime_dir).current().unwrap().as_deref(), Some("ABCD-EF23"));
+        assert_eq!(b.claim_code_at_boot(&b.config.web.runtime_dir), "ABCD-EF23");
+        let later = tempfile::tempdir().unwrap();
+        assert_eq!(b.claim_code_at_boot(later.path()), "ABCD-EF23");
+        assert_eq!(b.owner().load().unwrap().settings.box_name, "hellas", "a seed without a hostname keeps the name");
+
+        b.owner().claim("correct horse battery").unwrap();
+        assert_eq!(b.owner().load().unwrap().claim_code, None, "claiming spends the seeded code");
+        let after_claim = tempfile::tempdir().unwrap();
+        assert_ne!(b.claim_code_at_boot(after_claim.path()), "ABCD-EF23");
+    }
+
+    #[test]
+    fn a_claimed_box_ignores_the_seed_and_removes_it() {
+        let b = first_boot();
+        b.owner().claim("correct horse battery").unwrap();
+        let before = fs::read(b.owner().path()).unwrap();
+        b.write_seed(&good_seed());
+        assert_eq!(apply(&b.config, &b.esp).unwrap(), Outcome::IgnoredClaimed);
+        assert!(!seed_path(&b.esp).exists());
+        assert_eq!(fs::read(b.owner().path()).unwrap(), before);
+        assert_eq!(ClaimFiles::new(&b.config.web.runtime_dir).current().unwrap(), None);
+    }
+
+    #[test]
+    fn a_bad_seed_is_refused_whole_renamed_and_not_retried() {
+        // Each with a good value beside the bad one: nothing of a bad file is applied.
+        let cases = [
+            ("claim_code = \"ABCD-EF23\"\nwifi_password = \"x\"\n", "line 2 (`wifi_password = \"x\"`): unknown field `wifi_password`"),
+            ("claim_code = \"ABCD-EF23\"\nhostname = \"Kitchen\"\n", "key `hostname`: 'Kitchen' cannot be a box name"),
+            ("claim_code = \"ABCD-EF23\"\nhostname = \"kitchen-\"\n", "key `hostname`"),
+            ("claim_code = \"ABCD-EF23\"\nhostname = 7\n", "line 2 (`hostname = 7`)"),
+            ("hostname = \"kitchen\"\nclaim_code = \"ABCD-EF20\"\n", "key `claim_code`: 'ABCD-EF20' is not a claim code: use XXXX-XXXX"),
+            ("hostname = \"kitchen\"\nclaim_code = \"abcd-ef23\"\n", "key `claim_code`"),
+            ("hostname = \"kitchen\"\nssh_authorized_keys = [\"ssh-ed25519 notbase64\"]\n", "key `ssh_authorized_keys`, entry 1: not an OpenSSH public key"),
+            ("hostname = \"kitchen\"\nssh_authorized_keys = []\n", "key `ssh_authorized_keys`: the list is empty"),
+            ("hostname = \"kitchen\"\nssh_authorized_keys = \"ssh-ed25519 AAAA\"\n", "line 2"),
+        ];
+        for (text, expected) in cases {
+            let b = first_boot();
+            b.write_seed(text);
+            let err = format!("{:#}", apply(&b.config, &b.esp).unwrap_err());
+            assert!(err.contains(expected), "{text:?}: {err}");
+            assert!(err.contains("seed.toml") && err.contains("rename it back"), "{err}");
+            assert!(!seed_path(&b.esp).exists());
+            assert!(b.esp.join("hellas/seed.toml.rejected").exists());
+            assert!(!b.owner().path().exists(), "{text:?}: nothing is applied");
+            assert_eq!(ClaimFiles::new(&b.config.web.runtime_dir).current().unwrap(), None);
+            assert_eq!(apply(&b.config, &b.esp).unwrap(), Outcome::Absent, "a rejected seed is not retried");
+        }
+    }
+
+    #[test]
+    fn what_xtask_writes_is_accepted() {
+        // The exact shape of xtask/src/flash/seed.rs's output (Rust's {:?} of strings and lists).
+        let text = format!(
+            "# Applied once on the first boot, then removed (docs/operator-guide.md, \"Seed file\").\nhostname = {:?}\nssh_authorized_keys = {:?}\nclaim_code = {:?}\n",
+            "box-2",
+            vec![KEY.to_string(), KEY.replace("me@laptop", "other")],
+            "ZZZZ-2345"
+        );
+        let seed = parse(text.as_bytes()).unwrap();
+        assert_eq!(seed.hostname.as_deref(), Some("box-2"));
+        assert_eq!(seed.ssh_authorized_keys.unwrap().len(), 2);
+        assert!(parse(b"").is_ok(), "an empty seed is allowed and changes nothing");
+        assert!(parse(&vec![b'#'; MAX_LEN as usize + 1]).unwrap_err().contains("larger than"));
+        assert!(parse(b"hostname = \"\xff\"").unwrap_err().contains("UTF-8"));
+    }
+
+    #[test]
+    fn written_files_go_to_the_state_directorys_owner() {
+        // Only root can hand files to another user.
+        if unsafe { libc::geteuid() } != 0 {
+            return;
+        }
+        let b = first_boot();
+        fs::create_dir_all(&b.config.state_dir).unwrap();
+        std::os::unix::fs::chown(&b.config.state_dir, Some(4242), Some(4243)).unwrap();
+        std::os::unix::fs::chown(&b.config.web.runtime_dir, Some(4242), Some(4243)).unwrap();
+        b.write_seed(&good_seed());
+        apply(&b.config, &b.esp).unwrap();
+        let claim = ClaimFiles::new(&b.config.web.runtime_dir);
+        for path in [b.owner().path().to_path_buf(), b.owner().path().with_extension("lock"), claim.code_path(), claim.issue_path()] {
+            let meta = fs::metadata(&path).unwrap();
+            assert_eq!((meta.uid(), meta.gid()), (4242, 4243), "{}", path.display());
+        }
+    }
+}
