@@ -28,6 +28,7 @@ pub struct Config {
     pub engine: EngineConfig,
     pub memory: MemoryConfig,
     pub web: WebConfig,
+    pub update: UpdateConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -78,6 +79,22 @@ pub struct WebConfig {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+pub struct UpdateConfig {
+    /// The release channel: the URL of a directory with `SHA256SUMS`, its signature
+    /// `SHA256SUMS.gpg` and the releases (`cargo xtask release` writes one). Empty: none; the
+    /// owner's settings may name one.
+    pub channel: String,
+    /// Boot attempts a newly installed release gets; once they are used up without its health
+    /// check passing, the release it replaced boots again.
+    pub boot_tries: u32,
+    /// How long the boot's health check waits for hellasd to answer.
+    pub health_timeout_secs: u64,
+    /// The systemd-sysupdate binary.
+    pub sysupdate: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct MemoryConfig {
     /// A fixed budget for models in bytes; unset means detect it (GTT + VRAM, or MemAvailable).
     pub budget_bytes: Option<u64>,
@@ -93,6 +110,7 @@ impl Default for Config {
             engine: EngineConfig::default(),
             memory: MemoryConfig::default(),
             web: WebConfig::default(),
+            update: UpdateConfig::default(),
         }
     }
 }
@@ -130,6 +148,17 @@ impl Default for WebConfig {
             listen: "0.0.0.0:80".parse().unwrap(),
             catalog: PathBuf::from("/usr/share/hellas/catalog.toml"),
             runtime_dir: PathBuf::from("/run/hellas"),
+        }
+    }
+}
+
+impl Default for UpdateConfig {
+    fn default() -> Self {
+        UpdateConfig {
+            channel: String::new(),
+            boot_tries: 3,
+            health_timeout_secs: 300,
+            sysupdate: PathBuf::from("/usr/lib/systemd/systemd-sysupdate"),
         }
     }
 }

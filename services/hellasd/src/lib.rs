@@ -12,6 +12,8 @@ pub mod state_file;
 pub mod system_settings;
 pub mod tune;
 pub mod gguf;
+pub mod health;
+pub mod update;
 pub mod planner;
 pub mod seed;
 pub mod memory_budget;

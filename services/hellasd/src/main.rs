@@ -69,6 +69,31 @@ enum Command {
     },
     /// AMD Strix Halo memory tuning: GTT/TTM limits for the next boot and BIOS advice.
     Tune(hellasd::tune::TuneArgs),
+    /// A/B updates from the signed release channel.
+    #[command(subcommand)]
+    Update(UpdateCommand),
+    /// The boot's health check: hellasd answers and the engine starts (hellas-health.service).
+    Health(hellasd::health::HealthArgs),
+}
+
+#[derive(Subcommand)]
+enum UpdateCommand {
+    /// What this box runs, what the channel offers, and what the updater is doing.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Read the channel now (as root).
+    Check,
+    /// Install the offered release (or VERSION) into the other slot and reboot into it (as root).
+    Apply {
+        version: Option<String>,
+        /// Install, but leave the reboot to later.
+        #[arg(long)]
+        no_reboot: bool,
+    },
+    /// Settle the last boot and carry out the owner's request (hellas-update.service, as root).
+    Run,
 }
 
 #[derive(Subcommand)]
@@ -121,6 +146,8 @@ fn main() -> Result<()> {
         Command::ApplySettings => apply_settings(&config),
         Command::ApplySeed { esp } => hellasd::seed::apply(&config, &esp).map(drop),
         Command::Tune(args) => hellasd::tune::run(&args, &config),
+        Command::Update(command) => update(&config, command),
+        Command::Health(args) => hellasd::health::run(&args, &config),
         Command::Plan(_) => unreachable!("handled above"),
     }
 }
@@ -138,6 +165,42 @@ fn claim_code(config: &Config, ensure: bool) -> Result<()> {
         None => anyhow::bail!("no claim code yet this boot: is hellasd running? (`systemctl status hellasd`)"),
     }
     Ok(())
+}
+
+fn update(config: &Config, command: UpdateCommand) -> Result<()> {
+    use hellasd::update::{self, UpdateFiles};
+    let files = UpdateFiles::new(&config.state_dir);
+    let settled = || -> Result<update::Status> {
+        let mut status = files.status()?;
+        status.reconcile_boot(&update::booted_version(std::path::Path::new("/"))?);
+        Ok(status)
+    };
+    match command {
+        UpdateCommand::Status { json } => {
+            let status = files.status()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                println!("booted: {}\nchannel: {}\nphase: {:?}", status.booted, update::channel(config)?, status.phase);
+                println!("offered: {}", status.offered.as_deref().unwrap_or("nothing newer"));
+                for rejected in &status.rejected {
+                    println!("rejected: {}", rejected.reason);
+                }
+                if let Some(result) = &status.last_result {
+                    println!("last result: {result}");
+                }
+            }
+            Ok(())
+        }
+        UpdateCommand::Check => update::check(config, &files, &mut settled()?),
+        UpdateCommand::Apply { version, no_reboot } => {
+            let mut status = settled()?;
+            update::check(config, &files, &mut status)?;
+            let version = version.or(status.offered.clone()).context("nothing to apply: the channel offers nothing newer")?;
+            update::apply(config, &files, &mut status, &version, !no_reboot)
+        }
+        UpdateCommand::Run => update::run(config, true),
+    }
 }
 
 fn apply_settings(config: &Config) -> Result<()> {
