@@ -43,11 +43,13 @@ pub struct Settings {
     pub timezone: String,
     /// OpenSSH public keys allowed to log in as the admin user; sshd stays off while empty.
     pub ssh_keys: Vec<String>,
+    /// The release channel's URL; empty: `update.channel` from the configuration.
+    pub update_channel: String,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { box_name: "hellas".into(), timezone: "UTC".into(), ssh_keys: Vec::new() }
+        Settings { box_name: "hellas".into(), timezone: "UTC".into(), ssh_keys: Vec::new(), update_channel: String::new() }
     }
 }
 
@@ -207,6 +209,16 @@ pub fn timezones(zoneinfo: &Path) -> Vec<String> {
 }
 
 /// Checks OpenSSH public keys, one per line; blank lines are ignored.
+/// An update channel is empty (the configured one) or an http(s) URL of a directory.
+pub fn check_update_channel(url: &str) -> Result<(), String> {
+    let scheme_ok = url.starts_with("https://") || url.starts_with("http://");
+    if url.is_empty() || (scheme_ok && url.len() <= 512 && !url.contains(|c: char| c.is_whitespace() || c.is_control())) {
+        Ok(())
+    } else {
+        Err("the update channel must be an http:// or https:// URL (the directory holding SHA256SUMS), or empty for the default".into())
+    }
+}
+
 pub fn parse_ssh_keys(text: &str) -> Result<Vec<String>, String> {
     const TYPES: &[&str] = &[
         "ssh-ed25519",

@@ -262,6 +262,8 @@ pub struct SettingsForm {
     timezone: String,
     #[serde(default)]
     ssh_keys: String,
+    #[serde(default)]
+    update_channel: String,
 }
 
 fn settings_form(settings: &Settings, ssh_text: &str, done: bool) -> Page {
@@ -288,8 +290,9 @@ pub async fn save_settings(State(state): St, Extension(session): Ses, Form(form)
     let timezone = form.timezone.trim().to_string();
     let checked = owner::check_box_name(&box_name)
         .and_then(|()| owner::check_timezone(&timezone, std::path::Path::new(ZONEINFO)))
+        .and_then(|()| owner::check_update_channel(form.update_channel.trim()))
         .and_then(|()| owner::parse_ssh_keys(&form.ssh_keys));
-    let settings = Settings { box_name, timezone, ssh_keys: Vec::new() };
+    let settings = Settings { box_name, timezone, ssh_keys: Vec::new(), update_channel: form.update_channel.trim().to_string() };
     let ssh_keys = match checked {
         Ok(keys) => keys,
         Err(problem) => return settings_form(&settings, &form.ssh_keys, done).error(StatusCode::BAD_REQUEST, problem).render(&state, &session),
@@ -530,11 +533,70 @@ pub async fn dashboard(State(state): St, Extension(session): Ses) -> Response {
         let decision = crate::tune::decide(&probe, &options);
         json!({ "state": decision.summary(), "warnings": decision.warnings, "advice": decision.bios_advice })
     };
+    let update = guard!(update_view(&state).map_err(internal));
     let data = json!({
         "memory": memory_bar(&state, used), "models": models, "downloads": downloads, "keys": keys,
-        "recent": recent, "settings": file.settings, "tuning": tuning,
+        "recent": recent, "settings": file.settings, "tuning": tuning, "update": update,
     });
     Page::new("dashboard", format!("{}.local", file.settings.box_name), data).render(&state, &session)
+}
+
+/// The dashboard's update section: what runs, what the channel offers, what is happening.
+fn update_view(state: &AppState) -> Result<Value> {
+    use crate::update::{self, Phase};
+    let status = update::UpdateFiles::new(&state.config.state_dir).status()?;
+    let booted = update::booted_version(std::path::Path::new("/")).unwrap_or_else(|_| status.booted.clone());
+    let phase = match &status.phase {
+        Phase::Idle => String::new(),
+        Phase::Checking => "checking the channel…".into(),
+        Phase::Installing { version } => format!("installing {version}…"),
+        Phase::Rebooting { version } => format!("{version} is installed; rebooting into it…"),
+        Phase::Failed { action, error } => format!("{action} failed: {error}"),
+    };
+    Ok(json!({
+        "booted": booted, "channel": update::channel(&state.config)?, "offered": status.offered, "phase": phase,
+        "busy": matches!(status.phase, Phase::Checking | Phase::Installing { .. } | Phase::Rebooting { .. }),
+        "failed": matches!(status.phase, Phase::Failed { .. }), "last_result": status.last_result,
+        "rejected": status.rejected, "available": status.available.join(", "),
+    }))
+}
+
+#[derive(Deserialize)]
+pub struct UpdateForm {
+    csrf: String,
+    #[serde(default)]
+    version: Option<String>,
+}
+
+/// "Check for updates" and "Update to …": both hand the request to the root updater.
+pub async fn request_update(State(state): St, Extension(session): Ses, Form(form): Form<UpdateForm>) -> Response {
+    use crate::update::{Request, UpdateFiles};
+    guard!(require_owner(&session));
+    guard!(check_csrf(&session, &form.csrf));
+    let request = match form.version {
+        Some(version) => {
+            let status = guard!(UpdateFiles::new(&state.config.state_dir).status().map_err(internal));
+            if status.offered.as_deref() != Some(version.as_str()) {
+                return Page::new("message", "Not updated", json!({ "back": "/dashboard" }))
+                    .error(StatusCode::CONFLICT, format!("{version} is not the release on offer; check for updates again"))
+                    .render(&state, &session);
+            }
+            Request::Apply { version }
+        }
+        None => Request::Check,
+    };
+    guard!(UpdateFiles::new(&state.config.state_dir).request(&request).map_err(internal));
+    tracing::info!("update requested: {request:?}");
+    redirect("/dashboard")
+}
+
+/// The update status as JSON, for the owner's scripts and the dashboard's polling.
+pub async fn update_status(State(state): St, Extension(session): Ses) -> Response {
+    guard!(require_owner(&session));
+    match crate::update::UpdateFiles::new(&state.config.state_dir).status() {
+        Ok(status) => axum::Json(status).into_response(),
+        Err(e) => internal(e),
+    }
 }
 
 fn describe_progress(progress: &super::Progress) -> String {
