@@ -53,6 +53,11 @@ pub const MTOOLS: HostPackage = HostPackage {
     name: "mtools",
     present: || on_path("mcopy"),
 };
+/// `gpg`, which makes the development signing key and signs release channels.
+pub const GNUPG: HostPackage = HostPackage {
+    name: "gpg",
+    present: || on_path("gpg"),
+};
 /// The browser the web setup tests drive, and its WebDriver.
 pub const CHROMIUM: HostPackage = HostPackage {
     name: "chromium",
@@ -63,7 +68,7 @@ pub const CHROMEDRIVER: HostPackage = HostPackage {
     present: || on_path("chromedriver"),
 };
 
-pub const ALL: &[HostPackage] = &[MMDEBSTRAP, UNZIP, PIP, ZSTD, QEMU, QEMU_IMG, OVMF, CHROMIUM, CHROMEDRIVER, MTOOLS];
+pub const ALL: &[HostPackage] = &[MMDEBSTRAP, UNZIP, PIP, ZSTD, QEMU, QEMU_IMG, OVMF, CHROMIUM, CHROMEDRIVER, MTOOLS, GNUPG];
 
 /// Installed from bookworm-backports on bookworm, whose own QEMU is too old.
 const BACKPORTED_ON_BOOKWORM: &[&str] = &["qemu-system-x86", "qemu-utils", "ovmf"];

@@ -8,7 +8,7 @@ mod overlay;
 pub mod packages;
 mod partitions;
 pub mod spec;
-mod step;
+pub mod step;
 mod tools;
 mod uki;
 
@@ -26,7 +26,7 @@ use spec::Spec;
 use step::{file_sha256, Inputs, Progress};
 
 /// Bump when a change to the builder changes the image it makes from the same inputs.
-const RECIPE: &str = "3";
+const RECIPE: &str = "4";
 /// Space a build needs in the cache (trees, staging, image) and in `out/`.
 const NEEDED_BYTES: u64 = 12 << 30;
 
@@ -47,6 +47,12 @@ pub struct Image {
     /// Build a second time from empty step caches and compare the two images bit for bit.
     #[arg(long)]
     verify_reproducible: bool,
+    /// Build as this version instead of the spec's `image.version` (releases do).
+    #[arg(long)]
+    pub version: Option<String>,
+    /// One more overlay, laid over the profile's (a local customisation, or a test's fixture).
+    #[arg(long)]
+    pub overlay: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -60,6 +66,8 @@ pub struct LockCmd {
 /// The outputs of a built image.
 pub struct Built {
     pub image: PathBuf,
+    /// The cached build: `disk.img`, `uki.efi` and `manifest.json` (read-only).
+    pub disk: PathBuf,
 }
 
 pub fn mirror() -> Option<String> {
@@ -119,6 +127,8 @@ impl Image {
             out: root.join("out"),
             check_valid_until: std::env::var_os("HELLAS_CHECK_VALID_UNTIL").is_some(),
             verify_reproducible: false,
+            version: None,
+            overlay: None,
         }
     }
 
@@ -144,19 +154,31 @@ impl Image {
         self.build_with_cache(cache::root()?.join("image"))
     }
 
+    /// The cached build alone, without writing the image to `out/` (what a release needs).
+    pub fn build_disk(&self) -> Result<PathBuf> {
+        Ok(self.run_pipeline(cache::root()?.join("image"), false)?.disk)
+    }
+
     fn build_with_cache(&self, step_cache: PathBuf) -> Result<Built> {
-        let spec = Spec::load(&self.spec)?;
+        self.run_pipeline(step_cache, true)
+    }
+
+    fn run_pipeline(&self, step_cache: PathBuf, write_outputs: bool) -> Result<Built> {
+        let mut spec = Spec::load(&self.spec)?;
+        if let Some(version) = &self.version {
+            spec.image.version = spec::check_version(version)?;
+        }
         let (profile_name, profile) = spec.profile(self.profile.as_deref())?;
         let lock = Lock::load(&self.spec.with_file_name("packages.lock"))?;
         lock.check(&spec)?;
         preflight(&[&cache::root()?, &self.out])?;
         let progress = Progress::new(self.out.join(format!("build-{profile_name}.log")), step_cache)?;
-        let result = self.pipeline(&spec, profile_name, profile, &lock, &progress);
+        let result = self.pipeline(&spec, profile_name, profile, &lock, &progress, write_outputs);
         progress.done();
         result
     }
 
-    fn pipeline(&self, spec: &Spec, profile_name: &str, profile: &spec::Profile, lock: &Lock, progress: &Progress) -> Result<Built> {
+    fn pipeline(&self, spec: &Spec, profile_name: &str, profile: &spec::Profile, lock: &Lock, progress: &Progress, write_outputs: bool) -> Result<Built> {
         let apt = apt_options(self.check_valid_until);
         let image_dir = self.spec.parent().unwrap_or(Path::new("."));
         let tools = tools::ensure(progress, &apt)?;
@@ -179,8 +201,17 @@ impl Image {
             "profile": profile_name,
             "partitions": { "esp": spec.partitions.esp.0, "root": spec.partitions.root.0, "verity": verity, "data": spec.partitions.data.0 },
         });
-        let overlays: Vec<PathBuf> =
-            [image_dir.join("../rootfs-overlay"), image_dir.join("profiles").join(profile_name).join("overlay")].into_iter().filter(|p| p.is_dir()).collect();
+        if let Some(overlay) = &self.overlay {
+            if !overlay.is_dir() {
+                bail!("--overlay {}: no such directory", overlay.display());
+            }
+        }
+        let overlays: Vec<PathBuf> = [image_dir.join("../rootfs-overlay"), image_dir.join("profiles").join(profile_name).join("overlay")]
+            .into_iter()
+            .filter(|p| p.is_dir())
+            .chain(self.overlay.clone())
+            .collect();
+        let keyring = crate::signing::SigningKey::find()?.public_key()?;
         let cmdline = format!("{} {}", "root=/dev/mapper/root rootfstype=erofs ro", spec.cmdline(profile).join(" "));
         let mut inputs = Inputs::new("disk")
             .text("recipe", RECIPE)
@@ -190,6 +221,7 @@ impl Image {
             .text("cmdline", &cmdline)
             .text("epoch", &epoch.to_string())
             .file("hellasd", &hellasd)?
+            .text("keyring", &hex::encode(&keyring))
             .tree("repart.d", &image_dir.join("repart.d"))?;
         for overlay in &overlays {
             inputs = inputs.tree("overlay", overlay)?;
@@ -211,6 +243,7 @@ impl Image {
                     hellasd: &hellasd,
                     units: &units(profile_name),
                     models: models.clone(),
+                    keyring: &keyring,
                     source_date_epoch: epoch,
                     rootfs_started: packages::rootfs_started(&rootfs)?,
                 },
@@ -220,7 +253,9 @@ impl Image {
             partitions::definitions(&image_dir.join("repart.d"), &work, &context)?;
             let roothash = partitions::without_esp(&tools, &work, "disk.img", epoch, progress)?;
             let cmdline = format!("roothash={roothash} {cmdline}");
-            uki::build_esp(&tools, &work, &spec.image.name, &spec.image.version, &cmdline, epoch, progress)?;
+            let uki = uki::build_esp(&tools, &work, &spec.image.name, &spec.image.version, &cmdline, epoch, progress)?;
+            // Releases publish the UKI as it is on the ESP.
+            fs::copy(&uki, dir.join("uki.efi")).with_context(|| format!("keeping a copy of {}", uki.display()))?;
             let layout = partitions::add_esp(&tools, &work, "disk.img", epoch, progress)?;
             fs::rename(work.join("disk.img"), dir.join("disk.img"))?;
             // Read-only from here on: out/ shares this file, and boots use overlays on top.
@@ -229,14 +264,18 @@ impl Image {
             fs::write(dir.join("manifest.json"), serde_json::to_vec_pretty(&manifest)?)?;
             cache::remove_any(&work)
         })?;
-        progress.step("outputs", || outputs(&disk, &self.out, &name))
+        if !write_outputs {
+            return Ok(Built { image: disk.join("disk.img"), disk });
+        }
+        let image = progress.step("outputs", || outputs(&disk, &self.out, &name))?;
+        Ok(Built { image, disk })
     }
 }
 
 /// Units enabled in every image, and the boot check in the test image.
 fn units(profile: &str) -> Vec<String> {
     let mut units: Vec<String> =
-        ["hellasd.service", "hellas-claim-code.service", "hellas-settings.service", "hellas-settings.path", "hellas-tune.service", "systemd-networkd.service", "systemd-resolved.service", "avahi-daemon.service"]
+        ["hellasd.service", "hellas-claim-code.service", "hellas-settings.service", "hellas-settings.path", "hellas-tune.service", "hellas-seed.service", "hellas-health.service", "hellas-update.service", "hellas-update.path", "systemd-networkd.service", "systemd-resolved.service", "avahi-daemon.service"]
             .map(String::from)
             .to_vec();
     if profile == "qemu-test" {
@@ -274,7 +313,7 @@ fn manifest(spec: &Spec, profile: &str, lock: &Lock, digest: &str, roothash: &st
         .as_array()
         .into_iter()
         .flatten()
-        .map(|p| json!({ "type": p["type"], "label": p["label"], "offset": p["offset"], "size": p["raw_size"] }))
+        .map(|p| json!({ "type": p["type"], "label": p["label"], "uuid": p["uuid"], "offset": p["offset"], "size": p["raw_size"] }))
         .collect();
     Ok(json!({
         "name": spec.image.name,
@@ -291,7 +330,7 @@ fn manifest(spec: &Spec, profile: &str, lock: &Lock, digest: &str, roothash: &st
 
 /// Copies the cached image to `out/` as `<name>.img`, `.img.zst`, `SHA256SUMS` and
 /// `<name>.manifest.json`, each under a temporary name first.
-fn outputs(disk: &Path, out: &Path, name: &str) -> Result<Built> {
+fn outputs(disk: &Path, out: &Path, name: &str) -> Result<PathBuf> {
     fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let image = out.join(format!("{name}.img"));
     let zst = out.join(format!("{name}.img.zst"));
@@ -319,7 +358,7 @@ fn outputs(disk: &Path, out: &Path, name: &str) -> Result<Built> {
         cache::write_if_changed(&out.join("SHA256SUMS"), (sums.join("\n") + "\n").as_bytes(), 0o644)?;
     }
     cache::write_if_changed(&out.join(format!("{name}.manifest.json")), &fs::read(disk.join("manifest.json"))?, 0o644)?;
-    Ok(Built { image })
+    Ok(image)
 }
 
 /// The partitions (by the manifest's layout) in which two images differ; empty when identical.

@@ -9,6 +9,8 @@ mod flash;
 mod image;
 mod models;
 mod qemu;
+mod release;
+mod signing;
 mod test;
 
 use anyhow::Context;
@@ -34,6 +36,8 @@ enum Cmd {
     Models,
     /// Boot an image under QEMU with the console on this terminal (the system tests' harness).
     Qemu(qemu::Qemu),
+    /// Build the image as a release and publish it, signed, into an update channel directory.
+    Release(release::Release),
     /// Prepare deps, engine and models, then run `cargo test --workspace [-- ARGS]`.
     Test(test::Test),
 }
@@ -53,6 +57,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Lock(lock) => lock.run(),
         Cmd::Models => models::fetch_all(),
         Cmd::Qemu(qemu) => qemu.run(),
+        Cmd::Release(release) => release.run(),
         Cmd::Test(test) => test.run(),
     }
 }

@@ -44,6 +44,7 @@ impl Qemu {
         let options = Options {
             run_dir: root.join("target/qemu"),
             interactive: true,
+            reboots: true,
         };
         let mut vm = Vm::boot(&image, &options)?;
         // QEMU may already have put the terminal in raw mode, hence the explicit \r.

@@ -1,14 +1,15 @@
 //! `cargo xtask test`: the one command that runs every test. It first installs and builds
 //! what the tests need (host packages, engine, models) into `$HELLAS_CACHE`, then runs
 //! `cargo test --workspace` with `HELLAS_CACHE` exported so the tests find them, and the
-//! `qemu-test` image built for the system test (`HELLAS_TEST_IMAGE`). Extra
+//! `qemu-test` image built for the system test (`HELLAS_TEST_IMAGE`) with the release channels
+//! its update test serves (`HELLAS_TEST_CHANNELS`). Extra
 //! arguments after `--` go to `cargo test`; one that picks packages (`-p`) drops `--workspace`.
 
 use std::ffi::OsString;
 
 use anyhow::{Context, Result};
 
-use crate::{cache, deps, engine, image, models, workspace_root};
+use crate::{cache, deps, engine, image, models, release, workspace_root};
 
 #[derive(clap::Args)]
 pub struct Test {
@@ -31,6 +32,8 @@ impl Test {
         if system_tests {
             let built = image::Image::for_profile("qemu-test", workspace_root()).build()?;
             env.push(("HELLAS_TEST_IMAGE", built.image.into()));
+            let spec = image::spec::Spec::load(&workspace_root().join("image/hellas.toml"))?;
+            env.push(("HELLAS_TEST_CHANNELS", release::test_channels(workspace_root(), &spec.image.version)?.into()));
         }
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut args: Vec<OsString> = vec!["test".into()];

@@ -29,6 +29,8 @@ pub struct OverlayInputs<'a> {
     pub hellasd: &'a Path,
     pub units: &'a [String],
     pub models: Vec<(String, PathBuf)>,
+    /// The release signing key's public half: the only key sysupdate trusts.
+    pub keyring: &'a [u8],
     pub source_date_epoch: u64,
     /// When the root tree's build started: files newer than that (or than the epoch) were made
     /// by the build, and their times are not the packages'.
@@ -60,6 +62,9 @@ pub fn stage(work: &Path, inputs: &OverlayInputs, tools: &ToolsTree, progress: &
     let issue = root.join("etc/issue.d");
     fs::create_dir_all(&issue).with_context(|| format!("creating {}", issue.display()))?;
     std::os::unix::fs::symlink("/run/hellas/claim.issue", issue.join("50-hellas.issue")).context("linking the claim code's issue file")?;
+
+    let keyring = root.join("usr/lib/systemd/import-pubring.pgp");
+    fs::write(&keyring, inputs.keyring).with_context(|| format!("writing the release key to {}", keyring.display()))?;
 
     let os_release = root.join("usr/lib/os-release");
     let mut text = fs::read_to_string(&os_release).with_context(|| format!("reading {}", os_release.display()))?;

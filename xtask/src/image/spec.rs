@@ -106,6 +106,18 @@ impl From<Size> for String {
     }
 }
 
+/// A version as release files and partition labels carry it: `0.2.0`, `1.0-rc1`.
+pub fn check_version(version: &str) -> Result<String> {
+    let ok = !version.is_empty()
+        && version.len() <= 32
+        && version.starts_with(|c: char| c.is_ascii_digit())
+        && version.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'~');
+    if !ok {
+        bail!("version {version:?}: use digits, letters, '.', '-' and '~', starting with a digit (e.g. 0.2.0); '_' and '+' would confuse the release file names");
+    }
+    Ok(version.to_string())
+}
+
 impl Spec {
     pub fn load(path: &Path) -> Result<Spec> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading the image spec {}", path.display()))?;
@@ -118,10 +130,11 @@ impl Spec {
         if !self.profiles.contains_key(&self.default_profile) {
             bail!("default_profile = {:?} names no [profiles.*] table", self.default_profile);
         }
-        let ok_name = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '+'));
-        if !ok_name(&self.image.name) || !ok_name(&self.image.version) {
-            bail!("image.name and image.version may hold only letters, digits, '-', '.', '_' and '+'");
+        // Release files are `<name>_<version>_…` and UKIs `<name>_<version>+<tries>.efi`.
+        if self.image.name.is_empty() || !self.image.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+            bail!("image.name may hold only letters, digits and '-'");
         }
+        check_version(&self.image.version).context("image.version")?;
         for (group, packages) in &self.packages {
             if let Some(bad) = packages.iter().find(|p| !is_package_name(p)) {
                 bail!("packages.{group}: {bad:?} is not a Debian package name");

@@ -13,7 +13,8 @@ use super::tools::ToolsTree;
 /// Boot attempts a new UKI gets before systemd-boot gives up on it.
 pub const TRIES: u32 = 3;
 
-pub fn build_esp(tools: &ToolsTree, work: &Path, name: &str, version: &str, cmdline: &str, epoch: u64, progress: &Progress) -> Result<()> {
+/// Builds the UKI into `work/esp` beside systemd-boot; returns the UKI's path.
+pub fn build_esp(tools: &ToolsTree, work: &Path, name: &str, version: &str, cmdline: &str, epoch: u64, progress: &Progress) -> Result<std::path::PathBuf> {
     let modules = work.join("root/usr/lib/modules");
     let kernels: Vec<String> = fs::read_dir(&modules)
         .with_context(|| format!("listing {}", modules.display()))?
@@ -41,5 +42,6 @@ pub fn build_esp(tools: &ToolsTree, work: &Path, name: &str, version: &str, cmdl
         fs::copy(&boot, esp.join(dest)).with_context(|| format!("copying {} to the ESP", boot.display()))?;
     }
     fs::write(esp.join("loader/loader.conf"), "timeout 0\neditor no\n").context("writing loader.conf")?;
-    super::overlay::clamp_mtimes(&esp, epoch, epoch, progress)
+    super::overlay::clamp_mtimes(&esp, epoch, epoch, progress)?;
+    Ok(esp.join(format!("EFI/Linux/{name}_{version}+{TRIES}.efi")))
 }
