@@ -4,3 +4,4 @@
 //! the tests boot it in CI: one way to boot an image, not two.
 
 pub mod vm;
+pub mod channel;

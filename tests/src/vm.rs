@@ -4,7 +4,7 @@
 //! report, one JSON line, never from console text. QEMU dies with its `Vm`, and with the
 //! thread that booted it, so a failed or killed test leaves no guest running.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::os::unix::net::UnixStream;
@@ -46,6 +46,8 @@ pub struct Options {
     /// The console on this terminal (Ctrl-A X quits QEMU) as well as in the log, and the guest
     /// may reboot. Otherwise a reboot ends QEMU, so that a boot loop fails fast.
     pub interactive: bool,
+    /// Let a non-interactive guest reboot (the update tests do).
+    pub reboots: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +68,11 @@ impl fmt::Display for Accel {
 /// A running guest. Dropping it kills QEMU.
 pub struct Vm {
     qemu: Child,
+    /// How QEMU was started, for `restart`.
+    args: Vec<std::ffi::OsString>,
+    interactive: bool,
+    /// QEMU processes started before this one (each restart keeps the last one's logs).
+    restarts: usize,
     run_dir: PathBuf,
     accel: Accel,
     api_port: u16,
@@ -117,7 +124,9 @@ impl Vm {
         } else {
             qemu.arg("-chardev")
                 .arg(format!("file,id=console,path={console}"));
-            qemu.arg("-no-reboot");
+            if !options.reboots {
+                qemu.arg("-no-reboot");
+            }
         }
         qemu.args(["-serial", "chardev:console"]);
         qemu.arg("-chardev").arg(format!(
@@ -131,24 +140,76 @@ impl Vm {
         qemu.args(["-mon", "chardev=qmp,mode=control"]);
         // Lets a guest end the run with a status of its own choosing, as test guests may.
         qemu.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
-        if !options.interactive {
-            let log = run_dir.join(QEMU_LOG);
-            let log = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-            qemu.stdin(Stdio::null())
-                .stdout(log.try_clone()?)
-                .stderr(log);
-        }
-        let qemu = qemu
-            .spawn()
-            .with_context(|| format!("starting {QEMU} (is QEMU installed? `cargo xtask deps`)"))?;
+        let args: Vec<std::ffi::OsString> = qemu.get_args().map(|a| a.to_os_string()).collect();
+        let qemu = spawn(args.clone(), &run_dir, options.interactive)?;
         Ok(Vm {
             qemu,
+            args,
+            interactive: options.interactive,
+            restarts: 0,
             run_dir,
             accel,
             api_port,
             web_port,
             ssh_port,
         })
+    }
+
+    /// Pulls the plug: QEMU is killed at once, as a power cut would stop the box.
+    pub fn pull_the_plug(&mut self) {
+        self.kill();
+    }
+
+    /// Starts QEMU again on the same disk, firmware variables and ports (after a power cut or
+    /// a power-off); the last run's console and report move to `console.<n>.log` and
+    /// `ttyS1.<n>.log`.
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill();
+        self.restarts += 1;
+        for name in [CONSOLE, REPORT] {
+            let (stem, ext) = name.rsplit_once('.').expect("log names have an extension");
+            let kept = self.run_dir.join(format!("{stem}.{}.{ext}", self.restarts));
+            if self.run_dir.join(name).exists() {
+                fs::rename(self.run_dir.join(name), &kept).with_context(|| format!("keeping {}", kept.display()))?;
+            }
+        }
+        remove_if_present(&self.run_dir.join(QMP))?;
+        self.qemu = spawn(self.args.clone(), &self.run_dir, self.interactive)?;
+        Ok(())
+    }
+
+    /// Waits for a boot report (a JSON object on ttyS1, one per boot) after the first `skip`
+    /// that `wanted` accepts.
+    pub fn wait_report_where(&mut self, timeout: Duration, what: &str, skip: usize, wanted: impl Fn(&Value) -> bool) -> Result<Value> {
+        let deadline = Instant::now() + timeout;
+        let found = |vm: &Vm| -> Result<Option<Value>> { Ok(vm.reports()?.into_iter().skip(skip).find(&wanted)) };
+        loop {
+            if let Some(report) = found(self)? {
+                return Ok(report);
+            }
+            if let Some(status) = self.qemu.try_wait().context("checking on QEMU")? {
+                if let Some(report) = found(self)? {
+                    return Ok(report);
+                }
+                bail!("QEMU exited ({status}) before a boot report {what}; reports: {:?}\n{}", self.reports()?, self.diagnostics());
+            }
+            if Instant::now() >= deadline {
+                bail!("no boot report {what} within {} s; reports: {:?}\n{}", timeout.as_secs(), self.reports()?, self.diagnostics());
+            }
+            thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// Every complete boot report on ttyS1 since QEMU started.
+    pub fn reports(&self) -> Result<Vec<Value>> {
+        let path = self.run_dir.join(REPORT);
+        let text = match fs::read(&path) {
+            Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(vec![]),
+            Err(err) => return Err(err).with_context(|| format!("reading {}", path.display())),
+        };
+        let Some(end) = text.rfind('\n') else { return Ok(vec![]) };
+        Ok(text[..end].lines().filter_map(|line| serde_json::from_str::<Value>(line.trim()).ok()).filter(Value::is_object).collect())
     }
 
     /// Waits for the guest's boot report, the first JSON object written to ttyS1.
@@ -332,6 +393,18 @@ impl Qmp {
             }
         }
     }
+}
+
+/// Starts QEMU with `args`, its output in the run's log unless a person watches.
+fn spawn(args: Vec<std::ffi::OsString>, run_dir: &Path, interactive: bool) -> Result<Child> {
+    let mut qemu = qemu_command();
+    qemu.args(args);
+    if !interactive {
+        let log = run_dir.join(QEMU_LOG);
+        let log = OpenOptions::new().create(true).append(true).open(&log).with_context(|| format!("opening {}", log.display()))?;
+        qemu.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+    }
+    qemu.spawn().with_context(|| format!("starting {QEMU} (is QEMU installed? `cargo xtask deps`)"))
 }
 
 /// Creates `dir` and clears the files of an earlier run from it: a report left there would

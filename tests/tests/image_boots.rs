@@ -17,6 +17,13 @@ use std::{env, fs};
 use hellas_system_tests::vm::{Options, Vm};
 use serde_json::{json, Value};
 
+#[path = "image_boots/owner_web.rs"]
+mod owner_web;
+#[path = "image_boots/update.rs"]
+mod update;
+
+use owner_web::OwnerWeb;
+
 const MODEL: &str = "smollm2:135m-q4_1";
 const MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 /// `partitions.data` in image/hellas.toml: the data partition as shipped, before it grows.
@@ -27,9 +34,11 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 /// engine took 90 s to load and 7 min to answer (8.7 s per prompt token).
 const INFERENCE_TIMEOUT: Duration = Duration::from_secs(20 * 60);
 const POWER_OFF_TIMEOUT: Duration = Duration::from_secs(2 * 60);
+const PASSWORD: &str = "a long and private phrase";
+const SSH_KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl test@host";
 
 #[test]
-fn qemu_test_image_boots_serves_its_model_and_powers_off() {
+fn qemu_test_image_boots_serves_its_model_updates_rolls_back_and_powers_off() {
     let image = test_image();
     let run_dir = fresh_artefacts_dir();
     println!(
@@ -46,6 +55,7 @@ fn qemu_test_image_boots_serves_its_model_and_powers_off() {
     let options = Options {
         run_dir: run_dir.clone(),
         interactive: false,
+        reboots: true,
     };
     let mut vm = Vm::boot(&image, &options)
         .unwrap_or_else(|err| panic!("booting {}: {err:#}", image.display()));
@@ -60,8 +70,9 @@ fn qemu_test_image_boots_serves_its_model_and_powers_off() {
     );
     check_report(&report, &vm);
 
-    let key = claim_through_the_web(&vm);
+    let (key, mut web) = claim_through_the_web(&vm);
     check_api(&vm, &key, &expected);
+    update::update_roll_back_and_refuse(&mut vm, &mut web, &key, &image_version());
 
     let status = vm
         .power_off(POWER_OFF_TIMEOUT)
@@ -155,8 +166,8 @@ fn check_api(vm: &Vm, key: &str, expected: &str) {
 /// The first-boot setup as a person does it: the API refuses before the claim, the claim code
 /// is read off the serial console (the getty's issue text shows it too), and the setup pages
 /// on the forwarded web port take it, the owner's password and a request for the first API
-/// key, which is returned.
-fn claim_through_the_web(vm: &Vm) -> String {
+/// key, which is returned with the owner's web session.
+fn claim_through_the_web(vm: &Vm) -> (String, OwnerWeb) {
     let http = reqwest::blocking::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(120))
@@ -179,57 +190,19 @@ fn claim_through_the_web(vm: &Vm) -> String {
     );
     println!("the serial console shows the claim code {code}");
 
-    let web = vm.web_url();
-    let mut cookie = String::new();
-    let mut csrf = String::new();
-    // Each POST carries the CSRF token of the last page seen, as a browser's form would.
-    let mut visit = |method: &str, path: &str, form: &[(&str, &str)]| {
-        let mut form: Vec<(&str, &str)> = form.to_vec();
-        form.push(("csrf", &csrf));
-        let request = match method {
-            "GET" => http.get(format!("{web}{path}")),
-            _ => http.post(format!("{web}{path}")).form(&form),
-        };
-        let response = request
-            .header("cookie", &cookie)
-            .send()
-            .unwrap_or_else(|err| panic!("{method} {path}: {err}"));
-        if let Some(set) = response.headers().get("set-cookie") {
-            cookie = set.to_str().unwrap().split(';').next().unwrap().to_string();
-        }
-        let status = response.status().as_u16();
-        let location = response
-            .headers()
-            .get("location")
-            .map(|l| l.to_str().unwrap().to_string());
-        let page = response.text().unwrap_or_default();
-        if let Some(at) = page.find("name=\"csrf\" value=\"") {
-            csrf = page[at + 19..at + 19 + 64].to_string();
-        }
-        (status, location, page)
-    };
-    let (status, _, _) = visit("GET", "/setup/claim", &[]);
+    let mut web = OwnerWeb::new(vm.web_url());
+    let (status, _, _) = web.get("/setup/claim");
     assert_eq!(status, 200, "the setup page is not reachable on the forwarded port");
-    let claimed = visit("POST", "/setup/claim", &[("code", &code)]);
+    let claimed = web.post("/setup/claim", &[("code", &code)]);
     assert_eq!(claimed.1.as_deref(), Some("/setup/owner"), "the console's claim code did not claim the box: {claimed:?}");
-    visit("GET", "/setup/owner", &[]);
-    let password = "a long and private phrase";
-    let owner = visit(
-        "POST",
-        "/setup/owner",
-        &[("password", password), ("confirm", password)],
-    );
+    web.get("/setup/owner");
+    let owner = web.post("/setup/owner", &[("password", PASSWORD), ("confirm", PASSWORD)]);
     assert_eq!(owner.1.as_deref(), Some("/settings"), "setting the owner's password: {owner:?}");
 
     // sshd stays off until the owner gives a public key, then runs with it.
     assert_eq!(ssh_banner(vm), None, "sshd answers before the owner gave a key");
-    visit("GET", "/settings", &[]);
-    let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl test@host";
-    let saved = visit(
-        "POST",
-        "/settings",
-        &[("box_name", "hellas"), ("timezone", "UTC"), ("ssh_keys", key)],
-    );
+    web.get("/settings");
+    let saved = web.post("/settings", &[("box_name", "hellas"), ("timezone", "UTC"), ("ssh_keys", SSH_KEY)]);
     assert_eq!(saved.1.as_deref(), Some("/models"), "saving the settings: {saved:?}");
     let deadline = Instant::now() + Duration::from_secs(180);
     let banner = loop {
@@ -241,11 +214,11 @@ fn claim_through_the_web(vm: &Vm) -> String {
     };
     println!("with the owner's key set, sshd answers {banner:?}");
 
-    visit("GET", "/setup/key", &[]);
-    let (status, _, page) = visit("POST", "/keys", &[("name", "qemu-test")]);
+    web.get("/setup/key");
+    let (status, _, page) = web.post("/keys", &[("name", "qemu-test")]);
     assert_eq!(status, 200, "creating the first API key: {page}");
     let at = page.find("id=\"api-key\">").expect("the key page shows the key") + 13;
-    page[at..].split('<').next().unwrap().to_string()
+    (page[at..].split('<').next().unwrap().to_string(), web)
 }
 
 /// The code in hellasd's "Hellas claim code: XXXX-XXXX" line.
@@ -284,7 +257,7 @@ fn backend_lines(console: &Path) -> String {
     lines.join("\n")
 }
 
-fn check_report(report: &Value, vm: &Vm) {
+pub(crate) fn check_report(report: &Value, vm: &Vm) {
     let field = |name: &str| {
         report[name]
             .as_str()
@@ -499,7 +472,7 @@ fn fresh_artefacts_dir() -> PathBuf {
     dir
 }
 
-fn cache_dir() -> PathBuf {
+pub(crate) fn cache_dir() -> PathBuf {
     match env::var_os("HELLAS_CACHE").filter(|dir| !dir.is_empty()) {
         Some(dir) => PathBuf::from(dir),
         None => PathBuf::from(env::var_os("HOME").expect("HOME is set")).join(".cache/hellas"),
