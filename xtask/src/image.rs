@@ -231,7 +231,10 @@ impl Image {
         }
         let digest = inputs.finish();
         let name = format!("{}-{}-{profile_name}", spec.image.name, spec.image.version);
-        let disk = step::cached_dir(progress, &format!("disk-{profile_name}"), &digest, |dir| {
+        // The step cache keeps one build per step: releases and test variants get their own, so
+        // they do not evict the image of the spec's version.
+        let step_name = if self.version.is_some() || self.overlay.is_some() { format!("disk-{profile_name}-release") } else { format!("disk-{profile_name}") };
+        let disk = step::cached_dir(progress, &step_name, &digest, |dir| {
             let work = dir.join("work");
             fs::create_dir_all(&work)?;
             let staged = overlay::stage(

@@ -1,7 +1,7 @@
 //! `cargo xtask test`: the one command that runs every test. It first installs and builds
 //! what the tests need (host packages, engine, models) into `$HELLAS_CACHE`, then runs
 //! `cargo test --workspace` with `HELLAS_CACHE` exported so the tests find them, and the
-//! `qemu-test` image built for the system test (`HELLAS_TEST_IMAGE`) with the release channels
+//! `qemu-test` image built and flashed, seeded, for the system test (`HELLAS_TEST_IMAGE`) with the release channels
 //! its update test serves (`HELLAS_TEST_CHANNELS`). Extra
 //! arguments after `--` go to `cargo test`; one that picks packages (`-p`) drops `--workspace`.
 
@@ -9,7 +9,7 @@ use std::ffi::OsString;
 
 use anyhow::{Context, Result};
 
-use crate::{cache, deps, engine, image, models, release, workspace_root};
+use crate::{cache, deps, engine, flash, image, models, release, workspace_root};
 
 #[derive(clap::Args)]
 pub struct Test {
@@ -31,7 +31,13 @@ impl Test {
             || self.cargo_args.iter().take_while(|a| *a != "--").any(|a| a.to_string_lossy().contains("hellas-system-tests"));
         if system_tests {
             let built = image::Image::for_profile("qemu-test", workspace_root()).build()?;
-            env.push(("HELLAS_TEST_IMAGE", built.image.into()));
+            // The system test boots a stick flashed as an owner would, seeded, so the box must
+            // apply the seed.
+            let stick = cache.join("test-stick.img");
+            std::fs::File::create(&stick).with_context(|| format!("creating {}", stick.display()))?;
+            deps::ensure(&[deps::MTOOLS])?;
+            flash::Flash::to_file(built.image, stick.clone(), "hellas-qemu", "QEMU-2345").run()?;
+            env.push(("HELLAS_TEST_IMAGE", stick.into()));
             let spec = image::spec::Spec::load(&workspace_root().join("image/hellas.toml"))?;
             env.push(("HELLAS_TEST_CHANNELS", release::test_channels(workspace_root(), &spec.image.version)?.into()));
         }

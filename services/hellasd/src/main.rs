@@ -64,7 +64,7 @@ enum Command {
     /// remove the file (as root; hellas-seed.service runs it at boot).
     ApplySeed {
         /// Where the ESP is mounted.
-        #[arg(long, default_value = "/efi")]
+        #[arg(long, default_value = "/boot")]
         esp: PathBuf,
     },
     /// AMD Strix Halo memory tuning: GTT/TTM limits for the next boot and BIOS advice.

@@ -20,7 +20,7 @@ use hellas_system_tests::channel::ChannelServer;
 use hellas_system_tests::vm::Vm;
 use serde_json::Value;
 
-use super::{check_report, owner_web::OwnerWeb, MODEL, PASSWORD, SSH_KEY};
+use super::{check_report, owner_web::OwnerWeb, MODEL, PASSWORD, SEEDED_HOSTNAME, SSH_KEY};
 
 /// A boot under TCG, and a download and write of the root slot besides.
 const REBOOT_TIMEOUT: Duration = Duration::from_secs(20 * 60);
@@ -35,7 +35,7 @@ pub fn update_roll_back_and_refuse(vm: &mut Vm, web: &mut OwnerWeb, key: &str, v
     web.get("/settings");
     let saved = web.post(
         "/settings",
-        &[("box_name", "hellas"), ("timezone", "UTC"), ("ssh_keys", SSH_KEY), ("update_channel", &server.guest_url())],
+        &[("box_name", SEEDED_HOSTNAME), ("timezone", "UTC"), ("ssh_keys", SSH_KEY), ("update_channel", &server.guest_url())],
     );
     assert_eq!(saved.1.as_deref(), Some("/dashboard"), "saving the update channel: {saved:?}");
     let status = check_for_updates(vm, web);

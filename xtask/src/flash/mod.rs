@@ -43,6 +43,20 @@ pub struct Flash {
 }
 
 impl Flash {
+    /// A seeded write of `image` into the file `device`, as the system test's stick.
+    pub fn to_file(image: PathBuf, device: PathBuf, hostname: &str, claim_code: &str) -> Flash {
+        Flash {
+            device,
+            image: Some(image),
+            hostname: Some(hostname.into()),
+            ssh_key: None,
+            claim_code: Some(claim_code.into()),
+            allow_file: true,
+            force: false,
+            yes: true,
+        }
+    }
+
     pub fn run(&self) -> Result<()> {
         let image = match &self.image {
             Some(image) => image.clone(),

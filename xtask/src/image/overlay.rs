@@ -56,8 +56,8 @@ pub fn stage(work: &Path, inputs: &OverlayInputs, tools: &ToolsTree, progress: &
     // sshd stays off until the owner gives a key (the web setup turns it on).
     progress.run("systemctl disable ssh", tools.command(work, "systemctl", &["--root=/work/root".into(), "disable".into(), "ssh.service".into()]))?;
 
-    // systemd-gpt-auto-generator mounts the ESP here, where hellas-tune writes its boot entry.
-    fs::create_dir_all(root.join("efi")).context("creating /efi")?;
+    // systemd-gpt-auto-generator mounts the ESP at /boot (empty in the root partition: the
+    // kernel and initrd are in the UKI), where the seed, hellas-tune and sysupdate find it.
     // The login prompts show this boot's claim code, which hellasd writes under /run.
     let issue = root.join("etc/issue.d");
     fs::create_dir_all(&issue).with_context(|| format!("creating {}", issue.display()))?;

@@ -44,7 +44,7 @@ enum TuneCommand {
     /// Write the parameters for the next boot when they are missing (idempotent).
     Apply {
         /// Where the ESP is mounted.
-        #[arg(long, default_value = "/efi")]
+        #[arg(long, default_value = "/boot")]
         esp: PathBuf,
     },
 }
