@@ -123,8 +123,9 @@ fn check_for_updates(vm: &Vm, web: &mut OwnerWeb) -> Value {
 }
 
 fn apply(web: &mut OwnerWeb, version: &str) {
-    let (_, _, dashboard) = web.get("/dashboard");
-    assert!(dashboard.contains(&format!("Update to {version}")), "the dashboard does not offer {version}");
+    let (status, _, dashboard) = web.get("/dashboard");
+    let section = dashboard.find("id=\"update\"").map(|at| &dashboard[at..(at + 1500).min(dashboard.len())]).unwrap_or(&dashboard);
+    assert!(dashboard.contains(&format!("Update to {version}")), "the dashboard ({status}) does not offer {version}: {section}");
     let (status, location, page) = web.post("/update", &[("version", version)]);
     assert_eq!((status, location.as_deref()), (303, Some("/dashboard")), "applying {version}: {page}");
 }

@@ -77,10 +77,7 @@ pub fn run(args: &TuneArgs, config: &Config) -> Result<()> {
 }
 
 fn image_version(root: &std::path::Path) -> String {
-    std::fs::read_to_string(root.join("usr/lib/os-release"))
-        .ok()
-        .and_then(|t| t.lines().find_map(|l| l.strip_prefix("IMAGE_VERSION=").map(|v| v.trim_matches('"').to_string())))
-        .unwrap_or_else(|| "unknown".into())
+    crate::update::booted_version(root).unwrap_or_else(|_| "unknown".into())
 }
 
 /// The report for people.

@@ -536,7 +536,7 @@ pub async fn dashboard(State(state): St, Extension(session): Ses) -> Response {
     let update = guard!(update_view(&state).map_err(internal));
     let data = json!({
         "memory": memory_bar(&state, used), "models": models, "downloads": downloads, "keys": keys,
-        "recent": recent, "settings": file.settings, "tuning": tuning, "update": update,
+        "recent": recent, "ssh_key_count": file.settings.ssh_keys.len(), "settings": file.settings, "tuning": tuning, "update": update,
     });
     Page::new("dashboard", format!("{}.local", file.settings.box_name), data).render(&state, &session)
 }
