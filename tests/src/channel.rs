@@ -61,9 +61,9 @@ impl ChannelServer {
         self.shared.lock().unwrap().throttle = suffix.map(|(s, rate)| (s.to_string(), rate));
     }
 
-    /// Bytes sent of files whose name ends with `suffix`.
-    pub fn sent(&self, suffix: &str) -> u64 {
-        self.shared.lock().unwrap().sent.iter().filter(|(name, _)| name.ends_with(suffix)).map(|(_, n)| n).sum()
+    /// Bytes sent of the file `name`.
+    pub fn sent(&self, name: impl Fn(&str) -> bool) -> u64 {
+        self.shared.lock().unwrap().sent.iter().filter(|(file, _)| name(file)).map(|(_, n)| n).sum()
     }
 }
 

@@ -38,6 +38,7 @@ const CONSOLE: &str = "console.log";
 const REPORT: &str = "ttyS1.log";
 const QEMU_LOG: &str = "qemu.log";
 const QMP: &str = "qmp.sock";
+const INTERNAL_DISK: &str = "internal.qcow2";
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -48,6 +49,8 @@ pub struct Options {
     pub interactive: bool,
     /// Let a non-interactive guest reboot (the update tests do).
     pub reboots: bool,
+    /// A second, blank disk of this many bytes: the box's internal disk (`/dev/vdb`).
+    pub internal_disk_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,6 +112,12 @@ impl Vm {
             option_path(&overlay)
         ));
         qemu.args(["-device", "virtio-blk-pci,drive=disk"]);
+        if let Some(bytes) = options.internal_disk_bytes {
+            let internal = run_dir.join(INTERNAL_DISK);
+            run_qemu_img(Command::new(QEMU_IMG).args(["create", "-q", "-f", "qcow2"]).arg(&internal).arg(bytes.to_string()))?;
+            qemu.arg("-drive").arg(format!("if=none,id=internal,format=qcow2,file={}", option_path(&internal)));
+            qemu.args(["-device", "virtio-blk-pci,drive=internal"]);
+        }
         qemu.arg("-netdev").arg(format!(
             "user,id=net,hostfwd=tcp:127.0.0.1:{api_port}-:{GUEST_API_PORT},hostfwd=tcp:127.0.0.1:{web_port}-:{GUEST_WEB_PORT},hostfwd=tcp:127.0.0.1:{ssh_port}-:22"
         ));
@@ -176,6 +185,17 @@ impl Vm {
         remove_if_present(&self.run_dir.join(QMP))?;
         self.qemu = spawn(self.args.clone(), &self.run_dir, self.interactive)?;
         Ok(())
+    }
+
+    /// Powers the guest off hard, takes the stick (the image's disk) out, and starts it again:
+    /// it boots from the internal disk now.
+    pub fn remove_stick_and_restart(&mut self) -> Result<()> {
+        let stick = self.args.iter().position(|a| a.to_string_lossy().starts_with("if=none,id=disk,")).context("no stick attached")?;
+        let device = self.args.iter().position(|a| a == "virtio-blk-pci,drive=disk").context("no stick attached")?;
+        for at in [device, stick] {
+            self.args.drain(at - 1..=at);
+        }
+        self.restart()
     }
 
     /// Waits for a boot report (a JSON object on ttyS1, one per boot) after the first `skip`
@@ -414,7 +434,7 @@ fn prepare_run_dir(dir: &Path) -> Result<PathBuf> {
     let dir = dir
         .canonicalize()
         .with_context(|| format!("resolving {}", dir.display()))?;
-    for name in [OVERLAY, VARS, CONSOLE, REPORT, QEMU_LOG, QMP] {
+    for name in [OVERLAY, VARS, CONSOLE, REPORT, QEMU_LOG, QMP, INTERNAL_DISK] {
         remove_if_present(&dir.join(name))?;
     }
     if dir.join(QMP).as_os_str().len() >= 108 {
@@ -440,8 +460,12 @@ fn create_overlay(image: &Path, overlay: &Path) -> Result<()> {
         .arg(&image)
         .arg(overlay)
         .arg((bytes + EXTRA_DISK_BYTES).to_string());
-    let shown = format!("{create:?}");
-    let output = create
+    run_qemu_img(&mut create)
+}
+
+fn run_qemu_img(command: &mut Command) -> Result<()> {
+    let shown = format!("{command:?}");
+    let output = command
         .output()
         .with_context(|| format!("running {shown} (is QEMU installed? `cargo xtask deps`)"))?;
     if !output.status.success() {

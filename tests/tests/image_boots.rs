@@ -21,6 +21,8 @@ use serde_json::{json, Value};
 
 #[path = "image_boots/owner_web.rs"]
 mod owner_web;
+#[path = "image_boots/install.rs"]
+mod install;
 #[path = "image_boots/update.rs"]
 mod update;
 
@@ -41,6 +43,8 @@ const PASSWORD: &str = "a long and private phrase";
 /// --claim-code`), which the box must apply on its first boot.
 const SEEDED_HOSTNAME: &str = "hellas-qemu";
 const SEEDED_CLAIM_CODE: &str = "QEMU-2345";
+/// The box's internal disk, blank, which the test installs the system to at the end.
+const INTERNAL_DISK_BYTES: u64 = 8 << 30;
 const SSH_KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl test@host";
 
 #[test]
@@ -62,6 +66,7 @@ fn qemu_test_image_boots_serves_its_model_updates_rolls_back_and_powers_off() {
         run_dir: run_dir.clone(),
         interactive: false,
         reboots: true,
+        internal_disk_bytes: Some(INTERNAL_DISK_BYTES),
     };
     let mut vm = Vm::boot(&image, &options)
         .unwrap_or_else(|err| panic!("booting {}: {err:#}", image.display()));
@@ -78,7 +83,8 @@ fn qemu_test_image_boots_serves_its_model_updates_rolls_back_and_powers_off() {
 
     let (key, mut web) = claim_through_the_web(&vm);
     check_api(&vm, &key, &expected);
-    update::update_roll_back_and_refuse(&mut vm, &mut web, &key, &image_version());
+    let booted = update::update_roll_back_and_refuse(&mut vm, &mut web, &key, &image_version());
+    install::install_and_boot_from_the_disk(&mut vm, &mut web, &key, &booted);
 
     let status = vm
         .power_off(POWER_OFF_TIMEOUT)

@@ -45,6 +45,7 @@ impl Qemu {
             run_dir: root.join("target/qemu"),
             interactive: true,
             reboots: true,
+            internal_disk_bytes: None,
         };
         let mut vm = Vm::boot(&image, &options)?;
         // QEMU may already have put the terminal in raw mode, hence the explicit \r.

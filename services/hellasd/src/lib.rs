@@ -13,6 +13,7 @@ pub mod system_settings;
 pub mod tune;
 pub mod gguf;
 pub mod health;
+pub mod install;
 pub mod update;
 pub mod planner;
 pub mod seed;

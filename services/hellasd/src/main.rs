@@ -74,6 +74,21 @@ enum Command {
     Update(UpdateCommand),
     /// The boot's health check: hellasd answers and the engine starts (hellas-health.service).
     Health(hellasd::health::HealthArgs),
+    /// Copy the running system from the stick to an internal disk (as root).
+    Install {
+        /// The whole internal disk, e.g. /dev/nvme0n1.
+        #[arg(long, required_unless_present = "list")]
+        disk: Option<String>,
+        /// Keep the owner's settings, API keys and models (otherwise the disk starts unclaimed).
+        #[arg(long)]
+        keep_data: bool,
+        /// Do not ask for the disk's name to be typed back.
+        #[arg(long)]
+        yes: bool,
+        /// List the disks it could install to.
+        #[arg(long)]
+        list: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -148,6 +163,7 @@ fn main() -> Result<()> {
         Command::Tune(args) => hellasd::tune::run(&args, &config),
         Command::Update(command) => update(&config, command),
         Command::Health(args) => hellasd::health::run(&args, &config),
+        Command::Install { disk, keep_data, yes, list } => install(&config, disk, keep_data, yes, list),
         Command::Plan(_) => unreachable!("handled above"),
     }
 }
@@ -201,6 +217,26 @@ fn update(config: &Config, command: UpdateCommand) -> Result<()> {
         }
         UpdateCommand::Run => update::run(config, true),
     }
+}
+
+fn install(config: &Config, disk: Option<String>, keep_data: bool, yes: bool, list: bool) -> Result<()> {
+    use hellasd::install;
+    if list {
+        for disk in install::candidates()? {
+            println!("{}  {:.1} GB  {}{}", disk.device, disk.bytes as f64 / 1e9, disk.model, if disk.removable { "  (removable)" } else { "" });
+        }
+        return Ok(());
+    }
+    let disk = disk.context("name the disk with --disk")?;
+    if !yes {
+        println!("Everything on {disk} will be lost. Type {disk} to go on:");
+        let mut answer = String::new();
+        std::io::stdin().read_line(&mut answer).context("reading the confirmation")?;
+        anyhow::ensure!(answer.trim() == disk, "not confirmed (typed {:?}): nothing was written; pass --yes in scripts", answer.trim());
+    }
+    install::install(&disk, keep_data, &config.web.runtime_dir)?;
+    println!("installed to {disk}: remove the stick and reboot");
+    Ok(())
 }
 
 fn apply_settings(config: &Config) -> Result<()> {

@@ -26,7 +26,8 @@ use super::{check_report, owner_web::OwnerWeb, MODEL, PASSWORD, SEEDED_HOSTNAME,
 const REBOOT_TIMEOUT: Duration = Duration::from_secs(20 * 60);
 const CHECK_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 
-pub fn update_roll_back_and_refuse(vm: &mut Vm, web: &mut OwnerWeb, key: &str, v1: &str) {
+/// Returns the version the box runs at the end.
+pub fn update_roll_back_and_refuse(vm: &mut Vm, web: &mut OwnerWeb, key: &str, v1: &str) -> String {
     let channels = channels_dir();
     let (good, bad, v2, v3) = (channels.join("good"), channels.join("bad"), format!("{v1}.1"), format!("{v1}.2"));
     let server = ChannelServer::start(&good).expect("starting the channel server");
@@ -66,13 +67,14 @@ pub fn update_roll_back_and_refuse(vm: &mut Vm, web: &mut OwnerWeb, key: &str, v
     assert_eq!(status["offered"], v3.as_str(), "{status}");
     server.throttle(Some((".root.zst", 4 << 20)));
     apply(web, &v3);
+    let v3_root = |file: &str| file.starts_with(&format!("hellas_{v3}_")) && file.ends_with(".root.zst");
     let deadline = Instant::now() + CHECK_TIMEOUT;
-    while server.sent(".root.zst") < 64 << 20 {
+    while server.sent(v3_root) < 64 << 20 {
         assert!(Instant::now() < deadline, "the guest did not start downloading {v3}'s root\n{}", vm.diagnostics());
         std::thread::sleep(Duration::from_millis(200));
     }
     vm.pull_the_plug();
-    println!("power cut after {} MiB of {v3}'s root", server.sent(".root.zst") >> 20);
+    println!("power cut after {} MiB of {v3}'s root", server.sent(v3_root) >> 20);
     server.throttle(None);
     vm.restart().expect("starting QEMU again");
     let report = vm.wait_report_where(REBOOT_TIMEOUT, "after the power cut", 0, |_| true).unwrap_or_else(|e| panic!("{e:#}"));
@@ -111,6 +113,7 @@ pub fn update_roll_back_and_refuse(vm: &mut Vm, web: &mut OwnerWeb, key: &str, v
     assert_eq!(status["phase"]["phase"], "failed", "a channel whose SHA256SUMS does not match its signature was accepted: {status}");
     assert!(status["offered"].is_null(), "{status}");
     println!("the tampered channel is refused: {}", status["phase"]["error"]);
+    v2
 }
 
 /// "Check for updates" on the dashboard, then the status once the check is done.
@@ -136,7 +139,7 @@ fn web_status(web: &mut OwnerWeb) -> Value {
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET /update is not JSON ({e}): {body}"))
 }
 
-fn wait_status(vm: &Vm, web: &mut OwnerWeb, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+pub fn wait_status(vm: &Vm, web: &mut OwnerWeb, what: &str, done: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + CHECK_TIMEOUT;
     loop {
         let status = web_status(web);
@@ -148,7 +151,7 @@ fn wait_status(vm: &Vm, web: &mut OwnerWeb, what: &str, done: impl Fn(&Value) ->
     }
 }
 
-fn api_models(vm: &Vm, key: &str) -> Vec<String> {
+pub fn api_models(vm: &Vm, key: &str) -> Vec<String> {
     let client = reqwest::blocking::Client::builder().no_proxy().timeout(Duration::from_secs(60)).build().unwrap();
     let models: Value = client
         .get(format!("{}/v1/models", vm.api_url()))

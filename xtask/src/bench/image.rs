@@ -62,7 +62,7 @@ impl ImageBench {
         let zst = size(&built.image.with_extension("img.zst"))?;
 
         let test_image = image::Image::for_profile("qemu-test", &ws.root).build()?;
-        let options = Options { run_dir: ws.target.join("bench-image"), interactive: false, reboots: false };
+        let options = Options { run_dir: ws.target.join("bench-image"), interactive: false, reboots: false, internal_disk_bytes: None };
         let started = Instant::now();
         let mut vm = Vm::boot(&test_image.image, &options)?;
         let health = format!("{}/health", vm.api_url());

@@ -37,6 +37,8 @@ pub enum Phase {
     Installing { version: String },
     /// `version` is installed; the box is rebooting into it, on trial until its health check passes.
     Rebooting { version: String },
+    /// Copying the running system to an internal disk (`crate::install`).
+    CopyingToDisk { disk: String },
     /// The last check or install failed; the box runs as it was.
     Failed { action: String, error: String },
 }
@@ -79,6 +81,8 @@ pub struct Status {
 pub enum Request {
     Check,
     Apply { version: String },
+    /// Copy the running system to `disk` (see `crate::install`).
+    Install { disk: String, keep_data: bool },
 }
 
 /// The update files in the state directory.
@@ -213,6 +217,9 @@ impl Status {
                 self.interrupted = Some(version.clone());
                 self.phase = Phase::Failed { action: format!("installing {version}"), error: "cut short (the box lost power or was restarted); try again".into() };
             }
+            Phase::CopyingToDisk { disk } => {
+                self.phase = Phase::Failed { action: format!("installing to {disk}"), error: "cut short (the box lost power or was restarted); try again".into() };
+            }
             Phase::Rebooting { .. } | Phase::Checking => self.phase = Phase::Idle,
             _ => {}
         }
@@ -246,6 +253,7 @@ pub fn run(config: &Config, reboot: bool) -> Result<()> {
     files.write_status(&status)?;
     match files.take_request() {
         Ok(Some(Request::Apply { version })) => apply(config, &files, &mut status, &version, reboot),
+        Ok(Some(Request::Install { disk, keep_data })) => install_to_disk(config, &files, &mut status, &disk, keep_data),
         Ok(Some(Request::Check)) | Ok(None) => check(config, &files, &mut status),
         Err(e) => {
             status.phase = Phase::Failed { action: "reading the request".into(), error: format!("{e:#}") };
@@ -327,6 +335,22 @@ pub fn apply(config: &Config, files: &UpdateFiles, status: &mut Status, version:
         anyhow::ensure!(rebooted.success(), "`systemctl reboot` failed ({rebooted})");
     }
     Ok(())
+}
+
+/// Copies the running system to an internal disk; the owner then removes the stick and reboots.
+fn install_to_disk(config: &Config, files: &UpdateFiles, status: &mut Status, disk: &str, keep_data: bool) -> Result<()> {
+    status.phase = Phase::CopyingToDisk { disk: disk.to_string() };
+    files.write_status(status)?;
+    let result = crate::install::install(disk, keep_data, &config.web.runtime_dir);
+    status.phase = match &result {
+        Ok(()) => {
+            status.last_result = Some(format!("installed to {disk}: remove the stick and restart the box"));
+            Phase::Idle
+        }
+        Err(e) => Phase::Failed { action: format!("installing to {disk}"), error: format!("{e:#}") },
+    };
+    files.write_status(status)?;
+    result
 }
 
 /// systemd-sysupdate with this channel's transfer definitions.

@@ -39,10 +39,11 @@ fn definitions(name: &str, channel: &str, boot_tries: u32) -> [(&'static str, St
         ("20-root.transfer", format!("{transfer}\n{}\n{}", source(&format!("{name}_@v_@u.root.zst")), partition(&format!("{name}_@v"), "root"))),
         // Last, so that a release is bootable only once both partitions are written; named with
         // boot-counting tries (`+3`), which systemd-bless-boot drops once the health check passes.
+        // Writable: on FAT a read-only file is one systemd-boot cannot rename to count a try.
         (
             "30-uki.transfer",
             format!(
-                "{transfer}\n{}\n[Target]\nType=regular-file\nPath=/EFI/Linux\nPathRelativeTo=boot\nMatchPattern={name}_@v+@l-@d.efi {name}_@v+@l.efi {name}_@v.efi\nMode=0444\nTriesLeft={boot_tries}\nTriesDone=0\nInstancesMax=2\n",
+                "{transfer}\n{}\n[Target]\nType=regular-file\nPath=/EFI/Linux\nPathRelativeTo=boot\nMatchPattern={name}_@v+@l-@d.efi {name}_@v+@l.efi {name}_@v.efi\nMode=0644\nTriesLeft={boot_tries}\nTriesDone=0\nInstancesMax=2\n",
                 source(&format!("{name}_@v.efi"))
             ),
         ),

@@ -112,6 +112,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/keys/revoke", post(pages::revoke_key))
         .route("/dashboard", get(pages::dashboard))
         .route("/update", get(pages::update_status).post(pages::request_update))
+        .route("/install", post(pages::request_install))
         .route("/login", get(pages::login_page).post(pages::login))
         .route("/logout", post(pages::logout))
         .route("/reset", get(pages::reset_page).post(pages::reset))

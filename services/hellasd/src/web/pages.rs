@@ -551,11 +551,13 @@ fn update_view(state: &AppState) -> Result<Value> {
         Phase::Checking => "checking the channel…".into(),
         Phase::Installing { version } => format!("installing {version}…"),
         Phase::Rebooting { version } => format!("{version} is installed; rebooting into it…"),
+        Phase::CopyingToDisk { disk } => format!("installing to {disk}…"),
         Phase::Failed { action, error } => format!("{action} failed: {error}"),
     };
     Ok(json!({
         "booted": booted, "channel": update::channel(&state.config)?, "offered": status.offered, "phase": phase,
-        "busy": matches!(status.phase, Phase::Checking | Phase::Installing { .. } | Phase::Rebooting { .. }),
+        "busy": matches!(status.phase, Phase::Checking | Phase::Installing { .. } | Phase::Rebooting { .. } | Phase::CopyingToDisk { .. }),
+        "disks": crate::install::candidates().unwrap_or_default().iter().map(|d| json!({ "device": d.device, "label": format!("{} {} ({})", d.device, d.model, format_bytes(d.bytes)) })).collect::<Vec<_>>(),
         "failed": matches!(status.phase, Phase::Failed { .. }), "last_result": status.last_result,
         "rejected": status.rejected, "available": status.available.join(", "),
     }))
@@ -587,6 +589,37 @@ pub async fn request_update(State(state): St, Extension(session): Ses, Form(form
     };
     guard!(UpdateFiles::new(&state.config.state_dir).request(&request).map_err(internal));
     tracing::info!("update requested: {request:?}");
+    redirect("/dashboard")
+}
+
+#[derive(Deserialize)]
+pub struct InstallForm {
+    csrf: String,
+    disk: String,
+    #[serde(default)]
+    keep_data: Option<String>,
+    confirm: String,
+}
+
+/// "Install to this disk": the disk's name typed back, then the request to the root updater.
+pub async fn request_install(State(state): St, Extension(session): Ses, Form(form): Form<InstallForm>) -> Response {
+    use crate::update::{Request, UpdateFiles};
+    guard!(require_owner(&session));
+    guard!(check_csrf(&session, &form.csrf));
+    if form.confirm.trim() != form.disk {
+        return Page::new("message", "Not installed", json!({ "back": "/dashboard" }))
+            .error(StatusCode::BAD_REQUEST, format!("type {} to confirm: everything on it is lost", form.disk))
+            .render(&state, &session);
+    }
+    let known = crate::install::candidates().unwrap_or_default().iter().any(|d| d.device == form.disk);
+    if !known {
+        return Page::new("message", "Not installed", json!({ "back": "/dashboard" }))
+            .error(StatusCode::BAD_REQUEST, format!("{} is not a disk this box can install to", form.disk))
+            .render(&state, &session);
+    }
+    let request = Request::Install { disk: form.disk, keep_data: form.keep_data.is_some() };
+    guard!(UpdateFiles::new(&state.config.state_dir).request(&request).map_err(internal));
+    tracing::info!("install requested: {request:?}");
     redirect("/dashboard")
 }
 
