@@ -185,19 +185,9 @@ pub fn install(disk: &str, keep_data: bool, runtime_dir: &Path) -> Result<()> {
         std::fs::write(dir.join(&name), text).with_context(|| format!("writing {}", dir.join(&name).display()))?;
     }
     println!("installing to {disk} ({} bytes, {}) from {booted}, {} the owner's data", target.bytes, target.model, if keep_data { "with" } else { "without" });
-    let output = Command::new("systemd-repart")
-        .args(["--dry-run=no", "--empty=force", "--no-pager"])
-        .arg(format!("--definitions={}", dir.display()))
-        .arg(disk)
-        .output()
-        .context("running systemd-repart")?;
-    print!("{}", String::from_utf8_lossy(&output.stdout));
-    eprint!("{}", String::from_utf8_lossy(&output.stderr));
-    if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        let last: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-        bail!("systemd-repart could not lay out {disk} ({}): {}", output.status, last[last.len().saturating_sub(3)..].join(" / "));
-    }
+    let mut repart = Command::new("systemd-repart");
+    repart.args(["--dry-run=no", "--empty=force", "--no-pager"]).arg(format!("--definitions={}", dir.display())).arg(disk);
+    crate::update::run_logged(&mut repart, &format!("systemd-repart {disk}"))?;
     Ok(())
 }
 

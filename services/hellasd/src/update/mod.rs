@@ -372,15 +372,8 @@ impl Sysupdate {
         command
     }
 
-    /// Runs sysupdate with its output going to ours (the journal), failing with its last lines.
     fn run(&self, args: &[&str]) -> Result<()> {
-        let output = self.command(args).output().with_context(|| format!("running {}", self.binary.display()))?;
-        print!("{}", String::from_utf8_lossy(&output.stdout));
-        eprint!("{}", String::from_utf8_lossy(&output.stderr));
-        if !output.status.success() {
-            bail!("`systemd-sysupdate {}` failed ({}): {}", args.join(" "), output.status, last_lines(&output.stderr, 3));
-        }
-        Ok(())
+        run_logged(&mut self.command(args), &format!("systemd-sysupdate {}", args.join(" ")))
     }
 
     /// The versions the channel offers, from `list --offline=no --json=short`.
@@ -399,6 +392,17 @@ fn parse_list(stdout: &[u8]) -> Result<Vec<String>> {
     let value: serde_json::Value = serde_json::from_slice(stdout).with_context(|| format!("parsing systemd-sysupdate's list: {}", String::from_utf8_lossy(stdout)))?;
     let all = value["all"].as_array().with_context(|| format!("systemd-sysupdate's list has no \"all\": {value}"))?;
     Ok(all.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+}
+
+/// Runs a system tool with its output going to ours (the journal), failing with its last lines.
+pub(crate) fn run_logged(command: &mut Command, what: &str) -> Result<()> {
+    let output = command.output().with_context(|| format!("running {what}"))?;
+    print!("{}", String::from_utf8_lossy(&output.stdout));
+    eprint!("{}", String::from_utf8_lossy(&output.stderr));
+    if !output.status.success() {
+        bail!("`{what}` failed ({}): {}", output.status, last_lines(&output.stderr, 3));
+    }
+    Ok(())
 }
 
 fn last_lines(text: &[u8], n: usize) -> String {
