@@ -214,8 +214,11 @@ impl Status {
         }
         match &self.phase {
             Phase::Installing { version } => {
+                let error = "cut short (the box lost power or was restarted); try again".to_string();
+                // The outcome outlives the phase, which the boot's own check moves on from.
+                self.last_result = Some(format!("installing {version} was {error}"));
                 self.interrupted = Some(version.clone());
-                self.phase = Phase::Failed { action: format!("installing {version}"), error: "cut short (the box lost power or was restarted); try again".into() };
+                self.phase = Phase::Failed { action: format!("installing {version}"), error };
             }
             Phase::CopyingToDisk { disk } => {
                 self.phase = Phase::Failed { action: format!("installing to {disk}"), error: "cut short (the box lost power or was restarted); try again".into() };
@@ -475,6 +478,7 @@ mod tests {
         s.reconcile_boot("0.2.0");
         assert!(matches!(&s.phase, Phase::Failed { action, .. } if action == "installing 0.3.0"), "{:?}", s.phase);
         assert_eq!(s.interrupted.as_deref(), Some("0.3.0"), "the half-written slot is emptied before the next install");
+        assert!(s.last_result.as_deref().unwrap().contains("cut short"), "{:?}", s.last_result);
         assert_eq!(s.offered.as_deref(), Some("0.3.0"), "it may be tried again");
     }
 
