@@ -139,7 +139,7 @@ impl Image {
             let again = Image { out: self.out.join("reproducibility"), verify_reproducible: false, ..self.clone() };
             let cache = cache::root()?.join("image-reproducibility");
             cache::remove_any(&cache)?;
-            let second = again.build_with_cache(cache.clone())?;
+            let second = again.run_pipeline(cache.clone(), true)?;
             let differences = compare_images(&built.image, &second.image)?;
             cache::remove_any(&cache)?;
             if !differences.is_empty() {
@@ -151,16 +151,12 @@ impl Image {
     }
 
     pub fn build(&self) -> Result<Built> {
-        self.build_with_cache(cache::root()?.join("image"))
+        self.run_pipeline(cache::root()?.join("image"), true)
     }
 
     /// The cached build alone, without writing the image to `out/` (what a release needs).
     pub fn build_disk(&self) -> Result<PathBuf> {
         Ok(self.run_pipeline(cache::root()?.join("image"), false)?.disk)
-    }
-
-    fn build_with_cache(&self, step_cache: PathBuf) -> Result<Built> {
-        self.run_pipeline(step_cache, true)
     }
 
     fn run_pipeline(&self, step_cache: PathBuf, write_outputs: bool) -> Result<Built> {

@@ -26,7 +26,7 @@ pub fn install_and_boot_from_the_disk(vm: &mut Vm, web: &mut OwnerWeb, key: &str
     let (status, location, page) = web.post("/install", &[("disk", "/dev/vdb"), ("keep_data", "on"), ("confirm", "/dev/vdb")]);
     assert_eq!((status, location.as_deref()), (303, Some("/dashboard")), "installing to /dev/vdb: {page}");
     let status = wait_status(vm, web, "the install to /dev/vdb", |s| {
-        s["phase"]["phase"] == "failed" || s["last_result"].as_str().is_some_and(|r| r.starts_with("installed to /dev/vdb"))
+        s["phase"]["action"] == "installing to /dev/vdb" || s["last_result"].as_str().is_some_and(|r| r.starts_with("installed to /dev/vdb"))
     });
     assert_ne!(status["phase"]["phase"], "failed", "installing to /dev/vdb failed: {status}\n{}", vm.console_tail(40));
 
