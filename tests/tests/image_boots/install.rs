@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use hellas_system_tests::vm::Vm;
 
-use super::update::{api_models, wait_status};
+use super::update::{api_models, wait_status_for};
 use super::{check_report, owner_web::OwnerWeb, MODEL, PASSWORD};
 
 const INSTALLED_BOOT_TIMEOUT: Duration = Duration::from_secs(20 * 60);
@@ -25,7 +25,8 @@ pub fn install_and_boot_from_the_disk(vm: &mut Vm, web: &mut OwnerWeb, key: &str
     web.get("/dashboard");
     let (status, location, page) = web.post("/install", &[("disk", "/dev/vdb"), ("keep_data", "on"), ("confirm", "/dev/vdb")]);
     assert_eq!((status, location.as_deref()), (303, Some("/dashboard")), "installing to /dev/vdb: {page}");
-    let status = wait_status(vm, web, "the install to /dev/vdb", |s| {
+    // Under TCG, copying both root slots and the ESP takes minutes.
+    let status = wait_status_for(Duration::from_secs(20 * 60), vm, web, "the install to /dev/vdb", |s| {
         s["phase"]["action"] == "installing to /dev/vdb" || s["last_result"].as_str().is_some_and(|r| r.starts_with("installed to /dev/vdb"))
     });
     assert_ne!(status["phase"]["phase"], "failed", "installing to /dev/vdb failed: {status}\n{}", vm.console_tail(40));

@@ -143,13 +143,17 @@ fn web_status(web: &mut OwnerWeb) -> Value {
 }
 
 pub fn wait_status(vm: &Vm, web: &mut OwnerWeb, what: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + CHECK_TIMEOUT;
+    wait_status_for(CHECK_TIMEOUT, vm, web, what, done)
+}
+
+pub fn wait_status_for(timeout: Duration, vm: &Vm, web: &mut OwnerWeb, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + timeout;
     loop {
         let status = web_status(web);
         if done(&status) {
             return status;
         }
-        assert!(Instant::now() < deadline, "waited {} s for {what}; the status is {status}\n{}", CHECK_TIMEOUT.as_secs(), vm.diagnostics());
+        assert!(Instant::now() < deadline, "waited {} s for {what}; the status is {status}\n{}", timeout.as_secs(), vm.diagnostics());
         std::thread::sleep(Duration::from_secs(2));
     }
 }

@@ -248,7 +248,7 @@ impl Status {
 }
 
 /// `hellasd update run`, as root: settles the last boot, then does the owner's request, or
-/// checks the channel when there is none (at boot).
+/// checks the channel when there is none (at boot). Every outcome is written to the status.
 pub fn run(config: &Config, reboot: bool) -> Result<()> {
     let files = UpdateFiles::new(&config.state_dir);
     let mut status = files.status()?;
@@ -257,7 +257,15 @@ pub fn run(config: &Config, reboot: bool) -> Result<()> {
     match files.take_request() {
         Ok(Some(Request::Apply { version })) => apply(config, &files, &mut status, &version, reboot),
         Ok(Some(Request::Install { disk, keep_data })) => install_to_disk(config, &files, &mut status, &disk, keep_data),
-        Ok(Some(Request::Check)) | Ok(None) => check(config, &files, &mut status),
+        Ok(Some(Request::Check)) => check(config, &files, &mut status),
+        // The check at boot: a channel that cannot be reached or read is the dashboard's news
+        // (the status says why), not a failed unit that leaves the whole system degraded.
+        Ok(None) => {
+            if let Err(e) = check(config, &files, &mut status) {
+                eprintln!("the check of the update channel failed: {e:#}");
+            }
+            Ok(())
+        }
         Err(e) => {
             status.phase = Phase::Failed { action: "reading the request".into(), error: format!("{e:#}") };
             files.write_status(&status)?;
