@@ -559,7 +559,7 @@ fn update_view(state: &AppState) -> Result<Value> {
         "busy": matches!(status.phase, Phase::Checking | Phase::Installing { .. } | Phase::Rebooting { .. } | Phase::CopyingToDisk { .. }),
         "disks": crate::install::candidates().unwrap_or_default().iter().map(|d| json!({ "device": d.device, "label": format!("{} {} ({})", d.device, d.model, format_bytes(d.bytes)) })).collect::<Vec<_>>(),
         "failed": matches!(status.phase, Phase::Failed { .. }), "last_result": status.last_result,
-        "rejected": status.rejected, "available": status.available.join(", "),
+        "rejected": status.rejected,
     }))
 }
 
@@ -606,16 +606,12 @@ pub async fn request_install(State(state): St, Extension(session): Ses, Form(for
     use crate::update::{Request, UpdateFiles};
     guard!(require_owner(&session));
     guard!(check_csrf(&session, &form.csrf));
+    let refuse = |problem: String| Page::new("message", "Not installed", json!({ "back": "/dashboard" })).error(StatusCode::BAD_REQUEST, problem).render(&state, &session);
     if form.confirm.trim() != form.disk {
-        return Page::new("message", "Not installed", json!({ "back": "/dashboard" }))
-            .error(StatusCode::BAD_REQUEST, format!("type {} to confirm: everything on it is lost", form.disk))
-            .render(&state, &session);
+        return refuse(format!("type {} to confirm: everything on it is lost", form.disk));
     }
-    let known = crate::install::candidates().unwrap_or_default().iter().any(|d| d.device == form.disk);
-    if !known {
-        return Page::new("message", "Not installed", json!({ "back": "/dashboard" }))
-            .error(StatusCode::BAD_REQUEST, format!("{} is not a disk this box can install to", form.disk))
-            .render(&state, &session);
+    if !crate::install::candidates().unwrap_or_default().iter().any(|d| d.device == form.disk) {
+        return refuse(format!("{} is not a disk this box can install to", form.disk));
     }
     let request = Request::Install { disk: form.disk, keep_data: form.keep_data.is_some() };
     guard!(UpdateFiles::new(&state.config.state_dir).request(&request).map_err(internal));
