@@ -197,6 +197,9 @@ pub fn compare_versions(a: &str, b: &str) -> Ordering {
     pa.len().cmp(&pb.len())
 }
 
+/// What an install the box did not finish says.
+const CUT_SHORT: &str = "cut short (the box lost power or was restarted); try again";
+
 impl Status {
     /// Settles what the last boot tells: a pending release that is not the one booted was
     /// rolled back by systemd-boot; an install cut short (power loss) failed.
@@ -214,14 +217,13 @@ impl Status {
         }
         match &self.phase {
             Phase::Installing { version } => {
-                let error = "cut short (the box lost power or was restarted); try again".to_string();
                 // The outcome outlives the phase, which the boot's own check moves on from.
-                self.last_result = Some(format!("installing {version} was {error}"));
+                self.last_result = Some(format!("installing {version} was {CUT_SHORT}"));
                 self.interrupted = Some(version.clone());
-                self.phase = Phase::Failed { action: format!("installing {version}"), error };
+                self.phase = Phase::Failed { action: format!("installing {version}"), error: CUT_SHORT.into() };
             }
             Phase::CopyingToDisk { disk } => {
-                self.phase = Phase::Failed { action: format!("installing to {disk}"), error: "cut short (the box lost power or was restarted); try again".into() };
+                self.phase = Phase::Failed { action: format!("installing to {disk}"), error: CUT_SHORT.into() };
             }
             Phase::Rebooting { .. } | Phase::Checking => self.phase = Phase::Idle,
             _ => {}
