@@ -33,8 +33,7 @@ pub fn run(args: &HealthArgs, config: &Config) -> Result<()> {
         Ok(()) => {
             println!("healthy: hellasd answers and the engine starts");
             let files = update::UpdateFiles::new(&config.state_dir);
-            let mut status = files.status()?;
-            status.reconcile_boot(&update::booted_version(Path::new("/"))?);
+            let mut status = files.settled_status()?;
             status.blessed();
             files.write_status(&status)
         }

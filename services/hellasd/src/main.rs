@@ -186,11 +186,6 @@ fn claim_code(config: &Config, ensure: bool) -> Result<()> {
 fn update(config: &Config, command: UpdateCommand) -> Result<()> {
     use hellasd::update::{self, UpdateFiles};
     let files = UpdateFiles::new(&config.state_dir);
-    let settled = || -> Result<update::Status> {
-        let mut status = files.status()?;
-        status.reconcile_boot(&update::booted_version(std::path::Path::new("/"))?);
-        Ok(status)
-    };
     match command {
         UpdateCommand::Status { json } => {
             let status = files.status()?;
@@ -208,9 +203,9 @@ fn update(config: &Config, command: UpdateCommand) -> Result<()> {
             }
             Ok(())
         }
-        UpdateCommand::Check => update::check(config, &files, &mut settled()?),
+        UpdateCommand::Check => update::check(config, &files, &mut files.settled_status()?),
         UpdateCommand::Apply { version, no_reboot } => {
-            let mut status = settled()?;
+            let mut status = files.settled_status()?;
             update::check(config, &files, &mut status)?;
             let version = version.or(status.offered.clone()).context("nothing to apply: the channel offers nothing newer")?;
             update::apply(config, &files, &mut status, &version, !no_reboot)

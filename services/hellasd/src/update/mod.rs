@@ -17,12 +17,12 @@ pub mod transfers;
 use std::cmp::Ordering;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
+use crate::web::unix_now;
 
 /// What the updater is doing; the variants are the states it can be in.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -106,6 +106,13 @@ impl UpdateFiles {
     /// The last status written; a box that never checked has a default one.
     pub fn status(&self) -> Result<Status> {
         read_json(&self.status_path()).map(Option::unwrap_or_default)
+    }
+
+    /// The last status with what this boot tells settled into it (see `Status::reconcile_boot`).
+    pub fn settled_status(&self) -> Result<Status> {
+        let mut status = self.status()?;
+        status.reconcile_boot(&booted_version(Path::new("/"))?);
+        Ok(status)
     }
 
     pub fn write_status(&self, status: &Status) -> Result<()> {
@@ -253,8 +260,7 @@ impl Status {
 /// checks the channel when there is none (at boot). Every outcome is written to the status.
 pub fn run(config: &Config, reboot: bool) -> Result<()> {
     let files = UpdateFiles::new(&config.state_dir);
-    let mut status = files.status()?;
-    status.reconcile_boot(&booted_version(Path::new("/"))?);
+    let mut status = files.settled_status()?;
     files.write_status(&status)?;
     match files.take_request() {
         Ok(Some(Request::Apply { version })) => apply(config, &files, &mut status, &version, reboot),
@@ -422,10 +428,6 @@ fn last_lines(text: &[u8], n: usize) -> String {
     let text = String::from_utf8_lossy(text);
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     lines[lines.len().saturating_sub(n)..].join(" / ")
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 #[cfg(test)]

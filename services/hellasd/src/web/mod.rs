@@ -29,7 +29,7 @@ use handlebars::Handlebars;
 pub use catalog::{Catalog, CatalogEntry, Fit};
 pub use claim::{check_code, ClaimFiles};
 pub use download::{Downloads, Progress};
-pub use owner::{check_box_name, parse_ssh_keys, OwnerStore, Settings};
+pub use owner::{check_box_name, parse_ssh_keys, unix_now, OwnerStore, Settings};
 pub use session::{Limiter, Session, Sessions};
 
 use crate::api::AppState;

@@ -247,7 +247,8 @@ pub fn parse_ssh_keys(text: &str) -> Result<Vec<String>, String> {
     Ok(keys)
 }
 
-fn unix_now() -> u64 {
+/// Seconds since the epoch, as the state files record times.
+pub fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
