@@ -315,6 +315,9 @@ pub(crate) fn check_report(report: &Value, vm: &Vm) {
     );
     assert_eq!(field("hellasd"), "active", "{report}\n{}", vm.diagnostics());
     assert_eq!(field("hostname"), SEEDED_HOSTNAME, "the seeded box name is not the host name: {report}");
+    assert_eq!(field("fence"), "yes", "hellasd did not put its nftables fence around the RPC port: {report}\n{}", vm.diagnostics());
+    assert_eq!(bytes("control_port"), 1, "nothing listens on the cluster control port: {report}");
+    assert_eq!(field("mdns"), "on", "hellasd's mDNS did not start beside avahi: {report}\n{}", vm.diagnostics());
 }
 
 fn greedy_chat() -> Value {

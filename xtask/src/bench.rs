@@ -3,6 +3,7 @@
 //! and replaces only that one, so the file collects the latest result of every bench.
 
 mod chat;
+mod cluster;
 mod flash;
 mod image;
 mod proxy;
@@ -29,6 +30,8 @@ pub enum Bench {
     Setup(setup::SetupBench),
     /// `cargo xtask flash`'s write and verify against dd and cmp.
     Flash(flash::FlashBench),
+    /// A model split over llama.cpp RPC against the same model on one box.
+    Cluster(cluster::ClusterBench),
 }
 
 impl Bench {
@@ -38,6 +41,7 @@ impl Bench {
             Bench::Image(image) => image.run(),
             Bench::Setup(setup) => setup.run(),
             Bench::Flash(flash) => flash.run(),
+            Bench::Cluster(cluster) => cluster.run(),
         }
     }
 }

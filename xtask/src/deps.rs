@@ -58,6 +58,16 @@ pub const GNUPG: HostPackage = HostPackage {
     name: "gpg",
     present: || on_path("gpg"),
 };
+/// `ip` and `nft`, with which the cluster test builds its network namespaces and hellasd fences
+/// the RPC port.
+pub const IPROUTE2: HostPackage = HostPackage {
+    name: "iproute2",
+    present: || on_path("ip"),
+};
+pub const NFTABLES: HostPackage = HostPackage {
+    name: "nftables",
+    present: || on_path("nft"),
+};
 /// The browser the web setup tests drive, and its WebDriver.
 pub const CHROMIUM: HostPackage = HostPackage {
     name: "chromium",
@@ -68,7 +78,7 @@ pub const CHROMEDRIVER: HostPackage = HostPackage {
     present: || on_path("chromedriver"),
 };
 
-pub const ALL: &[HostPackage] = &[MMDEBSTRAP, UNZIP, PIP, ZSTD, QEMU, QEMU_IMG, OVMF, CHROMIUM, CHROMEDRIVER, MTOOLS, GNUPG];
+pub const ALL: &[HostPackage] = &[MMDEBSTRAP, UNZIP, PIP, ZSTD, QEMU, QEMU_IMG, OVMF, CHROMIUM, CHROMEDRIVER, MTOOLS, GNUPG, IPROUTE2, NFTABLES];
 
 /// Installed from bookworm-backports on bookworm, whose own QEMU is too old.
 const BACKPORTED_ON_BOOKWORM: &[&str] = &["qemu-system-x86", "qemu-utils", "ovmf"];

@@ -29,6 +29,7 @@ pub struct Config {
     pub memory: MemoryConfig,
     pub web: WebConfig,
     pub update: UpdateConfig,
+    pub cluster: ClusterConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -95,6 +96,33 @@ pub struct UpdateConfig {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// Pool this box with paired boxes: discovery, pairing, the control port and the RPC worker.
+    pub enabled: bool,
+    /// The control port other boxes reach over mutual TLS (pairing, status, memory holds).
+    pub listen: SocketAddr,
+    /// The address this box is reached at by its peers; unset: the first non-loopback IPv4
+    /// address of the interface that holds the default route, else of any interface.
+    pub address: Option<std::net::IpAddr>,
+    /// Announce and browse `_hellas._tcp` over mDNS.
+    pub mdns: bool,
+    /// Debian's ggml-rpc-server (llama.cpp-tools-extra).
+    pub rpc_server: PathBuf,
+    /// The RPC worker's port, opened only to paired peers.
+    pub rpc_port: u16,
+    /// CPU threads of the RPC worker (`-t`); unset lets it decide.
+    pub rpc_threads: Option<u32>,
+    /// Manage the nftables table `inet hellas` that fences the RPC port.
+    pub firewall: bool,
+    /// The nft binary.
+    pub nft: PathBuf,
+    /// How often peers are asked for their status, in seconds; three missed answers in a row
+    /// make a peer unreachable.
+    pub probe_interval_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct MemoryConfig {
     /// A fixed budget for models in bytes; unset means detect it (GTT + VRAM, or MemAvailable).
     pub budget_bytes: Option<u64>,
@@ -111,6 +139,7 @@ impl Default for Config {
             memory: MemoryConfig::default(),
             web: WebConfig::default(),
             update: UpdateConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -159,6 +188,23 @@ impl Default for UpdateConfig {
             boot_tries: 3,
             health_timeout_secs: 300,
             sysupdate: PathBuf::from("/usr/lib/systemd/systemd-sysupdate"),
+        }
+    }
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            enabled: true,
+            listen: "0.0.0.0:7077".parse().unwrap(),
+            address: None,
+            mdns: true,
+            rpc_server: PathBuf::from("/usr/libexec/x86_64-linux-gnu/llama/bin/ggml-rpc-server"),
+            rpc_port: 50052,
+            rpc_threads: None,
+            firewall: true,
+            nft: PathBuf::from("/usr/sbin/nft"),
+            probe_interval_secs: 2,
         }
     }
 }

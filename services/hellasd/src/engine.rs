@@ -12,18 +12,20 @@ use std::ops::Deref;
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::sync::watch;
 
+use crate::cluster::Cluster;
 use crate::config::EngineConfig;
 use crate::gguf::{GgufFile, ModelInfo};
 use crate::library::{ModelEntry, ModelLibrary};
 use crate::metrics::Metrics;
-use crate::planner::{self, Plan, PlanRequest, Verdict};
+use crate::planner::{self, Margin, Plan, PlanRequest, Verdict};
+use crate::pool_plan::{self, Share};
 
 /// How many lines of a child's output are kept to explain a failure.
 const RECENT_OUTPUT_LINES: usize = 30;
@@ -50,6 +52,9 @@ pub enum EngineError {
     Busy { message: String, retry_after: Duration },
     /// The engine failed to start or exited.
     Failed { message: String },
+    /// The model ran across boxes and one of them is gone; `message` names it and says what
+    /// hellasd does about it.
+    Degraded { message: String },
     Internal(anyhow::Error),
 }
 
@@ -66,7 +71,7 @@ impl std::fmt::Display for EngineError {
                 planner::format_bytes(plan.total),
                 planner::format_bytes(plan.budget)
             ),
-            EngineError::Busy { message, .. } | EngineError::Failed { message } => f.write_str(message),
+            EngineError::Busy { message, .. } | EngineError::Failed { message } | EngineError::Degraded { message } => f.write_str(message),
             EngineError::Internal(e) => write!(f, "{e:#}"),
         }
     }
@@ -179,6 +184,18 @@ impl CrashHistory {
 struct State {
     engines: HashMap<String, Arc<Engine>>,
     crashes: HashMap<String, CrashHistory>,
+    /// Models whose split lost a box, until they run again.
+    degraded: HashMap<String, Degraded>,
+}
+
+/// A split model that lost a box.
+#[derive(Clone, Debug)]
+struct Degraded {
+    /// Node ids of the boxes it lost.
+    missing: Vec<String>,
+    message: String,
+    /// Set once reloading on what remains failed: it waits for the missing boxes.
+    waiting: bool,
 }
 
 pub struct Supervisor {
@@ -191,6 +208,8 @@ pub struct Supervisor {
     load_lock: tokio::sync::Mutex<()>,
     model_info: Mutex<HashMap<String, Arc<ModelInfo>>>,
     http: reqwest::Client,
+    /// The pool, when clustering is on: models too large for this box run across it.
+    pool: OnceLock<Arc<Cluster>>,
 }
 
 impl Supervisor {
@@ -205,11 +224,26 @@ impl Supervisor {
             load_lock: tokio::sync::Mutex::new(()),
             model_info: Mutex::new(HashMap::new()),
             http: reqwest::Client::builder().no_proxy().build().expect("building an HTTP client"),
+            pool: OnceLock::new(),
         })
     }
 
     pub fn budget(&self) -> u64 {
         self.budget
+    }
+
+    pub fn set_pool(&self, pool: Arc<Cluster>) {
+        let _ = self.pool.set(pool);
+    }
+
+    /// What this box's own engines are planned to hold.
+    pub fn resident_bytes(&self) -> u64 {
+        self.state.lock().unwrap().engines.values().map(|e| e.plan.local_bytes()).sum()
+    }
+
+    /// What is held on this box for peers' models.
+    fn held_for_peers(&self) -> u64 {
+        self.pool.get().map_or(0, |p| p.held_bytes())
     }
 
     pub fn loaded(&self) -> Vec<Arc<Engine>> {
@@ -244,6 +278,23 @@ impl Supervisor {
             budget: self.budget,
         };
         let mut plan = planner::plan(&info, &request);
+        // Across the pool before a smaller context here; a smaller context here before a
+        // smaller one across the pool.
+        if plan.verdict != Verdict::Fits {
+            if let Some(pool) = self.pool.get() {
+                let head = pool.head(self.budget.saturating_sub(self.held_for_peers()));
+                let peers = pool.members();
+                let request = PlanRequest { ctx: plan.ctx, budget: head.free, ..request };
+                let split = match plan.verdict {
+                    Verdict::FitsSmallerContext { .. } => pool_plan::plan_split(&info, &request, &head, &peers, &Margin::default()),
+                    _ => pool_plan::plan_split_largest(&info, &request, &head, &peers, &Margin::default()),
+                };
+                if let Some(mut split) = split {
+                    split.model = entry.name.clone();
+                    return Ok(split);
+                }
+            }
+        }
         if let Verdict::FitsSmallerContext { max_ctx } = plan.verdict {
             plan = planner::plan(&info, &PlanRequest { ctx: max_ctx, ..request });
         }
@@ -255,6 +306,9 @@ impl Supervisor {
     pub async fn acquire(self: &Arc<Self>, model: &str) -> Result<EngineLease, EngineError> {
         let ready_timeout = Duration::from_secs(self.config.startup_timeout_secs + 5);
         loop {
+            if let Some(degraded) = self.state.lock().unwrap().degraded.get(model) {
+                return Err(EngineError::Degraded { message: degraded.message.clone() });
+            }
             let running = self.state.lock().unwrap().engines.get(model).cloned();
             if let Some(engine) = running {
                 let lease = EngineLease::new(engine);
@@ -289,7 +343,26 @@ impl Supervisor {
         }
         tokio::time::sleep(delay).await;
         self.make_room(&plan).await?;
+        self.hold_on_peers(&plan).await?;
         self.start(entry, plan).await.map_err(EngineError::Internal)
+    }
+
+    /// Holds each peer's share of a split plan in its memory before the engine places layers
+    /// there; a peer that refuses releases the others.
+    async fn hold_on_peers(&self, plan: &Plan) -> Result<(), EngineError> {
+        let (Some(split), Some(pool)) = (&plan.split, self.pool.get()) else { return Ok(()) };
+        for (i, share) in split.peers().iter().enumerate() {
+            if let Err(e) = pool.hold(&share.node_id, &plan.model, share.bytes).await {
+                for held in &split.peers()[..i] {
+                    pool.release(&held.node_id, &plan.model).await;
+                }
+                return Err(EngineError::Busy {
+                    message: format!("model '{}' runs across {}: {e:#}", plan.model, split.names().join("+")),
+                    retry_after: Duration::from_secs(5),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Unloads least recently used idle models until `plan` fits beside what stays.
@@ -297,8 +370,8 @@ impl Supervisor {
         loop {
             let victim = {
                 let state = self.state.lock().unwrap();
-                let resident: u64 = state.engines.values().map(|e| e.plan.total).sum();
-                if resident + plan.total <= self.budget {
+                let resident: u64 = state.engines.values().map(|e| e.plan.local_bytes()).sum::<u64>() + self.held_for_peers();
+                if resident + plan.local_bytes() <= self.budget {
                     return Ok(());
                 }
                 let idle = state.engines.values().filter(|e| e.in_flight() == 0).max_by_key(|e| e.idle_for()).cloned();
@@ -309,7 +382,7 @@ impl Supervisor {
                             message: format!(
                                 "model '{}' needs {} but {} of the {} budget is held by models serving requests",
                                 plan.model,
-                                planner::format_bytes(plan.total),
+                                planner::format_bytes(plan.local_bytes()),
                                 planner::format_bytes(resident),
                                 planner::format_bytes(self.budget)
                             ),
@@ -384,8 +457,16 @@ impl Supervisor {
         if let Some(threads) = c.threads {
             cmd.args(["--threads", &threads.to_string()]);
         }
-        if let Some(layers) = c.gpu_layers {
-            cmd.args(["--n-gpu-layers", &layers.to_string()]);
+        match &plan.split {
+            Some(split) => {
+                let (tensor_split, gpu_layers) = split.device_args(c.gpu_layers.is_some());
+                cmd.args(["--rpc", &split.rpc_arg(), "--tensor-split", &tensor_split, "--n-gpu-layers", &gpu_layers.to_string()]);
+            }
+            None => {
+                if let Some(layers) = c.gpu_layers {
+                    cmd.args(["--n-gpu-layers", &layers.to_string()]);
+                }
+            }
         }
         cmd.args(&c.extra_args);
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
@@ -429,7 +510,7 @@ impl Supervisor {
         }
     }
 
-    fn on_exit(&self, engine: &Arc<Engine>, exit: std::io::Result<std::process::ExitStatus>) {
+    fn on_exit(self: &Arc<Self>, engine: &Arc<Engine>, exit: std::io::Result<std::process::ExitStatus>) {
         let expected = engine.stopping.load(Ordering::SeqCst);
         let how = match exit {
             Ok(status) => status.to_string(),
@@ -466,9 +547,134 @@ impl Supervisor {
             }
         }
         engine.status.send_replace(EngineStatus::Exited { reason });
+        if let (Some(split), Some(pool)) = (engine.plan.split.clone(), self.pool.get().cloned()) {
+            let supervisor = self.clone();
+            let engine = engine.clone();
+            tokio::spawn(async move {
+                if !expected {
+                    // A split engine usually dies because a peer's worker went away.
+                    supervisor.check_split(&engine.model, &engine.plan).await;
+                }
+                for share in split.peers() {
+                    pool.release(&share.node_id, &engine.model).await;
+                }
+            });
+        }
         self.metrics.memory_planned_bytes.remove(&Metrics::model(&engine.model));
         self.metrics.memory_used_bytes.remove(&Metrics::model(&engine.model));
         self.update_gauges();
+    }
+
+    /// The peers of a split plan whose RPC worker does not take a connection now.
+    async fn unreachable_peers(plan: &Plan) -> Vec<Share> {
+        let Some(split) = &plan.split else { return Vec::new() };
+        let checks = split.peers().iter().map(|share| async move {
+            let Some(rpc) = share.rpc else { return Some(share.clone()) };
+            let connected = tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(rpc)).await;
+            (!matches!(connected, Ok(Ok(_)))).then(|| share.clone())
+        });
+        futures_util::future::join_all(checks).await.into_iter().flatten().collect()
+    }
+
+    /// Checks a split model's peers; one that is gone degrades the model. Returns the error
+    /// requests for it get now, if it is degraded.
+    pub async fn check_split(self: &Arc<Self>, model: &str, plan: &Plan) -> Option<EngineError> {
+        let missing = Self::unreachable_peers(plan).await;
+        if !missing.is_empty() {
+            self.degrade(model, missing);
+        }
+        let degraded = self.state.lock().unwrap().degraded.get(model).cloned();
+        degraded.map(|d| EngineError::Degraded { message: d.message })
+    }
+
+    /// Marks `model` degraded, stops what is left of its engine and reloads it on what remains.
+    fn degrade(self: &Arc<Self>, model: &str, missing: Vec<Share>) {
+        let Some(pool) = self.pool.get() else { return };
+        let names = missing
+            .iter()
+            .map(|s| format!("{} ({})", s.name, s.rpc.map(|a| a.ip().to_string()).unwrap_or_default()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        for share in &missing {
+            pool.mark_gone(&share.node_id, "its RPC worker does not answer");
+        }
+        {
+            let mut state = self.state.lock().unwrap();
+            if state.degraded.contains_key(model) {
+                return;
+            }
+            let message = format!("model '{model}' is degraded: box {names} is unreachable; reloading it on the boxes that remain");
+            tracing::warn!("{message}");
+            let missing = missing.iter().map(|s| s.node_id.clone()).collect();
+            state.degraded.insert(model.to_string(), Degraded { missing, message, waiting: false });
+        }
+        let supervisor = self.clone();
+        let model = model.to_string();
+        tokio::spawn(async move { supervisor.reload_degraded(&model, &names).await });
+    }
+
+    async fn reload_degraded(self: Arc<Self>, model: &str, missing: &str) {
+        let engine = self.state.lock().unwrap().engines.get(model).cloned();
+        if let Some(engine) = engine {
+            self.stop(&engine).await;
+        }
+        let loaded = {
+            let _loading = self.load_lock.lock().await;
+            self.load(model).await
+        };
+        let ready = match loaded {
+            Ok(()) => {
+                let engine = self.state.lock().unwrap().engines.get(model).cloned();
+                match engine {
+                    Some(engine) => EngineLease::new(engine).wait_ready(Duration::from_secs(self.config.startup_timeout_secs + 5)).await,
+                    None => Err("the engine exited at once".into()),
+                }
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        let mut state = self.state.lock().unwrap();
+        match ready {
+            Ok(()) => {
+                state.degraded.remove(model);
+                let on = state.engines.get(model).map(|e| e.plan.split.as_ref().map_or_else(|| "this box alone".to_string(), |s| s.names().join("+")));
+                tracing::info!(model, on = on.as_deref().unwrap_or("?"), "reloaded without the missing box");
+            }
+            Err(why) => {
+                if let Some(degraded) = state.degraded.get_mut(model) {
+                    degraded.message = format!(
+                        "model '{model}' is degraded: box {missing} is unreachable and it does not run on what remains ({why}); it runs again when {missing} is back"
+                    );
+                    degraded.waiting = true;
+                    tracing::warn!("{}", degraded.message);
+                }
+            }
+        }
+    }
+
+    /// Called after each round of peer status checks: renews the memory held on peers for split
+    /// models, degrades those that lost a peer, and lifts a degradation once its boxes are back.
+    pub async fn pool_tick(self: &Arc<Self>) {
+        let Some(pool) = self.pool.get().cloned() else { return };
+        for engine in self.loaded() {
+            let Some(split) = &engine.plan.split else { continue };
+            let gone: Vec<Share> = split.peers().iter().filter(|s| !pool.reachable(&s.node_id)).cloned().collect();
+            if !gone.is_empty() {
+                self.degrade(&engine.model, gone);
+                continue;
+            }
+            for share in split.peers() {
+                if let Err(e) = pool.hold(&share.node_id, &engine.model, share.bytes).await {
+                    tracing::warn!(model = %engine.model, "renewing the memory held on a peer: {e:#}");
+                }
+            }
+        }
+        self.state.lock().unwrap().degraded.retain(|model, d| {
+            let back = d.waiting && d.missing.iter().all(|id| pool.reachable(id));
+            if back {
+                tracing::info!(model, "the missing boxes are back; the next request loads it across them");
+            }
+            !back
+        });
     }
 
     /// Stops an engine and waits until its process is gone (its memory is free).

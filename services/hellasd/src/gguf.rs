@@ -831,6 +831,8 @@ impl GgufFile {
         let n_ff_shared = self.get_u32(&key("expert_shared_feed_forward_length"))?.unwrap_or(0);
 
         let tensor_bytes = self.tensors.iter().map(|t| t.n_bytes).fold(0u64, u64::saturating_add);
+        let layer_tensor_bytes =
+            self.tensors.iter().filter(|t| t.name.starts_with("blk.")).map(|t| t.n_bytes).fold(0u64, u64::saturating_add);
         let parameter_count = self.tensors.iter().map(TensorInfo::n_elements).fold(0u64, u64::saturating_add);
         let file_type = self
             .get("general.file_type")
@@ -856,6 +858,7 @@ impl GgufFile {
             n_ff_expert,
             n_ff_shared,
             tensor_bytes,
+            layer_tensor_bytes,
             parameter_count,
             file_type,
             chat_template: self.get_str("tokenizer.chat_template").map(str::to_string),
@@ -988,6 +991,9 @@ pub struct ModelInfo {
     pub n_ff_shared: u32,
     /// Sum of all tensor data sizes.
     pub tensor_bytes: u64,
+    /// The part of it in the repeating layers (`blk.N.*`), which a split spreads over boxes;
+    /// the rest (token embeddings, output) stays with the box that runs llama-server.
+    pub layer_tensor_bytes: u64,
     pub parameter_count: u64,
     /// e.g. "Q4_K_M", from `general.file_type`.
     pub file_type: Option<String>,

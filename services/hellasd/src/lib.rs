@@ -16,6 +16,8 @@ pub mod health;
 pub mod install;
 pub mod update;
 pub mod planner;
+pub mod pool_plan;
+pub mod cluster;
 pub mod seed;
 pub mod memory_budget;
 pub mod plan_command;

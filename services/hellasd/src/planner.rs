@@ -187,6 +187,17 @@ pub struct Plan {
     pub budget: u64,
     #[serde(flatten)]
     pub verdict: Verdict,
+    /// Set when the model runs across several boxes: which box holds what. `total` and `budget`
+    /// are then the pool's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub split: Option<crate::pool_plan::Split>,
+}
+
+impl Plan {
+    /// What this plan takes of this box's own budget.
+    pub fn local_bytes(&self) -> u64 {
+        self.split.as_ref().map_or(self.total, |split| split.head().bytes)
+    }
 }
 
 /// How llama.cpp lays out the KV cache for a context (see the module docs).
@@ -402,6 +413,7 @@ pub fn plan_with_margin(info: &ModelInfo, req: &PlanRequest, margin: &Margin) ->
         total,
         budget: req.budget,
         verdict,
+        split: None,
     }
 }
 
@@ -445,6 +457,7 @@ mod tests {
             n_ff_expert: 0,
             n_ff_shared: 0,
             tensor_bytes: 1 << 30,
+            layer_tensor_bytes: 1 << 30,
             parameter_count: 1 << 31,
             file_type: Some("Q4_0".into()),
             chat_template: None,

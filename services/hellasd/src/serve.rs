@@ -26,6 +26,13 @@ pub async fn run(config: Config) -> Result<()> {
     let library = Arc::new(ModelLibrary::open(config.state_dir.join("models")));
     let supervisor = Supervisor::new(config.engine.clone(), budget.usable, library.clone(), metrics.clone());
     supervisor.spawn_idle_reaper();
+    let cluster = if config.cluster.enabled {
+        let cluster = crate::cluster::Cluster::new(&config, web::owner_store(&config.state_dir)).context("setting up the pool")?;
+        supervisor.set_pool(cluster.clone());
+        Some(cluster)
+    } else {
+        None
+    };
     let http = reqwest::Client::builder().no_proxy().build().context("building the HTTP client")?;
     let web = Web::new(&config, library.clone(), http).context("loading the web setup")?;
     let state = Arc::new(AppState {
@@ -44,6 +51,7 @@ pub async fn run(config: Config) -> Result<()> {
             .context("building the HTTP client")?,
         library,
         supervisor: supervisor.clone(),
+        cluster,
         metrics,
         config,
     });
@@ -56,6 +64,9 @@ pub async fn run(config: Config) -> Result<()> {
         .with_context(|| format!("listening on {} for the web pages", state.config.web.listen))?;
     tracing::info!(address = %web_listener.local_addr()?, "web pages listening");
     state.web.start()?;
+    if let Some(cluster) = &state.cluster {
+        cluster.start(&state.supervisor).await?;
+    }
     let pages = web::router(state.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>();
     let web_server = tokio::spawn(async move { axum::serve(web_listener, pages).with_graceful_shutdown(shutdown_signal()).await });
     // Streamed tokens are small writes that must leave at once, not wait for an ACK (Nagle).

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use support::model_server::{Fault, ModelServer};
 use support::webdriver::Browser;
-use support::{Daemon, Setup, SMOLLM};
+use support::{Daemon, Setup, Visitor, SMOLLM};
 
 const SMOLLM_SHA256: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
 const PASSWORD: &str = "a long and private phrase";
@@ -201,44 +201,6 @@ fn a_person_sets_up_the_box_in_a_browser() {
     let timing = json!({ "booted_to_first_answer_secs": first_answer.as_secs_f64() });
     std::fs::write(shots.join("timing.json"), timing.to_string()).unwrap();
     println!("from start to the first answer in the browser: {:.1} s; screenshots in {}", first_answer.as_secs_f64(), shots.display());
-}
-
-/// A browser-like client: keeps the session cookie and reads CSRF tokens from forms.
-struct Visitor {
-    http: reqwest::blocking::Client,
-    base: String,
-    cookie: String,
-}
-
-impl Visitor {
-    fn new(daemon: &Daemon) -> Visitor {
-        let http = reqwest::blocking::Client::builder().no_proxy().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-        Visitor { http, base: daemon.web_url.clone(), cookie: String::new() }
-    }
-
-    fn remember(&mut self, response: &reqwest::blocking::Response) {
-        for value in response.headers().get_all("set-cookie") {
-            let value = value.to_str().unwrap();
-            if let Some(pair) = value.split(';').next() {
-                self.cookie = pair.to_string();
-            }
-        }
-    }
-
-    /// GETs a page and returns its CSRF token.
-    fn csrf(&mut self, path: &str) -> String {
-        let response = self.http.get(format!("{}{path}", self.base)).header("cookie", &self.cookie).send().unwrap();
-        self.remember(&response);
-        let page = response.text().unwrap();
-        let at = page.find("name=\"csrf\" value=\"").unwrap_or_else(|| panic!("no form on {path}: {page}")) + 19;
-        page[at..at + 64].to_string()
-    }
-
-    fn post(&mut self, path: &str, form: &[(&str, &str)]) -> reqwest::blocking::Response {
-        let response = self.http.post(format!("{}{path}", self.base)).header("cookie", &self.cookie).form(form).send().unwrap();
-        self.remember(&response);
-        response
-    }
 }
 
 #[test]

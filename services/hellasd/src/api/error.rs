@@ -82,6 +82,8 @@ impl From<EngineError> for ApiError {
             }
             EngineError::Failed { .. } => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "engine_unavailable", message)
                 .with_retry_after(Duration::from_secs(1)),
+            EngineError::Degraded { .. } => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "model_degraded", message)
+                .with_retry_after(Duration::from_secs(5)),
             EngineError::Internal(_) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", message),
         }
     }

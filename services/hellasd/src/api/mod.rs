@@ -44,6 +44,8 @@ pub struct AppState {
     pub library: Arc<ModelLibrary>,
     pub keys: KeyStore,
     pub supervisor: Arc<Supervisor>,
+    /// The pool, when `cluster.enabled`.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
     pub admission: Arc<Admission>,
     pub metrics: Arc<Metrics>,
     pub http: reqwest::Client,
@@ -224,6 +226,11 @@ impl AppState {
         let upstream = match sent {
             Ok(upstream) => upstream,
             Err(e) => {
+                if lease.plan.split.is_some() {
+                    if let Some(degraded) = self.supervisor.check_split(&lease.model, &lease.plan).await {
+                        return Err(degraded.into());
+                    }
+                }
                 let message = relay::engine_failure(&lease, &format!("did not answer: {e}")).await;
                 return Err(ApiError::new(StatusCode::BAD_GATEWAY, "engine_error", message));
             }

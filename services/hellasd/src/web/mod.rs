@@ -11,6 +11,7 @@ mod claim;
 mod download;
 mod owner;
 mod pages;
+mod pool;
 mod session;
 
 use std::path::{Path, PathBuf};
@@ -113,6 +114,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/dashboard", get(pages::dashboard))
         .route("/update", get(pages::update_status).post(pages::request_update))
         .route("/install", post(pages::request_install))
+        .route("/pool", get(pool::pool_page))
+        .route("/pool.json", get(pool::pool_json))
+        .route("/pool/code", post(pool::new_code))
+        .route("/pool/join", post(pool::join))
+        .route("/pool/unpair", post(pool::unpair))
         .route("/login", get(pages::login_page).post(pages::login))
         .route("/logout", post(pages::logout))
         .route("/reset", get(pages::reset_page).post(pages::reset))

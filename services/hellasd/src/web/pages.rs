@@ -26,11 +26,11 @@ use crate::api::AppState;
 use crate::memory_budget::BudgetSource;
 use crate::planner::{format_bytes, PlanRequest};
 
-type St = State<Arc<AppState>>;
-type Ses = Extension<Session>;
+pub(super) type St = State<Arc<AppState>>;
+pub(super) type Ses = Extension<Session>;
 
 const STEPS: [&str; 5] = ["Claim", "Password", "Settings", "Model", "API key"];
-const TEMPLATES: [(&str, &str); 12] = [
+const TEMPLATES: [(&str, &str); 13] = [
     ("layout", include_str!("templates/layout.hbs")),
     ("claim", include_str!("templates/claim.hbs")),
     ("owner", include_str!("templates/owner.hbs")),
@@ -43,6 +43,7 @@ const TEMPLATES: [(&str, &str); 12] = [
     ("reset", include_str!("templates/reset.hbs")),
     ("dashboard", include_str!("templates/dashboard.hbs")),
     ("message", include_str!("templates/message.hbs")),
+    ("pool", include_str!("templates/pool.hbs")),
 ];
 
 pub fn templates() -> Result<Handlebars<'static>> {
@@ -54,7 +55,7 @@ pub fn templates() -> Result<Handlebars<'static>> {
 }
 
 /// A page to render: its template, title, where it is in the setup, and its own data.
-struct Page {
+pub(super) struct Page {
     template: &'static str,
     title: String,
     step: Option<usize>,
@@ -64,22 +65,22 @@ struct Page {
 }
 
 impl Page {
-    fn new(template: &'static str, title: impl Into<String>, data: Value) -> Page {
+    pub(super) fn new(template: &'static str, title: impl Into<String>, data: Value) -> Page {
         Page { template, title: title.into(), step: None, data, error: None, status: StatusCode::OK }
     }
 
-    fn step(mut self, step: usize) -> Page {
+    pub(super) fn step(mut self, step: usize) -> Page {
         self.step = Some(step);
         self
     }
 
-    fn error(mut self, status: StatusCode, error: impl Into<String>) -> Page {
+    pub(super) fn error(mut self, status: StatusCode, error: impl Into<String>) -> Page {
         self.status = status;
         self.error = Some(error.into());
         self
     }
 
-    fn render(self, state: &AppState, session: &Session) -> Response {
+    pub(super) fn render(self, state: &AppState, session: &Session) -> Response {
         let mut data = self.data;
         let steps: Vec<Value> = STEPS
             .iter()
@@ -100,12 +101,12 @@ impl Page {
     }
 }
 
-fn internal(e: anyhow::Error) -> Response {
+pub(super) fn internal(e: anyhow::Error) -> Response {
     tracing::error!("{e:#}");
     (StatusCode::INTERNAL_SERVER_ERROR, format!("Something went wrong on the box: {e:#}")).into_response()
 }
 
-fn redirect(to: &str) -> Response {
+pub(super) fn redirect(to: &str) -> Response {
     Redirect::to(to).into_response()
 }
 
@@ -118,7 +119,7 @@ fn redirect_with(to: &str, session: &Session) -> Response {
     response
 }
 
-fn check_csrf(session: &Session, token: &str) -> Result<(), Response> {
+pub(super) fn check_csrf(session: &Session, token: &str) -> Result<(), Response> {
     if session::same(&session.csrf, token) {
         Ok(())
     } else {
@@ -127,7 +128,7 @@ fn check_csrf(session: &Session, token: &str) -> Result<(), Response> {
 }
 
 /// Owner pages: the owner's session, else the login page.
-fn require_owner(session: &Session) -> Result<(), Response> {
+pub(super) fn require_owner(session: &Session) -> Result<(), Response> {
     if session.owner {
         Ok(())
     } else {
@@ -151,6 +152,7 @@ macro_rules! guard {
         }
     };
 }
+pub(super) use guard;
 
 fn too_many(wait: Duration) -> String {
     format!("Too many wrong tries: wait {} seconds, then try again.", wait.as_secs().max(1))

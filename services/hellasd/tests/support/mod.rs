@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod model_server;
+pub mod netns;
 pub mod webdriver;
 
 use std::path::{Path, PathBuf};
@@ -61,6 +62,10 @@ pub struct Setup {
     pub claimed: bool,
     /// `web.catalog`; none means an empty catalog.
     pub catalog: Option<PathBuf>,
+    /// Run `hellasd serve` in this network namespace (see [`netns::Lan`]).
+    pub netns: Option<String>,
+    /// The `[cluster]` table; none turns pooling off.
+    pub cluster: Option<String>,
 }
 
 pub const OWNER_PASSWORD: &str = "correct horse battery staple";
@@ -77,6 +82,8 @@ impl Default for Setup {
             create_key: true,
             claimed: true,
             catalog: None,
+            netns: None,
+            cluster: None,
         }
     }
 }
@@ -89,6 +96,9 @@ pub struct Daemon {
     pub key: Option<String>,
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
+    /// The network namespace it serves in, which its clients are made in too.
+    pub netns: Option<String>,
+    http: reqwest::blocking::Client,
 }
 
 impl Daemon {
@@ -112,6 +122,10 @@ impl Daemon {
             dir.path().join("run"),
             setup.catalog.clone().unwrap_or_else(|| dir.path().join("no-catalog.toml")),
         ));
+        match &setup.cluster {
+            Some(cluster) => text.push_str(&format!("[cluster]\n{cluster}\n")),
+            None => text.push_str("[cluster]\nenabled = false\n"),
+        }
         if let Some(budget) = setup.budget_bytes {
             text.push_str(&format!("[memory]\nbudget_bytes = {budget}\n"));
         }
@@ -132,7 +146,15 @@ impl Daemon {
             String::from_utf8(out.stdout).unwrap().trim().to_string()
         });
         let log = std::fs::File::create(dir.path().join("hellasd.log")).unwrap();
-        let child = hellasd()
+        let mut serve = match &setup.netns {
+            Some(ns) => {
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", ns]).arg(env!("CARGO_BIN_EXE_hellasd")).arg("--no-system-config");
+                cmd
+            }
+            None => hellasd(),
+        };
+        let child = serve
             .arg("--config")
             .arg(&config)
             .arg("serve")
@@ -141,7 +163,17 @@ impl Daemon {
             .stderr(log)
             .spawn()
             .expect("starting hellasd serve");
-        let daemon = Daemon { child, url: format!("http://127.0.0.1:{port}"), web_url: format!("http://127.0.0.1:{web_port}"), key, dir, config };
+        let http = netns::client(setup.netns.as_deref(), |b| b.timeout(Duration::from_secs(300)));
+        let daemon = Daemon {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            web_url: format!("http://127.0.0.1:{web_port}"),
+            key,
+            dir,
+            config,
+            netns: setup.netns.clone(),
+            http,
+        };
         daemon.wait_healthy();
         daemon
     }
@@ -149,7 +181,7 @@ impl Daemon {
     fn wait_healthy(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if let Ok(resp) = reqwest::blocking::get(format!("{}/health", self.url)) {
+            if let Ok(resp) = self.http.get(format!("{}/health", self.url)).send() {
                 if resp.status().is_success() {
                     return;
                 }
@@ -183,8 +215,9 @@ impl Daemon {
         children_of(self.child.id())
     }
 
+    /// An HTTP client that reaches this daemon (made in its network namespace).
     pub fn client(&self) -> reqwest::blocking::Client {
-        reqwest::blocking::Client::builder().no_proxy().timeout(Duration::from_secs(300)).build().unwrap()
+        self.http.clone()
     }
 
     pub fn post(&self, path: &str, body: &serde_json::Value) -> reqwest::blocking::Response {
@@ -275,5 +308,58 @@ impl Drop for DirectEngine {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A browser-like client: keeps the session cookie and reads CSRF tokens from forms.
+pub struct Visitor {
+    pub http: reqwest::blocking::Client,
+    pub base: String,
+    pub cookie: String,
+}
+
+impl Visitor {
+    pub fn new(daemon: &Daemon) -> Visitor {
+        let http = netns::client(daemon.netns.as_deref(), |b| b.redirect(reqwest::redirect::Policy::none()).timeout(Duration::from_secs(120)));
+        Visitor { http, base: daemon.web_url.clone(), cookie: String::new() }
+    }
+
+    pub fn remember(&mut self, response: &reqwest::blocking::Response) {
+        for value in response.headers().get_all("set-cookie") {
+            let value = value.to_str().unwrap();
+            if let Some(pair) = value.split(';').next() {
+                self.cookie = pair.to_string();
+            }
+        }
+    }
+
+    /// GETs a page and returns its CSRF token.
+    pub fn csrf(&mut self, path: &str) -> String {
+        let response = self.http.get(format!("{}{path}", self.base)).header("cookie", &self.cookie).send().unwrap();
+        self.remember(&response);
+        let page = response.text().unwrap();
+        let at = page.find("name=\"csrf\" value=\"").unwrap_or_else(|| panic!("no form on {path}: {page}")) + 19;
+        page[at..at + 64].to_string()
+    }
+
+    pub fn post(&mut self, path: &str, form: &[(&str, &str)]) -> reqwest::blocking::Response {
+        let response = self.http.post(format!("{}{path}", self.base)).header("cookie", &self.cookie).form(form).send().unwrap();
+        self.remember(&response);
+        response
+    }
+
+    pub fn get(&mut self, path: &str) -> reqwest::blocking::Response {
+        let response = self.http.get(format!("{}{path}", self.base)).header("cookie", &self.cookie).send().unwrap();
+        self.remember(&response);
+        response
+    }
+
+    /// Logs in as the owner of a claimed box.
+    pub fn login(daemon: &Daemon) -> Visitor {
+        let mut visitor = Visitor::new(daemon);
+        let csrf = visitor.csrf("/login");
+        let response = visitor.post("/login", &[("csrf", &csrf), ("password", OWNER_PASSWORD)]);
+        assert_eq!(response.status(), 303, "logging in: {}", response.text().unwrap_or_default());
+        visitor
     }
 }

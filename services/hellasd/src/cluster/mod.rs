@@ -1,0 +1,717 @@
+//! The pool: boxes that pair with each other and lend their memory to each other's models
+//! through llama.cpp's RPC backend.
+//!
+//! * [`identity`]: this box's key pair and certificate, made on first start.
+//! * [`discovery`]: `_hellas._tcp` over mDNS, a hint of who is on the network.
+//! * [`pairing`]: one-time join codes; [`peers`]: who this box is paired with.
+//! * [`control`] over [`tls`]: status, memory holds and unpairing, only between paired boxes.
+//! * [`worker`]: ggml-rpc-server while there are peers, fenced by [`firewall`].
+//!
+//! The head box plans a split with [`crate::pool_plan`], holds the memory on each peer, and
+//! starts llama-server with `--rpc`; the engine supervisor watches the peers of every split model.
+
+pub mod control;
+pub mod discovery;
+pub mod firewall;
+pub mod identity;
+pub mod pairing;
+pub mod peers;
+pub mod tls;
+pub mod worker;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+use crate::config::{ClusterConfig, Config};
+use crate::engine::Supervisor;
+use crate::pool_plan::Member;
+use crate::state_file::StateFile;
+use crate::web::OwnerStore;
+use control::{NodeStatus, Request, Response};
+use identity::Identity;
+use pairing::{JoinCode, Role};
+use peers::{Peer, Peers};
+use tls::Tls;
+
+/// Missed status answers in a row after which a peer counts as gone.
+const MISSES_UNTIL_GONE: u32 = 3;
+/// How long a memory hold lives without renewal.
+pub const HOLD_TTL: Duration = Duration::from_secs(30);
+
+/// What this box last heard from a peer.
+#[derive(Clone, Debug, Default)]
+struct Live {
+    status: Option<NodeStatus>,
+    latency: Option<Duration>,
+    misses: u32,
+    error: Option<String>,
+}
+
+impl Live {
+    fn reachable(&self) -> bool {
+        self.status.is_some() && self.misses < MISSES_UNTIL_GONE
+    }
+}
+
+struct Hold {
+    bytes: u64,
+    expires: Instant,
+}
+
+pub struct Cluster {
+    config: ClusterConfig,
+    pub identity: Identity,
+    tls: Tls,
+    peers: StateFile<Peers>,
+    owner: OwnerStore,
+    version: String,
+    address: IpAddr,
+    worker: worker::Worker,
+    discovery: Mutex<Option<discovery::Discovery>>,
+    join_code: Mutex<Option<JoinCode>>,
+    live: Mutex<HashMap<String, Live>>,
+    /// Memory held on this box for peers' models, by "<peer node id>/<key>".
+    holds: Mutex<HashMap<String, Hold>>,
+    supervisor: OnceLock<Weak<Supervisor>>,
+    /// Serialises firewall and worker changes.
+    fence: tokio::sync::Mutex<()>,
+}
+
+/// A peer as the dashboard shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct PeerView {
+    pub node_id: String,
+    pub name: String,
+    pub address: IpAddr,
+    pub reachable: bool,
+    pub status: Option<NodeStatus>,
+    pub latency_ms: Option<f64>,
+    pub error: Option<String>,
+}
+
+/// The pool as this box sees it.
+#[derive(Clone, Debug, Serialize)]
+pub struct PoolView {
+    #[serde(rename = "self")]
+    pub this: NodeStatus,
+    pub fingerprint: String,
+    pub address: IpAddr,
+    pub peers: Vec<PeerView>,
+    /// Boxes heard over mDNS that are not paired with this one.
+    pub discovered: Vec<discovery::Discovered>,
+}
+
+impl Cluster {
+    pub fn new(config: &Config, owner: OwnerStore) -> Result<Arc<Cluster>> {
+        let cluster = &config.cluster;
+        let identity = Identity::load_or_create(&config.state_dir.join("cluster"))?;
+        let tls = Tls::new(&identity)?;
+        let address = match cluster.address {
+            Some(address) => address,
+            None => detect_address()
+                .context("finding this box's cluster address (set cluster.address)")?,
+        };
+        let version = crate::update::booted_version(std::path::Path::new("/"))
+            .unwrap_or_else(|_| env!("CARGO_PKG_VERSION").to_string());
+        Ok(Arc::new(Cluster {
+            worker: worker::Worker::new(
+                cluster.clone(),
+                SocketAddr::new(address, cluster.rpc_port),
+            ),
+            config: cluster.clone(),
+            identity,
+            tls,
+            peers: StateFile::new(config.state_dir.join("cluster/peers.json")),
+            owner,
+            version,
+            address,
+            discovery: Mutex::new(None),
+            join_code: Mutex::new(None),
+            live: Mutex::new(HashMap::new()),
+            holds: Mutex::new(HashMap::new()),
+            supervisor: OnceLock::new(),
+            fence: tokio::sync::Mutex::new(()),
+        }))
+    }
+
+    fn box_name(&self) -> String {
+        self.owner
+            .load()
+            .map(|o| o.settings.box_name.clone())
+            .unwrap_or_else(|_| "hellas".into())
+    }
+
+    fn supervisor(&self) -> Option<Arc<Supervisor>> {
+        self.supervisor.get().and_then(Weak::upgrade)
+    }
+
+    /// Starts the control port, discovery, the worker and the peer monitor.
+    pub async fn start(self: &Arc<Self>, supervisor: &Arc<Supervisor>) -> Result<()> {
+        let _ = self.supervisor.set(Arc::downgrade(supervisor));
+        let listener = tokio::net::TcpListener::bind(self.config.listen)
+            .await
+            .with_context(|| {
+                format!(
+                    "listening on {} for the cluster control port",
+                    self.config.listen
+                )
+            })?;
+        tracing::info!(address = %listener.local_addr()?, node_id = %self.identity.node_id, "cluster control port listening");
+        let cluster = self.clone();
+        tokio::spawn(async move { cluster.serve(listener).await });
+        if self.config.mdns {
+            let announcement = discovery::Announcement {
+                node_id: self.identity.node_id.clone(),
+                name: self.box_name(),
+                version: self.version.clone(),
+                budget: supervisor.budget(),
+                address: self.address,
+                port: self.config.listen.port(),
+            };
+            match discovery::Discovery::start(&announcement) {
+                Ok(found) => *self.discovery.lock().unwrap() = Some(found),
+                Err(e) => tracing::warn!("mDNS discovery is off: {e:#}"),
+            }
+        }
+        let cluster = self.clone();
+        tokio::spawn(async move { cluster.worker.supervise().await });
+        self.fence_changed().await;
+        let cluster = Arc::downgrade(self);
+        let period = Duration::from_secs(self.config.probe_interval_secs.max(1));
+        tokio::spawn(async move {
+            loop {
+                let Some(cluster) = cluster.upgrade() else {
+                    return;
+                };
+                cluster.probe_all().await;
+                if let Some(supervisor) = cluster.supervisor() {
+                    supervisor.pool_tick().await;
+                }
+                drop(cluster);
+                tokio::time::sleep(period).await;
+            }
+        });
+        Ok(())
+    }
+
+    // ---- the firewall and the worker ---------------------------------------------------------
+
+    /// Brings the firewall and the worker in line with the peers: the fence first, so the port
+    /// is never open to anyone else; no firewall, no worker.
+    async fn fence_changed(&self) {
+        let _fence = self.fence.lock().await;
+        let peers = self
+            .peers
+            .load()
+            .map(|p| p.peers.clone())
+            .unwrap_or_default();
+        let addresses: Vec<IpAddr> = peers.iter().map(|p| p.address).collect();
+        if self.config.firewall {
+            let (nft, port) = (self.config.nft.clone(), self.config.rpc_port);
+            let applied =
+                tokio::task::spawn_blocking(move || firewall::apply(&nft, port, &addresses)).await;
+            if let Err(e) = applied.map_err(anyhow::Error::from).and_then(|r| r) {
+                tracing::error!("the RPC port stays closed, so this box lends no memory: {e:#}");
+                self.worker.want(false);
+                return;
+            }
+        }
+        self.worker.want(!peers.is_empty());
+    }
+
+    // ---- pairing -----------------------------------------------------------------------------
+
+    /// A new one-time join code for another box to pair with this one; it replaces any other.
+    pub fn new_join_code(&self) -> (String, Duration) {
+        let code = JoinCode::new();
+        let shown = (code.display(), code.remaining());
+        *self.join_code.lock().unwrap() = Some(code);
+        tracing::info!("join code shown; valid {} s", shown.1.as_secs());
+        shown
+    }
+
+    /// Pairs with the box whose control port is at `address`, whose owner showed `typed`.
+    pub async fn join(&self, address: SocketAddr, typed: &str) -> Result<Peer> {
+        let code = pairing::normalize(typed).map_err(anyhow::Error::msg)?;
+        let mut conn = control::connect(&self.tls, address, None, Duration::from_secs(5)).await?;
+        if conn.fingerprint == self.identity.fingerprint {
+            bail!("{address} is this box itself");
+        }
+        let request = Request::Pair {
+            node_id: self.identity.node_id.clone(),
+            name: self.box_name(),
+            port: self.config.listen.port(),
+            proof: pairing::proof(&code, Role::Joiner, &conn.session),
+        };
+        let Response::Paired {
+            node_id,
+            name,
+            proof,
+        } = conn
+            .call(&request)
+            .await
+            .with_context(|| format!("pairing with {address}"))?
+        else {
+            bail!("{address} answered the pairing with something else");
+        };
+        if !pairing::verify(&code, Role::Host, &conn.session, &proof)
+            || !conn.fingerprint.starts_with(&node_id)
+        {
+            bail!("the box at {address} did not prove it knows the join code: not paired (is something in between?)");
+        }
+        let peer = Peer {
+            node_id,
+            name,
+            fingerprint: conn.fingerprint.clone(),
+            address: address.ip(),
+            port: address.port(),
+            paired_at: crate::web::unix_now(),
+        };
+        self.peers.update(|p| {
+            p.peers.retain(|old| old.node_id != peer.node_id);
+            p.insert(peer.clone());
+            Ok(())
+        })?;
+        tracing::info!(peer = %peer.name, node_id = %peer.node_id, %address, "paired");
+        self.fence_changed().await;
+        self.probe(&peer).await;
+        Ok(peer)
+    }
+
+    /// Forgets `node_id` here and asks it to forget this box; revoked here even if it is gone.
+    pub async fn unpair(&self, node_id: &str) -> Result<Peer> {
+        let peer = self
+            .peers
+            .load()?
+            .by_node(node_id)
+            .cloned()
+            .with_context(|| format!("no paired box has node id {node_id}"))?;
+        if let Err(e) = self.call(&peer, &Request::Unpair).await {
+            tracing::warn!(peer = %peer.name, "the peer was not told (it forgets this box when it next calls): {e:#}");
+        }
+        self.forget(&peer)?;
+        self.fence_changed().await;
+        Ok(peer)
+    }
+
+    fn forget(&self, peer: &Peer) -> Result<()> {
+        self.peers.update(|p| {
+            p.peers.retain(|old| old.node_id != peer.node_id);
+            Ok(())
+        })?;
+        self.live.lock().unwrap().remove(&peer.node_id);
+        self.holds
+            .lock()
+            .unwrap()
+            .retain(|key, _| !key.starts_with(&format!("{}/", peer.node_id)));
+        tracing::info!(peer = %peer.name, node_id = %peer.node_id, "unpaired");
+        Ok(())
+    }
+
+    // ---- the control port --------------------------------------------------------------------
+
+    async fn serve(self: Arc<Self>, listener: tokio::net::TcpListener) {
+        loop {
+            let (tcp, from) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!("cluster control port: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let cluster = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = cluster.answer(tcp, from).await {
+                    tracing::debug!(%from, "control connection: {e:#}");
+                }
+            });
+        }
+    }
+
+    async fn answer(&self, tcp: tokio::net::TcpStream, from: SocketAddr) -> Result<()> {
+        let mut conn = control::accept(&self.tls, tcp, Duration::from_secs(5)).await?;
+        let request: Request = tokio::time::timeout(Duration::from_secs(5), conn.receive())
+            .await
+            .context("no request within 5 s")??;
+        let peer = self
+            .peers
+            .load()?
+            .by_fingerprint(&conn.fingerprint)
+            .cloned();
+        let response = match (request, peer) {
+            (
+                Request::Pair {
+                    node_id,
+                    name,
+                    port,
+                    proof,
+                },
+                _,
+            ) => {
+                self.pair_request(&conn, from, node_id, name, port, &proof)
+                    .await
+            }
+            (_, None) => Response::Refused {
+                message: format!("{} is not paired with this box", from.ip()),
+            },
+            (request, Some(peer)) => {
+                if peer.address != from.ip() {
+                    // The key is what identifies a peer; its address is wherever it calls from.
+                    self.peers.update(|p| {
+                        if let Some(known) = p.peers.iter_mut().find(|p| p.node_id == peer.node_id)
+                        {
+                            known.address = from.ip();
+                        }
+                        Ok(())
+                    })?;
+                    self.fence_changed().await;
+                }
+                self.paired_request(&peer, request).await
+            }
+        };
+        conn.send(&response).await
+    }
+
+    async fn pair_request(
+        &self,
+        conn: &control::ServerConnection,
+        from: SocketAddr,
+        node_id: String,
+        name: String,
+        port: u16,
+        proof: &str,
+    ) -> Response {
+        // One guess per code, right or wrong.
+        let code = self.join_code.lock().unwrap().take();
+        let Some(code) = code.filter(|c| !c.expired()) else {
+            return Response::Refused { message: format!("{} has no open join code: show one on its dashboard (Pool → Add a box), then type it within ten minutes", self.box_name()) };
+        };
+        if !pairing::verify(code.code(), Role::Joiner, &conn.session, proof) {
+            tracing::warn!(%from, "wrong join code; the code is void now");
+            return Response::Refused {
+                message: "wrong join code; it is void now: show a new one on the other box".into(),
+            };
+        }
+        if !conn.fingerprint.starts_with(&node_id) {
+            return Response::Refused {
+                message: "the node id does not belong to the key presented".into(),
+            };
+        }
+        let peer = Peer {
+            node_id,
+            name,
+            fingerprint: conn.fingerprint.clone(),
+            address: from.ip(),
+            port,
+            paired_at: crate::web::unix_now(),
+        };
+        if let Err(e) = self.peers.update(|p| {
+            p.insert(peer.clone());
+            Ok(())
+        }) {
+            return Response::Refused {
+                message: format!("the box could not save the pairing: {e:#}"),
+            };
+        }
+        tracing::info!(peer = %peer.name, node_id = %peer.node_id, address = %peer.address, "paired");
+        self.fence_changed().await;
+        Response::Paired {
+            node_id: self.identity.node_id.clone(),
+            name: self.box_name(),
+            proof: pairing::proof(code.code(), Role::Host, &conn.session),
+        }
+    }
+
+    async fn paired_request(&self, peer: &Peer, request: Request) -> Response {
+        match request {
+            Request::Status => Response::Status(self.status()),
+            Request::Reserve {
+                key,
+                bytes,
+                ttl_secs,
+            } => {
+                let free = self.free();
+                let key = format!("{}/{key}", peer.node_id);
+                let mut holds = self.holds.lock().unwrap();
+                let held = holds.get(&key).map_or(0, |h| h.bytes);
+                if bytes > free + held {
+                    return Response::Refused {
+                        message: format!(
+                            "{} has {} free, not {}",
+                            self.box_name(),
+                            crate::planner::format_bytes(free + held),
+                            crate::planner::format_bytes(bytes)
+                        ),
+                    };
+                }
+                let ttl = Duration::from_secs(ttl_secs).min(HOLD_TTL * 4);
+                holds.insert(
+                    key,
+                    Hold {
+                        bytes,
+                        expires: Instant::now() + ttl,
+                    },
+                );
+                Response::Done
+            }
+            Request::Release { key } => {
+                self.holds
+                    .lock()
+                    .unwrap()
+                    .remove(&format!("{}/{key}", peer.node_id));
+                Response::Done
+            }
+            Request::Unpair => match self.forget(peer) {
+                Ok(()) => {
+                    self.fence_changed().await;
+                    Response::Done
+                }
+                Err(e) => Response::Refused {
+                    message: format!("{e:#}"),
+                },
+            },
+            Request::Pair { .. } => unreachable!("answered before"),
+        }
+    }
+
+    /// One call to a paired peer, its key checked.
+    async fn call(&self, peer: &Peer, request: &Request) -> Result<Response> {
+        let timeout = Duration::from_secs(self.config.probe_interval_secs.clamp(1, 5));
+        let mut conn =
+            control::connect(&self.tls, peer.control(), Some(&peer.fingerprint), timeout).await?;
+        tokio::time::timeout(timeout, conn.call(request))
+            .await
+            .with_context(|| {
+                format!("{} did not answer within {}s", peer.name, timeout.as_secs())
+            })?
+    }
+
+    // ---- memory ------------------------------------------------------------------------------
+
+    /// Memory held on this box for peers' models.
+    pub fn held_bytes(&self) -> u64 {
+        let mut holds = self.holds.lock().unwrap();
+        holds.retain(|_, h| h.expires > Instant::now());
+        holds.values().map(|h| h.bytes).sum()
+    }
+
+    fn free(&self) -> u64 {
+        let Some(supervisor) = self.supervisor() else {
+            return 0;
+        };
+        supervisor
+            .budget()
+            .saturating_sub(supervisor.resident_bytes())
+            .saturating_sub(self.held_bytes())
+    }
+
+    pub fn status(&self) -> NodeStatus {
+        NodeStatus {
+            node_id: self.identity.node_id.clone(),
+            name: self.box_name(),
+            version: self.version.clone(),
+            healthy: self.supervisor().is_some(),
+            budget: self.supervisor().map_or(0, |s| s.budget()),
+            free: self.free(),
+            rpc: self.worker.running(),
+        }
+    }
+
+    /// Holds `bytes` on `node_id` for `key` (a model this box runs across it).
+    pub async fn hold(&self, node_id: &str, key: &str, bytes: u64) -> Result<()> {
+        let peer = self
+            .peers
+            .load()?
+            .by_node(node_id)
+            .cloned()
+            .with_context(|| format!("{node_id} is no longer paired"))?;
+        let request = Request::Reserve {
+            key: key.to_string(),
+            bytes,
+            ttl_secs: HOLD_TTL.as_secs(),
+        };
+        self.call(&peer, &request)
+            .await
+            .map(drop)
+            .with_context(|| format!("holding memory on {}", peer.name))
+    }
+
+    pub async fn release(&self, node_id: &str, key: &str) {
+        let Ok(Some(peer)) = self.peers.load().map(|p| p.by_node(node_id).cloned()) else {
+            return;
+        };
+        if let Err(e) = self
+            .call(
+                &peer,
+                &Request::Release {
+                    key: key.to_string(),
+                },
+            )
+            .await
+        {
+            tracing::debug!(peer = %peer.name, "releasing memory (it lapses by itself): {e:#}");
+        }
+    }
+
+    // ---- peers' health -----------------------------------------------------------------------
+
+    async fn probe_all(&self) {
+        let peers = self
+            .peers
+            .load()
+            .map(|p| p.peers.clone())
+            .unwrap_or_default();
+        futures_util::future::join_all(peers.iter().map(|p| self.probe(p))).await;
+        let known: Vec<String> = peers.into_iter().map(|p| p.node_id).collect();
+        self.live.lock().unwrap().retain(|id, _| known.contains(id));
+    }
+
+    async fn probe(&self, peer: &Peer) {
+        let started = Instant::now();
+        let answer = self.call(peer, &Request::Status).await;
+        let mut live = self.live.lock().unwrap();
+        let entry = live.entry(peer.node_id.clone()).or_default();
+        match answer {
+            Ok(Response::Status(status)) => {
+                *entry = Live {
+                    status: Some(status),
+                    latency: Some(started.elapsed()),
+                    misses: 0,
+                    error: None,
+                };
+            }
+            Ok(other) => {
+                entry.misses += 1;
+                entry.error = Some(format!("unexpected answer {other:?}"));
+            }
+            Err(e) => {
+                entry.misses += 1;
+                entry.error = Some(format!("{e:#}"));
+            }
+        }
+    }
+
+    /// Marks `node_id` gone until it answers again (the engine saw its worker vanish).
+    pub fn mark_gone(&self, node_id: &str, why: &str) {
+        if let Some(entry) = self.live.lock().unwrap().get_mut(node_id) {
+            entry.misses = MISSES_UNTIL_GONE;
+            entry.error = Some(why.to_string());
+        }
+    }
+
+    pub fn reachable(&self, node_id: &str) -> bool {
+        self.live
+            .lock()
+            .unwrap()
+            .get(node_id)
+            .is_some_and(Live::reachable)
+    }
+
+    /// The reachable peers with a running worker, for the planner.
+    pub fn members(&self) -> Vec<Member> {
+        let peers = self
+            .peers
+            .load()
+            .map(|p| p.peers.clone())
+            .unwrap_or_default();
+        let live = self.live.lock().unwrap();
+        peers
+            .iter()
+            .filter_map(|peer| {
+                let l = live.get(&peer.node_id).filter(|l| l.reachable())?;
+                let status = l.status.as_ref()?;
+                Some(Member {
+                    node_id: peer.node_id.clone(),
+                    name: peer.name.clone(),
+                    rpc: status.rpc,
+                    free: status.free,
+                })
+            })
+            .collect()
+    }
+
+    /// This box as a member of a split.
+    pub fn head(&self, free: u64) -> Member {
+        Member {
+            node_id: self.identity.node_id.clone(),
+            name: self.box_name(),
+            rpc: None,
+            free,
+        }
+    }
+
+    pub fn view(&self) -> PoolView {
+        let peers = self
+            .peers
+            .load()
+            .map(|p| p.peers.clone())
+            .unwrap_or_default();
+        let live = self.live.lock().unwrap().clone();
+        let discovered = self
+            .discovery
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(|d| d.found())
+            .unwrap_or_default();
+        PoolView {
+            this: self.status(),
+            fingerprint: self.identity.fingerprint.clone(),
+            address: self.address,
+            discovered: discovered
+                .into_iter()
+                .filter(|d| !peers.iter().any(|p| p.node_id == d.node_id))
+                .collect(),
+            peers: peers
+                .iter()
+                .map(|peer| {
+                    let l = live.get(&peer.node_id).cloned().unwrap_or_default();
+                    PeerView {
+                        node_id: peer.node_id.clone(),
+                        name: peer.name.clone(),
+                        address: peer.address,
+                        reachable: l.reachable(),
+                        latency_ms: l.latency.map(|d| d.as_secs_f64() * 1000.0),
+                        status: l.status,
+                        error: l.error,
+                    }
+                })
+                .collect(),
+        }
+    }
+
+    /// The control address of a box heard over mDNS.
+    pub fn discovered(&self, node_id: &str) -> Option<SocketAddr> {
+        let found = self.discovery.lock().unwrap().as_ref()?.get(node_id)?;
+        Some(SocketAddr::new(found.address, found.port))
+    }
+}
+
+/// The first IPv4 address of a non-loopback interface, preferring the default route's.
+fn detect_address() -> Result<IpAddr> {
+    let default_interface = std::fs::read_to_string("/proc/net/route")
+        .ok()
+        .and_then(|routes| {
+            routes.lines().skip(1).find_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                (fields.get(1) == Some(&"00000000")).then(|| fields[0].to_string())
+            })
+        });
+    let interfaces = if_addrs::get_if_addrs().context("listing network interfaces")?;
+    let candidates: Vec<_> = interfaces
+        .iter()
+        .filter(|i| !i.is_loopback() && i.ip().is_ipv4())
+        .collect();
+    candidates
+        .iter()
+        .find(|i| Some(&i.name) == default_interface.as_ref())
+        .or(candidates.first())
+        .map(|i| i.ip())
+        .context("no network interface has an IPv4 address")
+}

@@ -1,0 +1,139 @@
+//! The RPC worker: Debian's ggml-rpc-server, run while this box has paired peers, so that a
+//! peer's llama-server can place layers in this box's memory. Bound to the cluster address and
+//! fenced by the firewall; restarted when it exits.
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::config::ClusterConfig;
+
+pub struct Worker {
+    config: ClusterConfig,
+    endpoint: SocketAddr,
+    child: Mutex<Option<u32>>,
+    wanted: tokio::sync::watch::Sender<bool>,
+}
+
+impl Worker {
+    pub fn new(config: ClusterConfig, endpoint: SocketAddr) -> Worker {
+        Worker {
+            config,
+            endpoint,
+            child: Mutex::new(None),
+            wanted: tokio::sync::watch::channel(false).0,
+        }
+    }
+
+    pub fn endpoint(&self) -> SocketAddr {
+        self.endpoint
+    }
+
+    /// The worker's endpoint while it runs.
+    pub fn running(&self) -> Option<SocketAddr> {
+        self.child.lock().unwrap().map(|_| self.endpoint)
+    }
+
+    /// Starts or stops the worker; the supervising task does the work.
+    pub fn want(&self, running: bool) {
+        self.wanted
+            .send_if_modified(|w| std::mem::replace(w, running) != running);
+    }
+
+    /// Runs the worker whenever it is wanted, until hellasd stops.
+    pub async fn supervise(&self) {
+        let mut wanted = self.wanted.subscribe();
+        loop {
+            if !*wanted.borrow_and_update() {
+                if wanted.changed().await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            let mut child = match self.spawn() {
+                Ok(child) => child,
+                Err(e) => {
+                    tracing::error!("RPC worker: {e:#}");
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    continue;
+                }
+            };
+            *self.child.lock().unwrap() = child.id();
+            tracing::info!(endpoint = %self.endpoint, pid = child.id(), "RPC worker started");
+            let stop = loop {
+                tokio::select! {
+                    exit = child.wait() => break Err(exit),
+                    changed = wanted.changed() => {
+                        if changed.is_err() || !*wanted.borrow() {
+                            break Ok(());
+                        }
+                    }
+                }
+            };
+            *self.child.lock().unwrap() = None;
+            match stop {
+                Ok(()) => {
+                    let _ = child.kill().await;
+                    tracing::info!("RPC worker stopped: no paired peers");
+                }
+                Err(exit) => {
+                    tracing::warn!(?exit, "RPC worker exited; restarting it");
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+            }
+        }
+    }
+
+    fn spawn(&self) -> Result<tokio::process::Child> {
+        let mut cmd = tokio::process::Command::new(&self.config.rpc_server);
+        cmd.args([
+            "--host",
+            &self.endpoint.ip().to_string(),
+            "--port",
+            &self.endpoint.port().to_string(),
+        ]);
+        if let Some(threads) = self.config.rpc_threads {
+            cmd.args(["--threads", &threads.to_string()]);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        // SAFETY: prctl is async-signal-safe; the worker must not outlive hellasd, whose firewall
+        // and pairing are what make it safe to run.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().with_context(|| {
+            format!(
+                "starting {} (set cluster.rpc_server)",
+                self.config.rpc_server.display()
+            )
+        })?;
+        for stream in [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+            child.stderr.take().map(|s| Box::new(s) as _),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(stream).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    tracing::debug!(target: "rpc_worker", "{line}");
+                }
+            });
+        }
+        Ok(child)
+    }
+}

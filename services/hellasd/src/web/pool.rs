@@ -1,0 +1,200 @@
+//! The owner's pool pages: this box and its peers, join codes, joining and unpairing, and which
+//! box holds which layers of the models that run across them.
+
+use std::net::SocketAddr;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Form};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::pages::{check_csrf, guard, redirect, require_owner, Page, Ses, St};
+use crate::api::AppState;
+use crate::cluster::Cluster;
+use crate::planner::format_bytes;
+
+fn pool(state: &AppState) -> Result<&Cluster, Response> {
+    state.cluster.as_deref().ok_or_else(|| {
+        (
+            StatusCode::NOT_FOUND,
+            "pooling is off on this box (cluster.enabled = false)",
+        )
+            .into_response()
+    })
+}
+
+/// The pool as data: for the page, and as JSON for the owner's scripts.
+fn pool_data(state: &AppState, cluster: &Cluster) -> Value {
+    let view = cluster.view();
+    let split: Vec<Value> = state
+        .supervisor
+        .loaded()
+        .iter()
+        .filter_map(|engine| {
+            let split = engine.plan.split.as_ref()?;
+            Some(json!({
+                "model": engine.model, "ctx": engine.plan.ctx,
+                "shares": split.shares.iter().map(|s| json!({ "name": s.name, "layers": s.layers, "memory": format_bytes(s.bytes), "bytes": s.bytes })).collect::<Vec<_>>(),
+            }))
+        })
+        .collect();
+    let peers: Vec<Value> = view
+        .peers
+        .iter()
+        .map(|p| {
+            json!({
+                "node_id": p.node_id, "name": p.name, "address": p.address.to_string(), "reachable": p.reachable,
+                "version": p.status.as_ref().map(|s| s.version.clone()),
+                "budget": p.status.as_ref().map(|s| format_bytes(s.budget)), "free": p.status.as_ref().map(|s| format_bytes(s.free)),
+                "worker": p.status.as_ref().and_then(|s| s.rpc).map(|a| a.to_string()),
+                "latency": p.latency_ms.map(|ms| format!("{ms:.1} ms")), "error": p.error,
+            })
+        })
+        .collect();
+    json!({
+        "this": view.this, "budget": format_bytes(view.this.budget), "free": format_bytes(view.this.free),
+        "address": view.address.to_string(), "fingerprint": view.fingerprint,
+        "peers": peers, "discovered": view.discovered, "split": split,
+    })
+}
+
+pub async fn pool_page(State(state): St, Extension(session): Ses) -> Response {
+    guard!(require_owner(&session));
+    let cluster = guard!(pool(&state));
+    Page::new("pool", "Pool", pool_data(&state, cluster)).render(&state, &session)
+}
+
+pub async fn pool_json(State(state): St, Extension(session): Ses) -> Response {
+    guard!(require_owner(&session));
+    let cluster = guard!(pool(&state));
+    axum::Json(pool_data(&state, cluster)).into_response()
+}
+
+#[derive(Deserialize)]
+pub struct CsrfOnly {
+    csrf: String,
+}
+
+/// "Add a box": a one-time join code to type on the other box.
+pub async fn new_code(
+    State(state): St,
+    Extension(session): Ses,
+    Form(form): Form<CsrfOnly>,
+) -> Response {
+    guard!(require_owner(&session));
+    guard!(check_csrf(&session, &form.csrf));
+    let cluster = guard!(pool(&state));
+    let (code, valid) = cluster.new_join_code();
+    let mut data = pool_data(&state, cluster);
+    data["code"] = json!({ "code": code, "minutes": valid.as_secs().div_ceil(60) });
+    Page::new("pool", "Pool", data).render(&state, &session)
+}
+
+#[derive(Deserialize)]
+pub struct JoinForm {
+    csrf: String,
+    /// A box heard over mDNS…
+    #[serde(default)]
+    node_id: String,
+    /// …or an address typed by hand, `host` or `host:port`.
+    #[serde(default)]
+    address: String,
+    code: String,
+}
+
+pub async fn join(
+    State(state): St,
+    Extension(session): Ses,
+    Form(form): Form<JoinForm>,
+) -> Response {
+    guard!(require_owner(&session));
+    guard!(check_csrf(&session, &form.csrf));
+    let cluster = guard!(pool(&state));
+    let refuse = |status: StatusCode, problem: String| {
+        let mut data = pool_data(&state, cluster);
+        data["back"] = json!("/pool");
+        Page::new("pool", "Pool", data)
+            .error(status, problem)
+            .render(&state, &session)
+    };
+    let address = if !form.node_id.is_empty() {
+        match cluster.discovered(&form.node_id) {
+            Some(address) => address,
+            None => {
+                return refuse(
+                    StatusCode::NOT_FOUND,
+                    "That box is no longer heard on the network; type its address instead.".into(),
+                )
+            }
+        }
+    } else {
+        match parse_address(form.address.trim(), state.config.cluster.listen.port()) {
+            Some(address) => address,
+            None => return refuse(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "{:?} is not an address: type the other box's IP address, e.g. 192.168.1.20",
+                    form.address
+                ),
+            ),
+        }
+    };
+    match cluster.join(address, &form.code).await {
+        Ok(peer) => {
+            tracing::info!(peer = %peer.name, "paired from the dashboard");
+            redirect("/pool")
+        }
+        Err(e) => refuse(StatusCode::FORBIDDEN, format!("Not paired: {e:#}")),
+    }
+}
+
+fn parse_address(typed: &str, default_port: u16) -> Option<SocketAddr> {
+    typed.parse::<SocketAddr>().ok().or_else(|| {
+        typed
+            .parse::<std::net::IpAddr>()
+            .ok()
+            .map(|ip| SocketAddr::new(ip, default_port))
+    })
+}
+
+#[derive(Deserialize)]
+pub struct UnpairForm {
+    csrf: String,
+    node_id: String,
+}
+
+pub async fn unpair(
+    State(state): St,
+    Extension(session): Ses,
+    Form(form): Form<UnpairForm>,
+) -> Response {
+    guard!(require_owner(&session));
+    guard!(check_csrf(&session, &form.csrf));
+    let cluster = guard!(pool(&state));
+    match cluster.unpair(&form.node_id).await {
+        Ok(_) => redirect("/pool"),
+        Err(e) => Page::new("message", "Not unpaired", json!({ "back": "/pool" }))
+            .error(StatusCode::NOT_FOUND, format!("{e:#}"))
+            .render(&state, &session),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn addresses_take_the_control_port_by_default() {
+        assert_eq!(
+            super::parse_address("10.0.0.2", 7077).unwrap().to_string(),
+            "10.0.0.2:7077"
+        );
+        assert_eq!(
+            super::parse_address("10.0.0.2:9", 7077)
+                .unwrap()
+                .to_string(),
+            "10.0.0.2:9"
+        );
+        assert!(super::parse_address("box.local", 7077).is_none());
+    }
+}

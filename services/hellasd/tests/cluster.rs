@@ -1,0 +1,290 @@
+//! Three boxes in network namespaces on one bridge, each a real hellasd with the real engine:
+//! A and B pair through their dashboards, C does not. SmolLM2 is too big for A's test budget at
+//! the configured context, so A runs it across A and B over llama.cpp RPC and must answer as a
+//! single llama-server does; C cannot reach B's RPC worker; killing B degrades the model with
+//! a 503 naming B, and A then runs it alone at a smaller context.
+
+mod support;
+
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::netns::{in_netns, Lan};
+use support::{cache_dir, model, Daemon, DirectEngine, Setup, Visitor, SMOLLM};
+
+const CTX: u32 = 4096;
+const MIB: u64 = 1 << 20;
+const CONTROL_PORT: u16 = 7077;
+const RPC_PORT: u16 = 50052;
+
+fn start_box(lan: &Lan, host: usize, budget: u64, models: bool) -> Daemon {
+    let cluster = format!(
+        "address = \"{address}\"\nlisten = \"0.0.0.0:{CONTROL_PORT}\"\nrpc_server = {rpc:?}\nrpc_port = {RPC_PORT}\nrpc_threads = 1\nnft = \"nft\"\nprobe_interval_secs = 1\n",
+        address = lan.address(host),
+        rpc = cache_dir().join("engine/bin/ggml-rpc-server"),
+    );
+    Daemon::start(Setup {
+        ctx: CTX,
+        parallel: 1,
+        budget_bytes: Some(budget),
+        models: if models {
+            vec![("smollm2:135m-q4_1", SMOLLM)]
+        } else {
+            vec![]
+        },
+        netns: Some(lan.hosts[host].clone()),
+        cluster: Some(cluster),
+        ..Setup::default()
+    })
+}
+
+fn pool(visitor: &mut Visitor) -> Value {
+    let response = visitor.get("/pool.json");
+    assert_eq!(response.status(), 200);
+    response.json().unwrap()
+}
+
+fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<Value>) -> Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(found) = check() {
+            return found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {}s waiting for {what}",
+            timeout.as_secs()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// The join code a dashboard shows after "Show a join code".
+fn show_code(owner: &mut Visitor) -> String {
+    let csrf = owner.csrf("/pool");
+    let page = owner.post("/pool/code", &[("csrf", &csrf)]).text().unwrap();
+    let at = page
+        .find("id=\"join-code\">")
+        .expect("the page shows a join code")
+        + 15;
+    page[at..at + 14].to_string()
+}
+
+fn chat(daemon: &Daemon) -> reqwest::blocking::Response {
+    daemon.post("/v1/chat/completions", &request())
+}
+
+fn request() -> Value {
+    json!({
+        "model": "smollm2:135m-q4_1",
+        "messages": [{ "role": "user", "content": "Name three colours of the rainbow." }],
+        "max_tokens": 24, "temperature": 0, "seed": 1,
+    })
+}
+
+fn answer(body: &Value) -> String {
+    body["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn connects(ns: &str, to: &str) -> bool {
+    let to: SocketAddr = to.parse().unwrap();
+    in_netns(ns, || {
+        TcpStream::connect_timeout(&to, Duration::from_secs(2)).is_ok()
+    })
+}
+
+#[test]
+fn a_model_too_big_for_one_box_runs_across_two_paired_boxes() {
+    let lan = Lan::new("hx", 3);
+    // At ctx 4096 SmolLM2 plans ~355 MB: A holds it only at a smaller context, so the pool wins.
+    let a = start_box(&lan, 0, 330 * MIB, true);
+    let b = start_box(&lan, 1, 400 * MIB, false);
+    let c = start_box(&lan, 2, 400 * MIB, false);
+    let (mut owner_a, mut owner_b, mut owner_c) =
+        (Visitor::login(&a), Visitor::login(&b), Visitor::login(&c));
+    for (owner, name) in [
+        (&mut owner_a, "alpha"),
+        (&mut owner_b, "bravo"),
+        (&mut owner_c, "charlie"),
+    ] {
+        let csrf = owner.csrf("/settings");
+        let saved = owner.post(
+            "/settings",
+            &[("csrf", &csrf), ("box_name", name), ("timezone", "UTC")],
+        );
+        assert_eq!(saved.status(), 303, "naming the box {name}");
+    }
+
+    // Discovery: each box hears the others over mDNS.
+    let heard = wait_for(
+        "B to hear A and C over mDNS",
+        Duration::from_secs(20),
+        || {
+            let p = pool(&mut owner_b);
+            (p["discovered"].as_array()?.len() == 2).then_some(p)
+        },
+    );
+    let a_id = pool(&mut owner_a)["this"]["node_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let found_a = heard["discovered"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["node_id"] == a_id.as_str())
+        .expect("B hears A");
+    assert_eq!(found_a["address"], lan.address(0));
+    assert!(
+        found_a["budget"].as_u64().unwrap() == 330 * MIB,
+        "{found_a}"
+    );
+
+    // Pairing: one guess per code. C's wrong guess voids A's code, so B needs a new one.
+    let code = show_code(&mut owner_a);
+    let csrf = owner_c.csrf("/pool");
+    let wrong = owner_c.post(
+        "/pool/join",
+        &[
+            ("csrf", &csrf),
+            ("address", &lan.address(0)),
+            ("code", "0000-0000-0000"),
+        ],
+    );
+    assert_eq!(wrong.status(), 403);
+    assert!(wrong.text().unwrap().contains("wrong join code"));
+    let csrf = owner_b.csrf("/pool");
+    let void = owner_b.post(
+        "/pool/join",
+        &[("csrf", &csrf), ("node_id", &a_id), ("code", &code)],
+    );
+    assert_eq!(void.status(), 403, "a code must not outlive a wrong guess");
+    assert!(void.text().unwrap().contains("no open join code"));
+    let code = show_code(&mut owner_a);
+    let csrf = owner_b.csrf("/pool");
+    let paired = owner_b.post(
+        "/pool/join",
+        &[
+            ("csrf", &csrf),
+            ("node_id", &a_id),
+            ("code", &code.to_lowercase()),
+        ],
+    );
+    assert_eq!(
+        paired.status(),
+        303,
+        "pairing B with A: {}",
+        paired.text().unwrap_or_default()
+    );
+
+    // Both sides know each other and B lends memory; C is paired with nobody.
+    let b_name = "bravo";
+    let peers = wait_for("A to see B's worker", Duration::from_secs(20), || {
+        let p = pool(&mut owner_a);
+        let peer = p["peers"].as_array()?.first()?.clone();
+        (peer["reachable"] == true && peer["worker"].is_string()).then_some(peer)
+    });
+    assert_eq!(peers["address"], lan.address(1));
+    assert_eq!(pool(&mut owner_b)["peers"][0]["node_id"], a_id.as_str());
+    assert!(pool(&mut owner_c)["peers"].as_array().unwrap().is_empty());
+
+    // The fence: only the paired peer reaches B's RPC worker.
+    let worker = format!("{}:{RPC_PORT}", lan.address(1));
+    assert!(
+        connects(&lan.hosts[0], &worker),
+        "A, paired with B, must reach B's worker"
+    );
+    assert!(
+        !connects(&lan.hosts[2], &worker),
+        "C, not paired, must not reach B's worker"
+    );
+
+    // The split answers as one llama-server does.
+    let reference = {
+        let engine = DirectEngine::start(&model(SMOLLM), CTX, 1);
+        let warm = engine.post("/v1/chat/completions", &request());
+        assert_eq!(warm.status(), 200);
+        answer(&warm.json().unwrap())
+    };
+    assert!(!reference.is_empty());
+    let response = chat(&a);
+    assert_eq!(response.status(), 200, "A across A+B");
+    assert_eq!(
+        answer(&response.json().unwrap()),
+        reference,
+        "the split must answer as one box"
+    );
+    let split = pool(&mut owner_a)["split"][0].clone();
+    println!("A runs across the pool: {split}");
+    assert_eq!(split["ctx"], CTX, "{split}");
+    let shares = split["shares"].as_array().unwrap();
+    assert_eq!(shares.len(), 2, "{split}");
+    assert_eq!(shares[1]["name"], b_name);
+    let layers: u64 = shares.iter().map(|s| s["layers"].as_u64().unwrap()).sum();
+    assert_eq!(layers, 30, "every layer is placed: {split}");
+    assert!(
+        shares.iter().all(|s| s["layers"].as_u64().unwrap() > 0),
+        "{split}"
+    );
+    // B holds A's share in its own budget.
+    let b_free = pool(&mut owner_b)["this"]["free"].as_u64().unwrap();
+    assert_eq!(
+        b_free,
+        400 * MIB - shares[1]["bytes"].as_u64().unwrap(),
+        "B's free memory counts the hold"
+    );
+
+    // Unpairing revokes: C pairs with A, then unpairs; both forget, and C's worker closes.
+    let code = show_code(&mut owner_a);
+    let csrf = owner_c.csrf("/pool");
+    let paired = owner_c.post("/pool/join", &[("csrf", &csrf), ("address", &lan.address(0)), ("code", &code)]);
+    assert_eq!(paired.status(), 303, "pairing C with A: {}", paired.text().unwrap_or_default());
+    let c_worker = format!("{}:{RPC_PORT}", lan.address(2));
+    wait_for("C's worker to open to A", Duration::from_secs(20), || connects(&lan.hosts[0], &c_worker).then_some(Value::Null));
+    let c_id = pool(&mut owner_c)["this"]["node_id"].as_str().unwrap().to_string();
+    assert_eq!(pool(&mut owner_a)["peers"].as_array().unwrap().len(), 2);
+    let csrf = owner_c.csrf("/pool");
+    assert_eq!(owner_c.post("/pool/unpair", &[("csrf", &csrf), ("node_id", &a_id)]).status(), 303);
+    assert!(pool(&mut owner_c)["peers"].as_array().unwrap().is_empty());
+    let left = pool(&mut owner_a)["peers"].clone();
+    assert!(!left.to_string().contains(&c_id), "A must forget C when C unpairs: {left}");
+    wait_for("C's worker to close", Duration::from_secs(20), || (!connects(&lan.hosts[0], &c_worker)).then_some(Value::Null));
+
+    // B disappears: a clear 503 naming it, then A alone at a smaller context.
+    let b_pid = b.pid();
+    unsafe { libc::kill(b_pid as i32, libc::SIGKILL) };
+    std::thread::sleep(Duration::from_millis(300));
+    let degraded = chat(&a);
+    let status = degraded.status();
+    let body: Value = degraded.json().unwrap();
+    assert_eq!(status, 503, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(b_name) && message.contains(&lan.address(1)),
+        "the 503 names the missing box: {message}"
+    );
+    assert_eq!(body["error"]["type"], "model_degraded");
+    println!("with B gone: {message}");
+    let recovered = wait_for("A to run the model alone", Duration::from_secs(90), || {
+        let response = chat(&a);
+        (response.status() == 200).then(|| response.json().unwrap())
+    });
+    assert!(!answer(&recovered).is_empty());
+    println!(
+        "A alone answers: {:?} (across A+B: {reference:?})",
+        answer(&recovered)
+    );
+    let now = pool(&mut owner_a);
+    assert!(
+        now["split"].as_array().unwrap().is_empty(),
+        "A runs it alone now: {now}"
+    );
+    assert_eq!(now["peers"][0]["reachable"], false);
+    let ps: Value = a.get("/api/ps").json().unwrap();
+    assert!(ps.to_string().contains("smollm2"), "{ps}");
+    drop((a, c));
+}
