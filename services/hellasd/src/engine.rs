@@ -278,28 +278,30 @@ impl Supervisor {
             budget: self.budget,
         };
         let mut plan = planner::plan(&info, &request);
-        // Across the pool before a smaller context here; a smaller context here before a
-        // smaller one across the pool.
-        if plan.verdict != Verdict::Fits {
-            if let Some(pool) = self.pool.get() {
-                let head = pool.head(self.budget.saturating_sub(self.held_for_peers()));
-                let peers = pool.members();
-                let request = PlanRequest { ctx: plan.ctx, budget: head.free, ..request };
-                let split = match plan.verdict {
-                    Verdict::FitsSmallerContext { .. } => pool_plan::plan_split(&info, &request, &head, &peers, &Margin::default()),
-                    _ => pool_plan::plan_split_largest(&info, &request, &head, &peers, &Margin::default()),
-                };
-                if let Some(mut split) = split {
-                    split.model = entry.name.clone();
-                    return Ok(split);
-                }
-            }
+        if let Some(mut split) = self.split_plan(&info, &plan) {
+            split.model = entry.name.clone();
+            return Ok(split);
         }
         if let Verdict::FitsSmallerContext { max_ctx } = plan.verdict {
             plan = planner::plan(&info, &PlanRequest { ctx: max_ctx, ..request });
         }
         plan.model = entry.name.clone();
         Ok(plan)
+    }
+
+    /// The split across the pool for a model whose `local` plan does not fit as asked, if the
+    /// pool holds it. Across the pool before a smaller context here; a smaller context here
+    /// before a smaller one across the pool.
+    pub fn split_plan(&self, info: &ModelInfo, local: &Plan) -> Option<Plan> {
+        let pool = self.pool.get()?;
+        let head = pool.head(self.budget.saturating_sub(self.held_for_peers()));
+        let peers = pool.members();
+        let request = PlanRequest { ctx: local.ctx, parallel: local.parallel, cache_type: local.cache_type, budget: head.free };
+        match local.verdict {
+            Verdict::Fits => None,
+            Verdict::FitsSmallerContext { .. } => pool_plan::plan_split(info, &request, &head, &peers, &Margin::default()),
+            Verdict::DoesNotFit { .. } => pool_plan::plan_split_largest(info, &request, &head, &peers, &Margin::default()),
+        }
     }
 
     /// The running engine for `model`, started if needed, held for one request.

@@ -216,13 +216,14 @@ pub fn plan_split_largest(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::planner::{plan, CacheType};
 
     const MIB: u64 = 1 << 20;
 
-    fn model() -> ModelInfo {
+    /// A SmolLM2-shaped model: 30 layers.
+    pub(crate) fn model() -> ModelInfo {
         // 30 layers of 3 MiB weights plus 20 MiB of embeddings and output.
         ModelInfo {
             architecture: "llama".into(),
@@ -250,7 +251,7 @@ mod tests {
         }
     }
 
-    fn member(name: &str, free: u64, rpc: bool) -> Member {
+    pub(crate) fn member(name: &str, free: u64, rpc: bool) -> Member {
         Member {
             node_id: name.to_lowercase(),
             name: name.into(),

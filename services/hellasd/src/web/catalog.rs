@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::gguf::{GgufFile, ModelInfo};
 use crate::library::validate_name;
-use crate::planner::{self, PlanRequest, Verdict};
+use crate::planner::{self, Plan, PlanRequest, Verdict};
 use crate::state_file::write_atomically;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -92,6 +92,8 @@ pub enum Fit {
     Installed,
     Fits { ctx: u32, need: u64 },
     FitsSmallerContext { ctx: u32, need: u64 },
+    /// Not here alone, but across this box and paired ones.
+    FitsAcross { boxes: Vec<String>, ctx: u32, need: u64 },
     /// `boxes`: how many boxes with this budget would hold it.
     DoesNotFit { short_by: u64, boxes: u64 },
     /// The header could not be read; the file size alone says whether the weights could fit.
@@ -106,6 +108,7 @@ impl Fit {
             Fit::Installed => "installed".into(),
             Fit::Fits { ctx, need } => format!("fits at context {ctx} (needs {})", f(*need)),
             Fit::FitsSmallerContext { ctx, need } => format!("fits only at a smaller context: {ctx} (needs {})", f(*need)),
+            Fit::FitsAcross { boxes, ctx, need } => format!("fits across {} at context {ctx} (needs {})", boxes.join("+"), f(*need)),
             Fit::DoesNotFit { short_by, boxes } if *boxes > 1 => {
                 format!("does not fit: {} short; needs {boxes} boxes like this one", f(*short_by))
             }
@@ -116,12 +119,17 @@ impl Fit {
     }
 
     pub fn downloadable(&self) -> bool {
-        matches!(self, Fit::Fits { .. } | Fit::FitsSmallerContext { .. } | Fit::Unknown { weights_fit: true, .. })
+        matches!(self, Fit::Fits { .. } | Fit::FitsSmallerContext { .. } | Fit::FitsAcross { .. } | Fit::Unknown { weights_fit: true, .. })
     }
 }
 
-pub fn fit(info: &ModelInfo, request: &PlanRequest) -> Fit {
+/// The fit of `info` here; `split` is what the pool offers when it does not fit here as asked.
+pub fn fit(info: &ModelInfo, request: &PlanRequest, split: impl FnOnce(&Plan) -> Option<Plan>) -> Fit {
     let plan = planner::plan(info, request);
+    if let Some(across) = split(&plan).filter(|p| p.split.is_some()) {
+        let boxes = across.split.as_ref().map(|s| s.names()).unwrap_or_default();
+        return Fit::FitsAcross { boxes, ctx: across.ctx, need: across.total };
+    }
     match plan.verdict {
         Verdict::Fits => Fit::Fits { ctx: plan.ctx, need: plan.total },
         Verdict::FitsSmallerContext { max_ctx } => {
@@ -227,6 +235,20 @@ architecture = "llama"
 licence = "Apache-2.0"
 context = 8192
 "#;
+
+    #[test]
+    fn the_picker_says_which_boxes_hold_what_this_one_cannot() {
+        use crate::planner::Margin;
+        use crate::pool_plan::{plan_split_largest, tests::{member, model}};
+        let info = model();
+        let request = PlanRequest { ctx: 2048, parallel: 1, cache_type: crate::planner::CacheType::F16, budget: 200 << 20 };
+        let alone = fit(&info, &request, |_| None);
+        assert!(matches!(alone, Fit::DoesNotFit { boxes: 2, .. }), "{alone:?}");
+        let (head, peers) = (member("alpha", 200 << 20, false), [member("bravo", 300 << 20, true)]);
+        let across = fit(&info, &request, |local| plan_split_largest(&info, &PlanRequest { ctx: local.ctx, ..request }, &head, &peers, &Margin::default()));
+        assert_eq!(across.describe().split(" at ").next(), Some("fits across alpha+bravo"), "{across:?}");
+        assert!(across.downloadable());
+    }
 
     #[test]
     fn entries_are_checked() {

@@ -313,7 +313,7 @@ async fn entry_fit(state: &AppState, entry: &CatalogEntry) -> Fit {
     let engine = &state.config.engine;
     let request = PlanRequest { ctx: engine.ctx, parallel: engine.parallel, cache_type: engine.cache_type, budget };
     match tokio::time::timeout(Duration::from_secs(20), state.web.headers.info(entry)).await {
-        Ok(Ok(info)) => catalog::fit(&info, &request),
+        Ok(Ok(info)) => catalog::fit(&info, &request, |local| state.supervisor.split_plan(&info, local)),
         Ok(Err(e)) => Fit::Unknown { reason: format!("{e:#}"), weights_fit: entry.size <= budget },
         Err(_) => Fit::Unknown { reason: "the model's source did not answer in time".into(), weights_fit: entry.size <= budget },
     }
@@ -324,6 +324,7 @@ fn fit_kind(fit: &Fit) -> &'static str {
         Fit::Installed => "installed",
         Fit::Fits { .. } => "fits",
         Fit::FitsSmallerContext { .. } => "fits_smaller_context",
+        Fit::FitsAcross { .. } => "fits_across",
         Fit::DoesNotFit { .. } => "does_not_fit",
         Fit::Unknown { .. } => "unknown",
     }
