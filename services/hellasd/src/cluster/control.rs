@@ -183,6 +183,47 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
 mod tests {
     use super::*;
 
+    use crate::cluster::identity::Identity;
+
+    /// A control port that answers every request with what it saw: the caller's key and the
+    /// session binding.
+    async fn echo_server(identity: &Identity) -> SocketAddr {
+        let tls = std::sync::Arc::new(Tls::new(identity).unwrap());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let tls = tls.clone();
+                tokio::spawn(async move {
+                    let Ok(mut conn) = accept(&tls, tcp, Duration::from_secs(5)).await else { return };
+                    let Ok(_) = conn.receive::<Request>().await else { return };
+                    let seen = format!("{} {}", conn.fingerprint, hex::encode(conn.session));
+                    conn.send(&Response::Refused { message: seen }).await.unwrap();
+                });
+            }
+        });
+        address
+    }
+
+    #[tokio::test]
+    async fn both_keys_are_proven_and_the_pinned_one_is_checked() {
+        let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (a, b) = (Identity::load_or_create(dirs.0.path()).unwrap(), Identity::load_or_create(dirs.1.path()).unwrap());
+        let server = echo_server(&b).await;
+        let tls = Tls::new(&a).unwrap();
+
+        let mut conn = connect(&tls, server, Some(&b.fingerprint), Duration::from_secs(5)).await.unwrap();
+        assert_eq!(conn.fingerprint, b.fingerprint);
+        let seen = format!("{:#}", conn.call(&Request::Status).await.unwrap_err());
+        assert_eq!(seen, format!("{} {}", a.fingerprint, hex::encode(conn.session)), "the server saw the client's key and the same session binding");
+
+        let other = connect(&tls, server, None, Duration::from_secs(5)).await.unwrap();
+        assert_ne!(other.session, conn.session, "every session has its own binding");
+
+        let wrong = connect(&tls, server, Some(&a.fingerprint), Duration::from_secs(5)).await.err().expect("a wrong pin is refused");
+        assert!(format!("{wrong:#}").contains("not the paired one"), "{wrong:#}");
+    }
+
     #[test]
     fn requests_read_as_documented() {
         let r: Request =
