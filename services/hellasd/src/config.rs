@@ -119,6 +119,8 @@ pub struct ClusterConfig {
     /// How often peers are asked for their status, in seconds; three missed answers in a row
     /// make a peer unreachable.
     pub probe_interval_secs: u64,
+    /// How long a fleet update waits for each box to come back healthy on the new release.
+    pub rollout_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -205,6 +207,7 @@ impl Default for ClusterConfig {
             firewall: true,
             nft: PathBuf::from("/usr/sbin/nft"),
             probe_interval_secs: 2,
+            rollout_timeout_secs: 1800,
         }
     }
 }

@@ -65,7 +65,7 @@ pub async fn run(config: Config) -> Result<()> {
     tracing::info!(address = %web_listener.local_addr()?, "web pages listening");
     state.web.start()?;
     if let Some(cluster) = &state.cluster {
-        cluster.start(&state.supervisor).await?;
+        cluster.start(&state).await?;
     }
     let pages = web::router(state.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>();
     let web_server = tokio::spawn(async move { axum::serve(web_listener, pages).with_graceful_shutdown(shutdown_signal()).await });

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use support::netns::{in_netns, Lan};
+use hellasd::update::{Phase, Request, Status, UpdateFiles};
 use support::{cache_dir, model, Daemon, DirectEngine, Setup, Visitor, SMOLLM};
 
 const CTX: u32 = 4096;
@@ -20,7 +21,7 @@ const RPC_PORT: u16 = 50052;
 
 fn start_box(lan: &Lan, host: usize, budget: u64, models: bool) -> Daemon {
     let cluster = format!(
-        "address = \"{address}\"\nlisten = \"0.0.0.0:{CONTROL_PORT}\"\nrpc_server = {rpc:?}\nrpc_port = {RPC_PORT}\nrpc_threads = 1\nnft = \"nft\"\nprobe_interval_secs = 1\n",
+        "rollout_timeout_secs = 30\naddress = \"{address}\"\nlisten = \"0.0.0.0:{CONTROL_PORT}\"\nrpc_server = {rpc:?}\nrpc_port = {RPC_PORT}\nrpc_threads = 1\nnft = \"nft\"\nprobe_interval_secs = 1\n",
         address = lan.address(host),
         rpc = cache_dir().join("engine/bin/ggml-rpc-server"),
     );
@@ -37,6 +38,25 @@ fn start_box(lan: &Lan, host: usize, budget: u64, models: bool) -> Daemon {
         cluster: Some(cluster),
         ..Setup::default()
     })
+}
+
+/// The three boxes' owners logged in, the boxes named alpha, bravo and charlie.
+fn owners(a: &Daemon, b: &Daemon, c: &Daemon) -> (Visitor, Visitor, Visitor) {
+    let mut owners = (Visitor::login(a), Visitor::login(b), Visitor::login(c));
+    for (owner, name) in [(&mut owners.0, "alpha"), (&mut owners.1, "bravo"), (&mut owners.2, "charlie")] {
+        let csrf = owner.csrf("/settings");
+        let saved = owner.post("/settings", &[("csrf", &csrf), ("box_name", name), ("timezone", "UTC")]);
+        assert_eq!(saved.status(), 303, "naming the box {name}");
+    }
+    owners
+}
+
+/// Pairs `joiner` with the box `host` owns, at `address`.
+fn pair(host: &mut Visitor, joiner: &mut Visitor, address: &str) {
+    let code = show_code(host);
+    let csrf = joiner.csrf("/pool");
+    let paired = joiner.post("/pool/join", &[("csrf", &csrf), ("address", address), ("code", &code)]);
+    assert_eq!(paired.status(), 303, "pairing with {address}: {}", paired.text().unwrap_or_default());
 }
 
 fn pool(visitor: &mut Visitor) -> Value {
@@ -239,10 +259,7 @@ fn a_model_too_big_for_one_box_runs_across_two_paired_boxes() {
     );
 
     // Unpairing revokes: C pairs with A, then unpairs; both forget, and C's worker closes.
-    let code = show_code(&mut owner_a);
-    let csrf = owner_c.csrf("/pool");
-    let paired = owner_c.post("/pool/join", &[("csrf", &csrf), ("address", &lan.address(0)), ("code", &code)]);
-    assert_eq!(paired.status(), 303, "pairing C with A: {}", paired.text().unwrap_or_default());
+    pair(&mut owner_a, &mut owner_c, &lan.address(0));
     let c_worker = format!("{}:{RPC_PORT}", lan.address(2));
     wait_for("C's worker to open to A", Duration::from_secs(20), || connects(&lan.hosts[0], &c_worker).then_some(Value::Null));
     let c_id = pool(&mut owner_c)["this"]["node_id"].as_str().unwrap().to_string();
@@ -288,3 +305,89 @@ fn a_model_too_big_for_one_box_runs_across_two_paired_boxes() {
     assert!(ps.to_string().contains("smollm2"), "{ps}");
     drop((a, c));
 }
+
+/// What the root updater (`hellasd update run`) would have written: this box runs `booted`, its
+/// channel offers `offered`.
+fn updater_status(daemon: &Daemon, booted: &str, offered: Option<&str>, phase: Phase) {
+    let status = Status {
+        booted: booted.into(),
+        available: vec!["1.0".into(), "2.0".into()],
+        offered: offered.map(str::to_string),
+        phase,
+        ..Status::default()
+    };
+    UpdateFiles::new(&daemon.state_dir()).write_status(&status).unwrap();
+}
+
+/// The update the box asked its root updater for, taken as `hellas-update.path` takes it.
+fn take_request(daemon: &Daemon) -> Option<Request> {
+    let path = UpdateFiles::new(&daemon.state_dir()).request_path();
+    let request = std::fs::read(&path).ok()?;
+    std::fs::remove_file(&path).unwrap();
+    Some(serde_json::from_slice(&request).unwrap())
+}
+
+#[test]
+fn a_fleet_updates_one_box_at_a_time_and_halts_at_the_first_failure() {
+    let lan = Lan::new("hf", 3);
+    let (a, mut b, c) = (start_box(&lan, 0, 400 * MIB, false), start_box(&lan, 1, 400 * MIB, false), start_box(&lan, 2, 400 * MIB, false));
+    let (mut owner_a, mut owner_b, mut owner_c) = owners(&a, &b, &c);
+    for daemon in [&a, &b, &c] {
+        updater_status(daemon, "1.0", Some("2.0"), Phase::Idle);
+    }
+    pair(&mut owner_a, &mut owner_b, &lan.address(0));
+    pair(&mut owner_a, &mut owner_c, &lan.address(0));
+    wait_for("A to see both peers on 1.0", Duration::from_secs(20), || {
+        let peers = pool(&mut owner_a)["peers"].clone();
+        peers.as_array().unwrap().iter().all(|p| p["version"] == "1.0").then_some(peers)
+    });
+
+    // Update fleet: bravo updates and comes back on 2.0; charlie's install fails; alpha waits.
+    let csrf = owner_a.csrf("/pool");
+    assert_eq!(owner_a.post("/pool/update", &[("csrf", &csrf), ("version", "2.0")]).status(), 303);
+    let mut order = Vec::new();
+    let halted = wait_for("the rollout to halt", Duration::from_secs(90), || {
+        if let Some(request) = take_request(&b) {
+            assert_eq!(request, Request::Apply { version: "2.0".into() });
+            order.push("bravo");
+            updater_status(&b, "2.0", None, Phase::Idle);
+            b.restart(); // the reboot into 2.0
+        }
+        if let Some(request) = take_request(&c) {
+            assert_eq!(request, Request::Apply { version: "2.0".into() });
+            order.push("charlie");
+            updater_status(&c, "1.0", Some("2.0"), Phase::Failed { action: "installing 2.0".into(), error: "SHA256SUMS.gpg does not verify".into() });
+        }
+        assert!(take_request(&a).is_none(), "alpha must wait for the other boxes");
+        let rollout = pool(&mut owner_a)["rollout"].clone();
+        (rollout["halted"] == true).then_some(rollout)
+    });
+    assert_eq!(order, ["bravo", "charlie"], "one box at a time, by name");
+    let summary = halted["summary"].as_str().unwrap();
+    assert!(summary.contains("halted at charlie") && summary.contains("SHA256SUMS.gpg does not verify"), "{halted}");
+    assert!(halted["steps"].to_string().contains("bravo: on 2.0 and healthy"), "{halted}");
+    assert!(UpdateFiles::new(&a.state_dir()).status().unwrap().booted == "1.0" && take_request(&a).is_none(), "alpha is left alone");
+    let page = owner_a.get("/pool").text().unwrap();
+    assert!(page.contains("halted at charlie"), "the Pool page says where the rollout stopped");
+
+    // Re-image, data kept: charlie goes back to the channel's release.
+    let csrf = owner_a.csrf("/pool");
+    let c_id = pool(&mut owner_c)["this"]["node_id"].as_str().unwrap().to_string();
+    let refused = owner_a.post("/pool/reimage", &[("csrf", &csrf), ("node_id", &c_id), ("keep_data", "on"), ("confirm", "bravo")]);
+    assert_eq!(refused.status(), 400, "the box's name must be typed back");
+    let kept = owner_a.post("/pool/reimage", &[("csrf", &csrf), ("node_id", &c_id), ("keep_data", "on"), ("confirm", "charlie")]);
+    assert_eq!(kept.status(), 200);
+    assert_eq!(take_request(&c), Some(Request::Apply { version: "2.0".into() }));
+    assert!(c.state_dir().join("owner.json").exists());
+
+    // Re-image, data wiped: charlie is reset (unclaimed) and no longer paired.
+    let wiped = owner_a.post("/pool/reimage", &[("csrf", &csrf), ("node_id", &c_id), ("confirm", "charlie")]);
+    assert_eq!(wiped.status(), 200);
+    assert!(wiped.text().unwrap().contains("unclaimed"));
+    wait_for("charlie to be reset", Duration::from_secs(20), || (!c.state_dir().join("owner.json").exists()).then_some(Value::Null));
+    assert!(!pool(&mut owner_a)["peers"].to_string().contains(&c_id), "alpha no longer lists charlie");
+    let peers_of_c: Value = serde_json::from_slice(&std::fs::read(c.state_dir().join("cluster/peers.json")).unwrap()).unwrap();
+    assert_eq!(peers_of_c["peers"], json!([]), "charlie forgot alpha");
+    drop(owner_c);
+}
+

@@ -37,6 +37,12 @@ pub enum Request {
     },
     /// The caller forgets this box; this box forgets it too.
     Unpair,
+    /// Install `version` from this box's release channel and reboot into it (a fleet rollout).
+    Update { version: String },
+    /// Back to the release image: with `keep_data`, the channel's newest release (the root is
+    /// read-only and verified, so a box on it runs the release image already); without, a
+    /// factory reset (the box forgets its owner, models, keys and pairings).
+    Reimage { keep_data: bool },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -67,6 +73,22 @@ pub struct NodeStatus {
     pub free: u64,
     /// Its RPC worker, while one runs.
     pub rpc: Option<SocketAddr>,
+    #[serde(default)]
+    pub update: UpdateSummary,
+}
+
+/// A box's updater, as its peers see it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct UpdateSummary {
+    /// Checking, installing, rebooting into a release, or booted on trial.
+    pub busy: bool,
+    /// What the last check or install failed with.
+    pub failed: Option<String>,
+    /// The release its channel offers.
+    pub offered: Option<String>,
+    /// Releases it rolled back from, as "version: reason".
+    pub rejected: Vec<String>,
+    pub last_result: Option<String>,
 }
 
 /// An open control connection and what the TLS handshake established.

@@ -1,4 +1,5 @@
-//! mDNS: this box announces `_hellas._tcp` with its node id, version and memory budget, and
+//! mDNS: this box announces `_hellas._tcp` with its node id, name, release, health and memory
+//! budget (announced again when they change), and
 //! lists the boxes it hears. What a box announces is only a hint: pairing and every later call
 //! check the key, so a false announcement cannot make a box act.
 
@@ -14,10 +15,13 @@ use serde::Serialize;
 pub const SERVICE: &str = "_hellas._tcp.local.";
 
 /// What this box announces.
+#[derive(Clone, PartialEq)]
 pub struct Announcement {
     pub node_id: String,
     pub name: String,
     pub version: String,
+    /// `ok`, `updating` or `update-failed`.
+    pub health: String,
     pub budget: u64,
     pub address: IpAddr,
     pub port: u16,
@@ -28,6 +32,7 @@ pub struct Discovered {
     pub node_id: String,
     pub name: String,
     pub version: String,
+    pub health: String,
     pub budget: u64,
     pub address: IpAddr,
     pub port: u16,
@@ -44,26 +49,7 @@ pub struct Discovery {
 impl Discovery {
     pub fn start(own: &Announcement) -> Result<Discovery> {
         let daemon = ServiceDaemon::new().context("starting mDNS")?;
-        let budget = own.budget.to_string();
-        let properties = [
-            ("id", own.node_id.as_str()),
-            ("name", own.name.as_str()),
-            ("version", own.version.as_str()),
-            ("budget", budget.as_str()),
-        ];
-        // Its own host name, not the box name avahi already answers for, so the two responders
-        // never contend for one name.
-        let host = format!("hellas-{}.local.", own.node_id);
-        let info = ServiceInfo::new(
-            SERVICE,
-            &own.node_id,
-            &host,
-            own.address,
-            own.port,
-            &properties[..],
-        )
-        .context("building the mDNS announcement")?;
-        daemon.register(info).context("announcing _hellas._tcp")?;
+        announce(&daemon, own)?;
         let receiver = daemon.browse(SERVICE).context("browsing _hellas._tcp")?;
         let found: Arc<Mutex<HashMap<String, Discovered>>> = Arc::default();
         let map = found.clone();
@@ -89,6 +75,7 @@ impl Discovery {
                                 .get_property_val_str("name")
                                 .unwrap_or(&node_id)
                                 .to_string(),
+                            health: info.get_property_val_str("health").unwrap_or("").to_string(),
                             version: info
                                 .get_property_val_str("version")
                                 .unwrap_or("")
@@ -120,6 +107,11 @@ impl Discovery {
         })
     }
 
+    /// Announces `own` again, replacing what was announced (a new release, health or name).
+    pub fn announce(&self, own: &Announcement) -> Result<()> {
+        announce(&self.daemon, own)
+    }
+
     /// The other boxes heard on the network, by name.
     pub fn found(&self) -> Vec<Discovered> {
         let mut found: Vec<Discovered> = self
@@ -143,4 +135,21 @@ impl Drop for Discovery {
     fn drop(&mut self) {
         let _ = self.daemon.shutdown();
     }
+}
+
+fn announce(daemon: &ServiceDaemon, own: &Announcement) -> Result<()> {
+    let budget = own.budget.to_string();
+    let properties = [
+        ("id", own.node_id.as_str()),
+        ("name", own.name.as_str()),
+        ("version", own.version.as_str()),
+        ("health", own.health.as_str()),
+        ("budget", budget.as_str()),
+    ];
+    // Its own host name, not the box name avahi already answers for, so the two responders
+    // never contend for one name.
+    let host = format!("hellas-{}.local.", own.node_id);
+    let info = ServiceInfo::new(SERVICE, &own.node_id, &host, own.address, own.port, &properties[..])
+        .context("building the mDNS announcement")?;
+    daemon.register(info).context("announcing _hellas._tcp")
 }

@@ -6,12 +6,14 @@
 //! * [`pairing`]: one-time join codes; [`peers`]: who this box is paired with.
 //! * [`control`] over [`tls`]: status, memory holds and unpairing, only between paired boxes.
 //! * [`worker`]: ggml-rpc-server while there are peers, fenced by [`firewall`].
+//! * [`fleet`]: rollouts of a release over the paired boxes, one at a time, and re-imaging.
 //!
 //! The head box plans a split with [`crate::pool_plan`], holds the memory on each peer, and
 //! starts llama-server with `--rpc`; the engine supervisor watches the peers of every split model.
 
 pub mod control;
 pub mod discovery;
+pub mod fleet;
 pub mod firewall;
 pub mod identity;
 pub mod pairing;
@@ -21,18 +23,22 @@ pub mod worker;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
+use crate::api::AppState;
 use crate::config::{ClusterConfig, Config};
 use crate::engine::Supervisor;
+use crate::update::{self, UpdateFiles};
 use crate::pool_plan::Member;
 use crate::state_file::StateFile;
 use crate::web::OwnerStore;
-use control::{NodeStatus, Request, Response};
+use control::{NodeStatus, Request, Response, UpdateSummary};
+use fleet::RolloutFile;
 use identity::Identity;
 use pairing::{JoinCode, Role};
 use peers::{Peer, Peers};
@@ -73,13 +79,17 @@ pub struct Cluster {
     address: IpAddr,
     worker: worker::Worker,
     discovery: Mutex<Option<discovery::Discovery>>,
+    /// What mDNS last announced.
+    announced: Mutex<Option<discovery::Announcement>>,
     join_code: Mutex<Option<JoinCode>>,
     live: Mutex<HashMap<String, Live>>,
     /// Memory held on this box for peers' models, by "<peer node id>/<key>".
     holds: Mutex<HashMap<String, Hold>>,
-    supervisor: OnceLock<Weak<Supervisor>>,
+    app: OnceLock<Weak<AppState>>,
     /// Serialises firewall and worker changes.
     fence: tokio::sync::Mutex<()>,
+    state_dir: PathBuf,
+    rollout: StateFile<RolloutFile>,
 }
 
 /// A peer as the dashboard shows it.
@@ -131,11 +141,14 @@ impl Cluster {
             version,
             address,
             discovery: Mutex::new(None),
+            announced: Mutex::new(None),
             join_code: Mutex::new(None),
             live: Mutex::new(HashMap::new()),
             holds: Mutex::new(HashMap::new()),
-            supervisor: OnceLock::new(),
+            app: OnceLock::new(),
             fence: tokio::sync::Mutex::new(()),
+            rollout: StateFile::new(config.state_dir.join("cluster/rollout.json")),
+            state_dir: config.state_dir.clone(),
         }))
     }
 
@@ -146,13 +159,57 @@ impl Cluster {
             .unwrap_or_else(|_| "hellas".into())
     }
 
+    fn app(&self) -> Option<Arc<AppState>> {
+        self.app.get().and_then(Weak::upgrade)
+    }
+
     fn supervisor(&self) -> Option<Arc<Supervisor>> {
-        self.supervisor.get().and_then(Weak::upgrade)
+        self.app().map(|app| app.supervisor.clone())
+    }
+
+    /// The release this box runs: as the updater recorded it at boot, else os-release's.
+    fn version(&self) -> String {
+        UpdateFiles::new(&self.state_dir).status().ok().map(|s| s.booted).filter(|b| !b.is_empty()).unwrap_or_else(|| self.version.clone())
+    }
+
+    /// What this box announces over mDNS now.
+    fn announcement(&self) -> discovery::Announcement {
+        let status = self.status();
+        let health = if status.update.failed.is_some() {
+            "update-failed"
+        } else if status.update.busy {
+            "updating"
+        } else {
+            "ok"
+        };
+        discovery::Announcement {
+            node_id: status.node_id,
+            name: status.name,
+            version: status.version,
+            health: health.to_string(),
+            budget: status.budget,
+            address: self.address,
+            port: self.config.listen.port(),
+        }
+    }
+
+    /// Announces again when the name, release or health changed.
+    fn reannounce(&self) {
+        let discovery = self.discovery.lock().unwrap();
+        let Some(discovery) = discovery.as_ref() else { return };
+        let now = self.announcement();
+        let mut announced = self.announced.lock().unwrap();
+        if announced.as_ref() != Some(&now) {
+            match discovery.announce(&now) {
+                Ok(()) => *announced = Some(now),
+                Err(e) => tracing::warn!("announcing over mDNS: {e:#}"),
+            }
+        }
     }
 
     /// Starts the control port, discovery, the worker and the peer monitor.
-    pub async fn start(self: &Arc<Self>, supervisor: &Arc<Supervisor>) -> Result<()> {
-        let _ = self.supervisor.set(Arc::downgrade(supervisor));
+    pub async fn start(self: &Arc<Self>, app: &Arc<AppState>) -> Result<()> {
+        let _ = self.app.set(Arc::downgrade(app));
         let listener = tokio::net::TcpListener::bind(self.config.listen)
             .await
             .with_context(|| {
@@ -165,16 +222,12 @@ impl Cluster {
         let cluster = self.clone();
         tokio::spawn(async move { cluster.serve(listener).await });
         if self.config.mdns {
-            let announcement = discovery::Announcement {
-                node_id: self.identity.node_id.clone(),
-                name: self.box_name(),
-                version: self.version.clone(),
-                budget: supervisor.budget(),
-                address: self.address,
-                port: self.config.listen.port(),
-            };
+            let announcement = self.announcement();
             match discovery::Discovery::start(&announcement) {
-                Ok(found) => *self.discovery.lock().unwrap() = Some(found),
+                Ok(found) => {
+                    *self.discovery.lock().unwrap() = Some(found);
+                    *self.announced.lock().unwrap() = Some(announcement);
+                }
                 Err(e) => tracing::warn!("mDNS discovery is off: {e:#}"),
             }
         }
@@ -189,6 +242,8 @@ impl Cluster {
                     return;
                 };
                 cluster.probe_all().await;
+                cluster.settle_own_rollout();
+                cluster.reannounce();
                 if let Some(supervisor) = cluster.supervisor() {
                     supervisor.pool_tick().await;
                 }
@@ -297,6 +352,16 @@ impl Cluster {
         self.forget(&peer)?;
         self.fence_changed().await;
         Ok(peer)
+    }
+
+    /// Unpairs every peer (a factory reset).
+    pub async fn unpair_all(&self) {
+        let peers = self.peers.load().map(|p| p.peers.clone()).unwrap_or_default();
+        for peer in peers {
+            if let Err(e) = self.unpair(&peer.node_id).await {
+                tracing::warn!(peer = %peer.name, "unpairing: {e:#}");
+            }
+        }
     }
 
     fn forget(&self, peer: &Peer) -> Result<()> {
@@ -476,6 +541,14 @@ impl Cluster {
                     message: format!("{e:#}"),
                 },
             },
+            Request::Update { version } => match self.update_this_box(&version) {
+                Ok(()) => Response::Done,
+                Err(e) => Response::Refused { message: format!("{e:#}") },
+            },
+            Request::Reimage { keep_data } => match self.reimage_this_box(keep_data) {
+                Ok(()) => Response::Done,
+                Err(e) => Response::Refused { message: format!("{e:#}") },
+            },
             Request::Pair { .. } => unreachable!("answered before"),
         }
     }
@@ -515,11 +588,29 @@ impl Cluster {
         NodeStatus {
             node_id: self.identity.node_id.clone(),
             name: self.box_name(),
-            version: self.version.clone(),
+            version: self.version(),
             healthy: self.supervisor().is_some(),
             budget: self.supervisor().map_or(0, |s| s.budget()),
             free: self.free(),
             rpc: self.worker.running(),
+            update: self.update_summary(),
+        }
+    }
+
+    fn update_summary(&self) -> UpdateSummary {
+        let Ok(status) = UpdateFiles::new(&self.state_dir).status() else { return UpdateSummary::default() };
+        let busy = status.pending.is_some()
+            || matches!(status.phase, update::Phase::Checking | update::Phase::Installing { .. } | update::Phase::Rebooting { .. } | update::Phase::CopyingToDisk { .. });
+        let failed = match &status.phase {
+            update::Phase::Failed { action, error } => Some(format!("{action} failed: {error}")),
+            _ => None,
+        };
+        UpdateSummary {
+            busy,
+            failed,
+            offered: status.offered.clone(),
+            rejected: status.rejected.iter().map(|r| format!("{}: {}", r.version, r.reason)).collect(),
+            last_result: status.last_result.clone(),
         }
     }
 

@@ -31,6 +31,7 @@ pub use catalog::{Catalog, CatalogEntry, Fit};
 pub use claim::{check_code, ClaimFiles};
 pub use download::{Downloads, Progress};
 pub use owner::{check_box_name, parse_ssh_keys, unix_now, OwnerStore, Settings};
+pub use pages::factory_reset;
 pub use session::{Limiter, Session, Sessions};
 
 use crate::api::AppState;
@@ -119,6 +120,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/pool/code", post(pool::new_code))
         .route("/pool/join", post(pool::join))
         .route("/pool/unpair", post(pool::unpair))
+        .route("/pool/update", post(pool::update_fleet))
+        .route("/pool/reimage", post(pool::reimage))
         .route("/login", get(pages::login_page).post(pages::login))
         .route("/logout", post(pages::logout))
         .route("/reset", get(pages::reset_page).post(pages::reset))

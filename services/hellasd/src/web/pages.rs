@@ -752,9 +752,12 @@ pub async fn reset(State(state): St, Extension(session): Ses, Form(form): Form<R
     response
 }
 
-/// Stops every engine and download, deletes the state the setup made (models, keys, owner,
-/// settings) and returns the box to its unclaimed state with a new claim code.
-async fn factory_reset(state: &AppState) -> Result<()> {
+/// Unpairs the box from its peers, stops every engine and download, deletes the state the setup
+/// made (models, keys, owner, settings) and returns the box to its unclaimed state with a new claim code.
+pub async fn factory_reset(state: &AppState) -> Result<()> {
+    if let Some(cluster) = &state.cluster {
+        cluster.unpair_all().await;
+    }
     for engine in state.supervisor.loaded() {
         state.supervisor.unload(&engine.model).await;
     }

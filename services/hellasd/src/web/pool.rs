@@ -57,6 +57,10 @@ fn pool_data(state: &AppState, cluster: &Cluster) -> Value {
         "this": view.this, "budget": format_bytes(view.this.budget), "free": format_bytes(view.this.free),
         "address": view.address.to_string(), "fingerprint": view.fingerprint,
         "peers": peers, "discovered": view.discovered, "split": split,
+        "offered": view.this.update.offered, "rolling": cluster.rollout_state().is_some_and(|r| r.running()), "rollout": cluster.rollout_state().map(|r| json!({
+            "version": r.version, "summary": r.summary(), "running": r.running(), "steps": r.steps,
+            "halted": matches!(r.state, crate::cluster::fleet::RolloutState::Halted { .. }), "state": r.state,
+        })),
     })
 }
 
@@ -178,6 +182,57 @@ pub async fn unpair(
         Err(e) => Page::new("message", "Not unpaired", json!({ "back": "/pool" }))
             .error(StatusCode::NOT_FOUND, format!("{e:#}"))
             .render(&state, &session),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct FleetUpdateForm {
+    csrf: String,
+    version: String,
+}
+
+/// "Update fleet": every paired box, one at a time, then this one.
+pub async fn update_fleet(State(state): St, Extension(session): Ses, Form(form): Form<FleetUpdateForm>) -> Response {
+    guard!(require_owner(&session));
+    guard!(check_csrf(&session, &form.csrf));
+    let cluster = guard!(pool(&state));
+    let Some(pool) = state.cluster.clone() else { return StatusCode::NOT_FOUND.into_response() };
+    match pool.start_rollout(form.version.trim()) {
+        Ok(()) => redirect("/pool"),
+        Err(e) => Page::new("pool", "Pool", pool_data(&state, cluster)).error(StatusCode::CONFLICT, format!("The fleet update did not start: {e:#}")).render(&state, &session),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct ReimageForm {
+    csrf: String,
+    node_id: String,
+    #[serde(default)]
+    keep_data: Option<String>,
+    /// The box's name typed back.
+    confirm: String,
+}
+
+/// "Re-image": a paired box back to the release image, its data kept or wiped.
+pub async fn reimage(State(state): St, Extension(session): Ses, Form(form): Form<ReimageForm>) -> Response {
+    guard!(require_owner(&session));
+    guard!(check_csrf(&session, &form.csrf));
+    let cluster = guard!(pool(&state));
+    let refuse = |status: StatusCode, problem: String| Page::new("pool", "Pool", pool_data(&state, cluster)).error(status, problem).render(&state, &session);
+    let Some(peer) = cluster.view().peers.into_iter().find(|p| p.node_id == form.node_id) else {
+        return refuse(StatusCode::NOT_FOUND, "That box is not paired with this one.".into());
+    };
+    if form.confirm.trim() != peer.name {
+        return refuse(StatusCode::BAD_REQUEST, format!("Type the box's name, {}, to confirm.", peer.name));
+    }
+    match cluster.reimage(&form.node_id, form.keep_data.is_some()).await {
+        Ok(done) => {
+            tracing::info!("{done}");
+            let mut data = pool_data(&state, cluster);
+            data["notice"] = json!(done);
+            Page::new("pool", "Pool", data).render(&state, &session)
+        }
+        Err(e) => refuse(StatusCode::BAD_GATEWAY, format!("Not re-imaged: {e:#}")),
     }
 }
 

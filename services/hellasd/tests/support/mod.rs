@@ -145,24 +145,7 @@ impl Daemon {
             assert!(out.status.success(), "keys create failed: {}", String::from_utf8_lossy(&out.stderr));
             String::from_utf8(out.stdout).unwrap().trim().to_string()
         });
-        let log = std::fs::File::create(dir.path().join("hellasd.log")).unwrap();
-        let mut serve = match &setup.netns {
-            Some(ns) => {
-                let mut cmd = Command::new("ip");
-                cmd.args(["netns", "exec", ns]).arg(env!("CARGO_BIN_EXE_hellasd")).arg("--no-system-config");
-                cmd
-            }
-            None => hellasd(),
-        };
-        let child = serve
-            .arg("--config")
-            .arg(&config)
-            .arg("serve")
-            .env("HELLASD_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("starting hellasd serve");
+        let child = serve(&config, setup.netns.as_deref(), &dir.path().join("hellasd.log"));
         let http = netns::client(setup.netns.as_deref(), |b| b.timeout(Duration::from_secs(300)));
         let daemon = Daemon {
             child,
@@ -237,8 +220,42 @@ impl Daemon {
     }
 }
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
+/// `hellasd serve` with `config`, in network namespace `netns` if given, its log appended to `log`.
+fn serve(config: &Path, netns: Option<&str>, log: &Path) -> Child {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+    let mut serve = match netns {
+        Some(ns) => {
+            let mut cmd = Command::new("ip");
+            cmd.args(["netns", "exec", ns]).arg(env!("CARGO_BIN_EXE_hellasd")).arg("--no-system-config");
+            cmd
+        }
+        None => hellasd(),
+    };
+    serve
+        .arg("--config")
+        .arg(config)
+        .arg("serve")
+        .env("HELLASD_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("starting hellasd serve")
+}
+
+impl Daemon {
+    /// Stops hellasd and starts it again on the same state, as a reboot of the box would.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.child = serve(&self.config, self.netns.as_deref(), &self.dir.path().join("hellasd.log"));
+        self.wait_healthy();
+    }
+
+    /// The daemon's state directory.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    fn stop(&mut self) {
         // SIGTERM lets hellasd stop its engines; then make sure.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(15);
@@ -250,6 +267,12 @@ impl Drop for Daemon {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
