@@ -385,18 +385,7 @@ pub fn plan_with_margin(info: &ModelInfo, req: &PlanRequest, margin: &Margin) ->
         if at_floor > req.budget {
             Verdict::DoesNotFit { short_by: at_floor - req.budget }
         } else {
-            // The need grows with the context: binary-search the largest step that fits.
-            // Invariant: `lo` steps fit, `hi` steps do not (ctx > floor = MIN_CTX here).
-            let (mut lo, mut hi) = (floor / CTX_STEP, ctx.div_ceil(CTX_STEP));
-            while hi - lo > 1 {
-                let mid = lo + (hi - lo) / 2;
-                if total_at(mid * CTX_STEP) <= req.budget {
-                    lo = mid;
-                } else {
-                    hi = mid;
-                }
-            }
-            Verdict::FitsSmallerContext { max_ctx: lo * CTX_STEP }
+            Verdict::FitsSmallerContext { max_ctx: largest_fitting_ctx(floor, ctx, |c| total_at(c) <= req.budget) }
         }
     };
 
@@ -415,6 +404,22 @@ pub fn plan_with_margin(info: &ModelInfo, req: &PlanRequest, margin: &Margin) ->
         verdict,
         split: None,
     }
+}
+
+/// The largest multiple of [`CTX_STEP`] from `floor` (which fits) up to below `ctx` (which does
+/// not) for which `fits` holds, by binary search: the need grows with the context.
+pub fn largest_fitting_ctx(floor: u32, ctx: u32, fits: impl Fn(u32) -> bool) -> u32 {
+    // Invariant: `lo` steps fit, `hi` steps do not.
+    let (mut lo, mut hi) = (floor / CTX_STEP, ctx.div_ceil(CTX_STEP));
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if fits(mid * CTX_STEP) {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    lo * CTX_STEP
 }
 
 /// A size for people: "1.25 GiB", "92.1 MiB", "12.0 KiB", "512 B".

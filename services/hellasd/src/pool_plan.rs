@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use serde::Serialize;
 
 use crate::gguf::ModelInfo;
-use crate::planner::{estimate, Margin, Plan, PlanRequest, Verdict, CTX_STEP, MIN_CTX};
+use crate::planner::{estimate, largest_fitting_ctx, Margin, Plan, PlanRequest, Verdict, MIN_CTX};
 
 /// A box that could take part.
 #[derive(Clone, Debug)]
@@ -185,7 +185,7 @@ pub fn plan_split(
     })
 }
 
-/// The split at the largest context (a multiple of [`CTX_STEP`], at least [`MIN_CTX`], at most
+/// The split at the largest context (a multiple of [`crate::planner::CTX_STEP`], at least [`MIN_CTX`], at most
 /// `req.ctx`) that the pool holds. Meant for a model the head cannot hold alone at any context
 /// (the supervisor plans it locally otherwise), which keeps "fits" monotonic in the context.
 pub fn plan_split_largest(
@@ -200,25 +200,14 @@ pub fn plan_split_largest(
         return Some(plan);
     }
     let floor = MIN_CTX.min(req.ctx);
-    let mut best = at(floor)?;
-    let (mut lo, mut hi) = (floor / CTX_STEP, req.ctx.div_ceil(CTX_STEP));
-    while hi - lo > 1 {
-        let mid = lo + (hi - lo) / 2;
-        match at(mid * CTX_STEP) {
-            Some(plan) => {
-                best = plan;
-                lo = mid;
-            }
-            None => hi = mid,
-        }
-    }
-    Some(best)
+    at(floor)?;
+    at(largest_fitting_ctx(floor, req.ctx, |ctx| at(ctx).is_some()))
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::planner::{plan, CacheType};
+    use crate::planner::{plan, CacheType, CTX_STEP};
 
     const MIB: u64 = 1 << 20;
 

@@ -2,6 +2,7 @@
 //! box holds which layers of the models that run across them.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -15,8 +16,8 @@ use crate::api::AppState;
 use crate::cluster::Cluster;
 use crate::planner::format_bytes;
 
-fn pool(state: &AppState) -> Result<&Cluster, Response> {
-    state.cluster.as_deref().ok_or_else(|| {
+fn pool(state: &AppState) -> Result<&Arc<Cluster>, Response> {
+    state.cluster.as_ref().ok_or_else(|| {
         (
             StatusCode::NOT_FOUND,
             "pooling is off on this box (cluster.enabled = false)",
@@ -28,6 +29,7 @@ fn pool(state: &AppState) -> Result<&Cluster, Response> {
 /// The pool as data: for the page, and as JSON for the owner's scripts.
 fn pool_data(state: &AppState, cluster: &Cluster) -> Value {
     let view = cluster.view();
+    let rollout = cluster.rollout_state();
     let split: Vec<Value> = state
         .supervisor
         .loaded()
@@ -57,7 +59,7 @@ fn pool_data(state: &AppState, cluster: &Cluster) -> Value {
         "this": view.this, "budget": format_bytes(view.this.budget), "free": format_bytes(view.this.free),
         "address": view.address.to_string(), "fingerprint": view.fingerprint,
         "peers": peers, "discovered": view.discovered, "split": split,
-        "offered": view.this.update.offered, "rolling": cluster.rollout_state().is_some_and(|r| r.running()), "rollout": cluster.rollout_state().map(|r| json!({
+        "offered": view.this.update.offered, "rolling": rollout.as_ref().is_some_and(|r| r.running()), "rollout": rollout.map(|r| json!({
             "version": r.version, "summary": r.summary(), "running": r.running(), "steps": r.steps,
             "halted": matches!(r.state, crate::cluster::fleet::RolloutState::Halted { .. }), "state": r.state,
         })),
@@ -196,8 +198,7 @@ pub async fn update_fleet(State(state): St, Extension(session): Ses, Form(form):
     guard!(require_owner(&session));
     guard!(check_csrf(&session, &form.csrf));
     let cluster = guard!(pool(&state));
-    let Some(pool) = state.cluster.clone() else { return StatusCode::NOT_FOUND.into_response() };
-    match pool.start_rollout(form.version.trim()) {
+    match cluster.start_rollout(form.version.trim()) {
         Ok(()) => redirect("/pool"),
         Err(e) => Page::new("pool", "Pool", pool_data(&state, cluster)).error(StatusCode::CONFLICT, format!("The fleet update did not start: {e:#}")).render(&state, &session),
     }
