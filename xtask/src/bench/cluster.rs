@@ -110,8 +110,8 @@ impl ClusterBench {
              | | single box | split over RPC | split / single |\n|---|---|---|---|\n\
              | prefill tokens/s | {p0:.1} | {p1:.1} | {pr:.2} |\n| decode tokens/s | {d0:.1} | {d1:.1} | {dr:.2} |\n\n\
              Same greedy text on both sides: {same}. A split runs its layers one box after the other, so on one \
-             machine it cannot be faster than the single box; the ratio is what the hop costs: each layer boundary's \
-             activations crossing a socket, and the two processes taking turns on two shared cores. On real boxes the \
+             machine it cannot be faster than the single box; the ratio is what the hop costs: the activations crossing \
+             the socket where the layers change box, and the two processes taking turns on two shared cores. On real boxes the \
              split's worth is memory: a model no one box holds (see docs/cluster.md).\n",
             date = machine.date,
             cpus = machine.cpus,
