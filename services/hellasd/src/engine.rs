@@ -737,7 +737,7 @@ impl Supervisor {
         self.metrics.models_loaded.set(engines.len() as i64);
         for engine in engines {
             let labels = Metrics::model(&engine.model);
-            self.metrics.memory_planned_bytes.get_or_create(&labels).set(engine.plan.total as i64);
+            self.metrics.memory_planned_bytes.get_or_create(&labels).set(engine.plan.local_bytes() as i64);
             if let Some(rss) = resident_bytes(engine.pid) {
                 self.metrics.memory_used_bytes.get_or_create(&labels).set(rss as i64);
             }

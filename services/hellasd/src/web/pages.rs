@@ -516,11 +516,11 @@ pub async fn dashboard(State(state): St, Extension(session): Ses) -> Response {
             json!({
                 "name": m.name, "size": format_bytes(m.size),
                 "state": engine.map(|e| format!("{:?}", e.status()).to_lowercase()).unwrap_or_else(|| "not loaded".into()),
-                "memory": engine.map(|e| format_bytes(e.plan.total)).unwrap_or_default(),
+                "memory": engine.map(|e| format_bytes(e.plan.local_bytes())).unwrap_or_default(),
             })
         })
         .collect();
-    let used: u64 = loaded.iter().map(|e| e.plan.total).sum();
+    let used: u64 = state.supervisor.resident_bytes() + state.cluster.as_ref().map_or(0, |c| c.held_bytes());
     let downloads: Vec<Value> = state
         .web
         .downloads
