@@ -241,6 +241,12 @@ impl Supervisor {
         self.state.lock().unwrap().engines.values().map(|e| e.plan.local_bytes()).sum()
     }
 
+    /// What this box's engines that are serving requests now are planned to hold: what idle
+    /// ones hold makes way when needed.
+    pub fn busy_bytes(&self) -> u64 {
+        self.state.lock().unwrap().engines.values().filter(|e| e.in_flight() > 0).map(|e| e.plan.local_bytes()).sum()
+    }
+
     /// What is held on this box for peers' models.
     fn held_for_peers(&self) -> u64 {
         self.pool.get().map_or(0, |p| p.held_bytes())
@@ -332,6 +338,10 @@ impl Supervisor {
             name: model.to_string(),
             available: self.library.list().unwrap_or_default().into_iter().map(|e| e.name).collect(),
         })?;
+        if let Some(pool) = self.pool.get() {
+            // A split is planned on what the peers have now, not at the last probe.
+            pool.probe_all().await;
+        }
         let plan = self.plan(&entry).map_err(EngineError::Internal)?;
         if let Verdict::DoesNotFit { .. } = plan.verdict {
             return Err(EngineError::TooLarge { plan: Box::new(plan) });
@@ -369,11 +379,17 @@ impl Supervisor {
 
     /// Unloads least recently used idle models until `plan` fits beside what stays.
     async fn make_room(&self, plan: &Plan) -> Result<(), EngineError> {
+        self.make_room_for(plan.local_bytes(), &format!("model '{}'", plan.model)).await
+    }
+
+    /// Unloads least recently used idle models until `bytes` more fit in the budget; `what`
+    /// (e.g. "model 'x'", "bravo's model 'y'") names what the room is for.
+    pub async fn make_room_for(&self, bytes: u64, what: &str) -> Result<(), EngineError> {
         loop {
             let victim = {
                 let state = self.state.lock().unwrap();
                 let resident: u64 = state.engines.values().map(|e| e.plan.local_bytes()).sum::<u64>() + self.held_for_peers();
-                if resident + plan.local_bytes() <= self.budget {
+                if resident + bytes <= self.budget {
                     return Ok(());
                 }
                 let idle = state.engines.values().filter(|e| e.in_flight() == 0).max_by_key(|e| e.idle_for()).cloned();
@@ -382,9 +398,8 @@ impl Supervisor {
                     None => {
                         return Err(EngineError::Busy {
                             message: format!(
-                                "model '{}' needs {} but {} of the {} budget is held by models serving requests",
-                                plan.model,
-                                planner::format_bytes(plan.local_bytes()),
+                                "{what} needs {} but {} of the {} budget is held by models serving requests",
+                                planner::format_bytes(bytes),
                                 planner::format_bytes(resident),
                                 planner::format_bytes(self.budget)
                             ),
@@ -393,7 +408,7 @@ impl Supervisor {
                     }
                 }
             };
-            tracing::info!(model = %victim.model, for_model = %plan.model, "unloading least recently used model to make room");
+            tracing::info!(model = %victim.model, for_what = what, "unloading least recently used model to make room");
             self.stop(&victim).await;
         }
     }

@@ -122,7 +122,7 @@ fn a_model_too_big_for_one_box_runs_across_two_paired_boxes() {
     let lan = Lan::new("hx", 3);
     // At ctx 4096 SmolLM2 plans ~355 MB: A holds it only at a smaller context, so the pool wins.
     let a = start_box(&lan, 0, 330 * MIB, true);
-    let b = start_box(&lan, 1, 400 * MIB, false);
+    let b = start_box(&lan, 1, 400 * MIB, true);
     let c = start_box(&lan, 2, 400 * MIB, false);
     let (mut owner_a, mut owner_b, mut owner_c) =
         (Visitor::login(&a), Visitor::login(&b), Visitor::login(&c));
@@ -231,6 +231,8 @@ fn a_model_too_big_for_one_box_runs_across_two_paired_boxes() {
         answer(&warm.json().unwrap())
     };
     assert!(!reference.is_empty());
+    // B runs the model itself first; idle, it makes way for A's share as for one of its own.
+    assert_eq!(chat(&b).status(), 200, "B alone");
     let response = chat(&a);
     assert_eq!(response.status(), 200, "A across A+B");
     assert_eq!(
@@ -257,6 +259,8 @@ fn a_model_too_big_for_one_box_runs_across_two_paired_boxes() {
         400 * MIB - shares[1]["bytes"].as_u64().unwrap(),
         "B's free memory counts the hold"
     );
+    let ps_b: Value = b.get("/api/ps").json().unwrap();
+    assert_eq!(ps_b["models"], json!([]), "B unloaded its idle model to lend the memory: {ps_b}");
 
     // Unpairing revokes: C pairs with A, then unpairs; both forget, and C's worker closes.
     pair(&mut owner_a, &mut owner_c, &lan.address(0));

@@ -71,6 +71,9 @@ pub struct NodeStatus {
     pub budget: u64,
     /// What of it is neither planned for its own models nor held for its peers'.
     pub free: u64,
+    /// What it could lend: `free` plus its own idle models, which make way.
+    #[serde(default)]
+    pub available: u64,
     /// Its RPC worker, while one runs.
     pub rpc: Option<SocketAddr>,
     #[serde(default)]

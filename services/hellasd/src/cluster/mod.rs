@@ -501,10 +501,17 @@ impl Cluster {
                 bytes,
                 ttl_secs,
             } => {
-                let free = self.free();
                 let key = format!("{}/{key}", peer.node_id);
+                let held = self.holds.lock().unwrap().get(&key).map_or(0, |h| h.bytes);
+                // Idle models of this box's own make way, as they would for a model of its own.
+                if let (true, Some(supervisor)) = (bytes > self.free() + held, self.supervisor()) {
+                    let what = format!("{}'s model '{}'", peer.name, key.split_once('/').map_or("", |k| k.1));
+                    if let Err(e) = supervisor.make_room_for(bytes - held, &what).await {
+                        return Response::Refused { message: format!("{}: {e}", self.box_name()) };
+                    }
+                }
+                let free = self.free();
                 let mut holds = self.holds.lock().unwrap();
-                let held = holds.get(&key).map_or(0, |h| h.bytes);
                 if bytes > free + held {
                     return Response::Refused {
                         message: format!(
@@ -584,6 +591,11 @@ impl Cluster {
             .saturating_sub(self.held_bytes())
     }
 
+    fn available(&self) -> u64 {
+        let Some(supervisor) = self.supervisor() else { return 0 };
+        supervisor.budget().saturating_sub(supervisor.busy_bytes()).saturating_sub(self.held_bytes())
+    }
+
     pub fn status(&self) -> NodeStatus {
         NodeStatus {
             node_id: self.identity.node_id.clone(),
@@ -592,6 +604,7 @@ impl Cluster {
             healthy: self.supervisor().is_some(),
             budget: self.supervisor().map_or(0, |s| s.budget()),
             free: self.free(),
+            available: self.available(),
             rpc: self.worker.running(),
             update: self.update_summary(),
         }
@@ -652,7 +665,8 @@ impl Cluster {
 
     // ---- peers' health -----------------------------------------------------------------------
 
-    async fn probe_all(&self) {
+    /// Asks every peer for its status now.
+    pub async fn probe_all(&self) {
         let peers = self
             .peers
             .load()
@@ -721,7 +735,7 @@ impl Cluster {
                     node_id: peer.node_id.clone(),
                     name: peer.name.clone(),
                     rpc: status.rpc,
-                    free: status.free,
+                    free: status.available,
                 })
             })
             .collect()
