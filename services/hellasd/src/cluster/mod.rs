@@ -4,7 +4,8 @@
 //! * [`identity`]: this box's key pair and certificate, made on first start.
 //! * [`discovery`]: `_hellas._tcp` over mDNS, a hint of who is on the network.
 //! * [`pairing`]: one-time join codes; [`peers`]: who this box is paired with.
-//! * [`control`] over [`tls`]: status, memory holds and unpairing, only between paired boxes.
+//! * [`control`] over [`tls`]: status, memory holds and unpairing, only between paired boxes;
+//!   [`server`] answers them on the control port.
 //! * [`worker`]: ggml-rpc-server while there are peers, fenced by [`firewall`].
 //! * [`fleet`]: rollouts of a release over the paired boxes, one at a time, and re-imaging.
 //!
@@ -18,6 +19,7 @@ pub mod firewall;
 pub mod identity;
 pub mod pairing;
 pub mod peers;
+pub mod server;
 pub mod tls;
 pub mod worker;
 
@@ -27,7 +29,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::api::AppState;
@@ -40,7 +42,7 @@ use crate::web::OwnerStore;
 use control::{NodeStatus, Request, Response, UpdateSummary};
 use fleet::RolloutFile;
 use identity::Identity;
-use pairing::{JoinCode, Role};
+use pairing::JoinCode;
 use peers::{Peer, Peers};
 use tls::Tls;
 
@@ -277,287 +279,6 @@ impl Cluster {
             }
         }
         self.worker.want(!peers.is_empty());
-    }
-
-    // ---- pairing -----------------------------------------------------------------------------
-
-    /// A new one-time join code for another box to pair with this one; it replaces any other.
-    pub fn new_join_code(&self) -> (String, Duration) {
-        let code = JoinCode::new();
-        let shown = (code.display(), code.remaining());
-        *self.join_code.lock().unwrap() = Some(code);
-        tracing::info!("join code shown; valid {} s", shown.1.as_secs());
-        shown
-    }
-
-    /// Pairs with the box whose control port is at `address`, whose owner showed `typed`.
-    pub async fn join(&self, address: SocketAddr, typed: &str) -> Result<Peer> {
-        let code = pairing::normalize(typed).map_err(anyhow::Error::msg)?;
-        let mut conn = control::connect(&self.tls, address, None, Duration::from_secs(5)).await?;
-        if conn.fingerprint == self.identity.fingerprint {
-            bail!("{address} is this box itself");
-        }
-        let request = Request::Pair {
-            node_id: self.identity.node_id.clone(),
-            name: self.box_name(),
-            port: self.config.listen.port(),
-            proof: pairing::proof(&code, Role::Joiner, &conn.session),
-        };
-        let Response::Paired {
-            node_id,
-            name,
-            proof,
-        } = conn
-            .call(&request)
-            .await
-            .with_context(|| format!("pairing with {address}"))?
-        else {
-            bail!("{address} answered the pairing with something else");
-        };
-        if !pairing::verify(&code, Role::Host, &conn.session, &proof)
-            || !conn.fingerprint.starts_with(&node_id)
-        {
-            bail!("the box at {address} did not prove it knows the join code: not paired (is something in between?)");
-        }
-        let peer = Peer {
-            node_id,
-            name,
-            fingerprint: conn.fingerprint.clone(),
-            address: address.ip(),
-            port: address.port(),
-            paired_at: crate::web::unix_now(),
-        };
-        self.peers.update(|p| {
-            p.peers.retain(|old| old.node_id != peer.node_id);
-            p.insert(peer.clone());
-            Ok(())
-        })?;
-        tracing::info!(peer = %peer.name, node_id = %peer.node_id, %address, "paired");
-        self.fence_changed().await;
-        self.probe(&peer).await;
-        Ok(peer)
-    }
-
-    /// Forgets `node_id` here and asks it to forget this box; revoked here even if it is gone.
-    pub async fn unpair(&self, node_id: &str) -> Result<Peer> {
-        let peer = self
-            .peers
-            .load()?
-            .by_node(node_id)
-            .cloned()
-            .with_context(|| format!("no paired box has node id {node_id}"))?;
-        if let Err(e) = self.call(&peer, &Request::Unpair).await {
-            tracing::warn!(peer = %peer.name, "the peer was not told (it forgets this box when it next calls): {e:#}");
-        }
-        self.forget(&peer)?;
-        self.fence_changed().await;
-        Ok(peer)
-    }
-
-    /// Unpairs every peer (a factory reset).
-    pub async fn unpair_all(&self) {
-        let peers = self.peers.load().map(|p| p.peers.clone()).unwrap_or_default();
-        for peer in peers {
-            if let Err(e) = self.unpair(&peer.node_id).await {
-                tracing::warn!(peer = %peer.name, "unpairing: {e:#}");
-            }
-        }
-    }
-
-    fn forget(&self, peer: &Peer) -> Result<()> {
-        self.peers.update(|p| {
-            p.peers.retain(|old| old.node_id != peer.node_id);
-            Ok(())
-        })?;
-        self.live.lock().unwrap().remove(&peer.node_id);
-        self.holds
-            .lock()
-            .unwrap()
-            .retain(|key, _| !key.starts_with(&format!("{}/", peer.node_id)));
-        tracing::info!(peer = %peer.name, node_id = %peer.node_id, "unpaired");
-        Ok(())
-    }
-
-    // ---- the control port --------------------------------------------------------------------
-
-    async fn serve(self: Arc<Self>, listener: tokio::net::TcpListener) {
-        loop {
-            let (tcp, from) = match listener.accept().await {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!("cluster control port: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            let cluster = self.clone();
-            tokio::spawn(async move {
-                if let Err(e) = cluster.answer(tcp, from).await {
-                    tracing::debug!(%from, "control connection: {e:#}");
-                }
-            });
-        }
-    }
-
-    async fn answer(&self, tcp: tokio::net::TcpStream, from: SocketAddr) -> Result<()> {
-        let mut conn = control::accept(&self.tls, tcp, Duration::from_secs(5)).await?;
-        let request: Request = tokio::time::timeout(Duration::from_secs(5), conn.receive())
-            .await
-            .context("no request within 5 s")??;
-        let peer = self
-            .peers
-            .load()?
-            .by_fingerprint(&conn.fingerprint)
-            .cloned();
-        let response = match (request, peer) {
-            (
-                Request::Pair {
-                    node_id,
-                    name,
-                    port,
-                    proof,
-                },
-                _,
-            ) => {
-                self.pair_request(&conn, from, node_id, name, port, &proof)
-                    .await
-            }
-            (_, None) => Response::Refused {
-                message: format!("{} is not paired with this box", from.ip()),
-            },
-            (request, Some(peer)) => {
-                if peer.address != from.ip() {
-                    // The key is what identifies a peer; its address is wherever it calls from.
-                    self.peers.update(|p| {
-                        if let Some(known) = p.peers.iter_mut().find(|p| p.node_id == peer.node_id)
-                        {
-                            known.address = from.ip();
-                        }
-                        Ok(())
-                    })?;
-                    self.fence_changed().await;
-                }
-                self.paired_request(&peer, request).await
-            }
-        };
-        conn.send(&response).await
-    }
-
-    async fn pair_request(
-        &self,
-        conn: &control::ServerConnection,
-        from: SocketAddr,
-        node_id: String,
-        name: String,
-        port: u16,
-        proof: &str,
-    ) -> Response {
-        // One guess per code, right or wrong.
-        let code = self.join_code.lock().unwrap().take();
-        let Some(code) = code.filter(|c| !c.expired()) else {
-            return Response::Refused { message: format!("{} has no open join code: show one on its dashboard (Pool → Add a box), then type it within ten minutes", self.box_name()) };
-        };
-        if !pairing::verify(code.code(), Role::Joiner, &conn.session, proof) {
-            tracing::warn!(%from, "wrong join code; the code is void now");
-            return Response::Refused {
-                message: "wrong join code; it is void now: show a new one on the other box".into(),
-            };
-        }
-        if !conn.fingerprint.starts_with(&node_id) {
-            return Response::Refused {
-                message: "the node id does not belong to the key presented".into(),
-            };
-        }
-        let peer = Peer {
-            node_id,
-            name,
-            fingerprint: conn.fingerprint.clone(),
-            address: from.ip(),
-            port,
-            paired_at: crate::web::unix_now(),
-        };
-        if let Err(e) = self.peers.update(|p| {
-            p.insert(peer.clone());
-            Ok(())
-        }) {
-            return Response::Refused {
-                message: format!("the box could not save the pairing: {e:#}"),
-            };
-        }
-        tracing::info!(peer = %peer.name, node_id = %peer.node_id, address = %peer.address, "paired");
-        self.fence_changed().await;
-        Response::Paired {
-            node_id: self.identity.node_id.clone(),
-            name: self.box_name(),
-            proof: pairing::proof(code.code(), Role::Host, &conn.session),
-        }
-    }
-
-    async fn paired_request(&self, peer: &Peer, request: Request) -> Response {
-        match request {
-            Request::Status => Response::Status(self.status()),
-            Request::Reserve {
-                key,
-                bytes,
-                ttl_secs,
-            } => {
-                let key = format!("{}/{key}", peer.node_id);
-                let held = self.holds.lock().unwrap().get(&key).map_or(0, |h| h.bytes);
-                // Idle models of this box's own make way, as they would for a model of its own.
-                if let (true, Some(supervisor)) = (bytes > self.free() + held, self.supervisor()) {
-                    let what = format!("{}'s model '{}'", peer.name, key.split_once('/').map_or("", |k| k.1));
-                    if let Err(e) = supervisor.make_room_for(bytes - held, &what).await {
-                        return Response::Refused { message: format!("{}: {e}", self.box_name()) };
-                    }
-                }
-                let free = self.free();
-                let mut holds = self.holds.lock().unwrap();
-                if bytes > free + held {
-                    return Response::Refused {
-                        message: format!(
-                            "{} has {} free, not {}",
-                            self.box_name(),
-                            crate::planner::format_bytes(free + held),
-                            crate::planner::format_bytes(bytes)
-                        ),
-                    };
-                }
-                let ttl = Duration::from_secs(ttl_secs).min(HOLD_TTL * 4);
-                holds.insert(
-                    key,
-                    Hold {
-                        bytes,
-                        expires: Instant::now() + ttl,
-                    },
-                );
-                Response::Done
-            }
-            Request::Release { key } => {
-                self.holds
-                    .lock()
-                    .unwrap()
-                    .remove(&format!("{}/{key}", peer.node_id));
-                Response::Done
-            }
-            Request::Unpair => match self.forget(peer) {
-                Ok(()) => {
-                    self.fence_changed().await;
-                    Response::Done
-                }
-                Err(e) => Response::Refused {
-                    message: format!("{e:#}"),
-                },
-            },
-            Request::Update { version } => match self.update_this_box(&version) {
-                Ok(()) => Response::Done,
-                Err(e) => Response::Refused { message: format!("{e:#}") },
-            },
-            Request::Reimage { keep_data } => match self.reimage_this_box(keep_data) {
-                Ok(()) => Response::Done,
-                Err(e) => Response::Refused { message: format!("{e:#}") },
-            },
-            Request::Pair { .. } => unreachable!("answered before"),
-        }
     }
 
     /// One call to a paired peer, its key checked.

@@ -1,4 +1,4 @@
-//! One-time join codes and the proofs that pair two boxes.
+//! One-time join codes, the proofs that pair two boxes, and pairing and unpairing.
 //!
 //! The owner of box A shows a code (60 random bits, shown as `XXXX-XXXX-XXXX`, valid ten
 //! minutes); the owner of box B types it on B. B connects to A over TLS and sends an HMAC of the
@@ -7,11 +7,18 @@
 //! would hold two different sessions, can relay nothing useful, and it gets one guess: A forgets
 //! the code at the first attempt, right or wrong.
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
 
 use hmac::{Hmac, Mac};
 use rand::Rng;
 use sha2::Sha256;
+
+use super::control::{self, Request, Response};
+use super::peers::Peer;
+use super::Cluster;
 
 /// Crockford's base32: no I, L, O or U to misread.
 const ALPHABET: &[u8] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
@@ -101,6 +108,106 @@ pub fn proof(code: &str, role: Role, session: &[u8; 32]) -> String {
 
 pub fn verify(code: &str, role: Role, session: &[u8; 32], proof_hex: &str) -> bool {
     hex::decode(proof_hex).is_ok_and(|bytes| mac(code, role, session).verify_slice(&bytes).is_ok())
+}
+
+impl Cluster {
+
+    /// A new one-time join code for another box to pair with this one; it replaces any other.
+    pub fn new_join_code(&self) -> (String, Duration) {
+        let code = JoinCode::new();
+        let shown = (code.display(), code.remaining());
+        *self.join_code.lock().unwrap() = Some(code);
+        tracing::info!("join code shown; valid {} s", shown.1.as_secs());
+        shown
+    }
+
+    /// Pairs with the box whose control port is at `address`, whose owner showed `typed`.
+    pub async fn join(&self, address: SocketAddr, typed: &str) -> Result<Peer> {
+        let code = normalize(typed).map_err(anyhow::Error::msg)?;
+        let mut conn = control::connect(&self.tls, address, None, Duration::from_secs(5)).await?;
+        if conn.fingerprint == self.identity.fingerprint {
+            bail!("{address} is this box itself");
+        }
+        let request = Request::Pair {
+            node_id: self.identity.node_id.clone(),
+            name: self.box_name(),
+            port: self.config.listen.port(),
+            proof: proof(&code, Role::Joiner, &conn.session),
+        };
+        let Response::Paired {
+            node_id,
+            name,
+            proof,
+        } = conn
+            .call(&request)
+            .await
+            .with_context(|| format!("pairing with {address}"))?
+        else {
+            bail!("{address} answered the pairing with something else");
+        };
+        if !verify(&code, Role::Host, &conn.session, &proof)
+            || !conn.fingerprint.starts_with(&node_id)
+        {
+            bail!("the box at {address} did not prove it knows the join code: not paired (is something in between?)");
+        }
+        let peer = Peer {
+            node_id,
+            name,
+            fingerprint: conn.fingerprint.clone(),
+            address: address.ip(),
+            port: address.port(),
+            paired_at: crate::web::unix_now(),
+        };
+        self.peers.update(|p| {
+            p.peers.retain(|old| old.node_id != peer.node_id);
+            p.insert(peer.clone());
+            Ok(())
+        })?;
+        tracing::info!(peer = %peer.name, node_id = %peer.node_id, %address, "paired");
+        self.fence_changed().await;
+        self.probe(&peer).await;
+        Ok(peer)
+    }
+
+    /// Forgets `node_id` here and asks it to forget this box; revoked here even if it is gone.
+    pub async fn unpair(&self, node_id: &str) -> Result<Peer> {
+        let peer = self
+            .peers
+            .load()?
+            .by_node(node_id)
+            .cloned()
+            .with_context(|| format!("no paired box has node id {node_id}"))?;
+        if let Err(e) = self.call(&peer, &Request::Unpair).await {
+            tracing::warn!(peer = %peer.name, "the peer was not told (it forgets this box when it next calls): {e:#}");
+        }
+        self.forget(&peer)?;
+        self.fence_changed().await;
+        Ok(peer)
+    }
+
+    /// Unpairs every peer (a factory reset).
+    pub async fn unpair_all(&self) {
+        let peers = self.peers.load().map(|p| p.peers.clone()).unwrap_or_default();
+        for peer in peers {
+            if let Err(e) = self.unpair(&peer.node_id).await {
+                tracing::warn!(peer = %peer.name, "unpairing: {e:#}");
+            }
+        }
+    }
+
+    pub(super) fn forget(&self, peer: &Peer) -> Result<()> {
+        self.peers.update(|p| {
+            p.peers.retain(|old| old.node_id != peer.node_id);
+            Ok(())
+        })?;
+        self.live.lock().unwrap().remove(&peer.node_id);
+        self.holds
+            .lock()
+            .unwrap()
+            .retain(|key, _| !key.starts_with(&format!("{}/", peer.node_id)));
+        tracing::info!(peer = %peer.name, node_id = %peer.node_id, "unpaired");
+        Ok(())
+    }
 }
 
 #[cfg(test)]
