@@ -6,7 +6,6 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use anyhow::{Context, Result};
 use mdns_sd::{ServiceDaemon, ServiceEvent, ServiceInfo};
@@ -14,8 +13,8 @@ use serde::Serialize;
 
 pub const SERVICE: &str = "_hellas._tcp.local.";
 
-/// What this box announces.
-#[derive(Clone, PartialEq)]
+/// What a box announces: this one's, or one heard on the network.
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Announcement {
     pub node_id: String,
     pub name: String,
@@ -27,22 +26,9 @@ pub struct Announcement {
     pub port: u16,
 }
 
-#[derive(Clone, Debug, Serialize)]
-pub struct Discovered {
-    pub node_id: String,
-    pub name: String,
-    pub version: String,
-    pub health: String,
-    pub budget: u64,
-    pub address: IpAddr,
-    pub port: u16,
-    #[serde(skip)]
-    pub seen: Instant,
-}
-
 pub struct Discovery {
     daemon: ServiceDaemon,
-    found: Arc<Mutex<HashMap<String, Discovered>>>,
+    found: Arc<Mutex<HashMap<String, Announcement>>>,
     own: String,
 }
 
@@ -51,7 +37,7 @@ impl Discovery {
         let daemon = ServiceDaemon::new().context("starting mDNS")?;
         announce(&daemon, own)?;
         let receiver = daemon.browse(SERVICE).context("browsing _hellas._tcp")?;
-        let found: Arc<Mutex<HashMap<String, Discovered>>> = Arc::default();
+        let found: Arc<Mutex<HashMap<String, Announcement>>> = Arc::default();
         let map = found.clone();
         tokio::spawn(async move {
             while let Ok(event) = receiver.recv_async().await {
@@ -70,7 +56,7 @@ impl Discovery {
                         else {
                             continue;
                         };
-                        let entry = Discovered {
+                        let entry = Announcement {
                             name: info
                                 .get_property_val_str("name")
                                 .unwrap_or(&node_id)
@@ -87,7 +73,6 @@ impl Discovery {
                             address,
                             port: info.get_port(),
                             node_id: node_id.clone(),
-                            seen: Instant::now(),
                         };
                         map.lock().unwrap().insert(node_id, entry);
                     }
@@ -113,8 +98,8 @@ impl Discovery {
     }
 
     /// The other boxes heard on the network, by name.
-    pub fn found(&self) -> Vec<Discovered> {
-        let mut found: Vec<Discovered> = self
+    pub fn found(&self) -> Vec<Announcement> {
+        let mut found: Vec<Announcement> = self
             .found
             .lock()
             .unwrap()
@@ -126,7 +111,7 @@ impl Discovery {
         found
     }
 
-    pub fn get(&self, node_id: &str) -> Option<Discovered> {
+    pub fn get(&self, node_id: &str) -> Option<Announcement> {
         self.found.lock().unwrap().get(node_id).cloned()
     }
 }

@@ -115,7 +115,7 @@ pub struct PoolView {
     pub address: IpAddr,
     pub peers: Vec<PeerView>,
     /// Boxes heard over mDNS that are not paired with this one.
-    pub discovered: Vec<discovery::Discovered>,
+    pub discovered: Vec<discovery::Announcement>,
 }
 
 impl Cluster {
