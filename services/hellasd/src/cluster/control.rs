@@ -66,6 +66,7 @@ pub struct NodeStatus {
     pub node_id: String,
     pub name: String,
     pub version: String,
+    /// Its boot passed the health check: it is not on trial after an update.
     pub healthy: bool,
     /// The box's memory budget for models.
     pub budget: u64,
@@ -83,7 +84,7 @@ pub struct NodeStatus {
 /// A box's updater, as its peers see it.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct UpdateSummary {
-    /// Checking, installing, rebooting into a release, or booted on trial.
+    /// Checking the channel, installing, or rebooting into a release.
     pub busy: bool,
     /// What the last check or install failed with.
     pub failed: Option<String>,

@@ -271,7 +271,9 @@ mod tests {
         assert_eq!(judge(None, "2", true), Progress::Waiting);
         assert_eq!(judge(Some(&status("1", busy.clone())), "2", false), Progress::Waiting);
         assert_eq!(judge(Some(&status("1", idle.clone())), "2", false), Progress::Waiting, "asked, not yet started");
-        assert_eq!(judge(Some(&status("2", busy)), "2", true), Progress::Waiting, "booted on trial");
+        assert_eq!(judge(Some(&status("2", busy)), "2", true), Progress::Waiting, "still installing");
+        let on_trial = NodeStatus { healthy: false, ..status("2", idle.clone()) };
+        assert_eq!(judge(Some(&on_trial), "2", true), Progress::Waiting, "booted on trial");
         assert_eq!(judge(Some(&status("2", idle.clone())), "2", true), Progress::Arrived);
         let failed = UpdateSummary { failed: Some("installing 2 failed: bad signature".into()), ..UpdateSummary::default() };
         assert_eq!(judge(Some(&status("1", failed)), "2", false), Progress::Failed("installing 2 failed: bad signature".into()));

@@ -171,7 +171,11 @@ impl Cluster {
 
     /// The release this box runs: as the updater recorded it at boot, else os-release's.
     fn version(&self) -> String {
-        UpdateFiles::new(&self.state_dir).status().ok().map(|s| s.booted).filter(|b| !b.is_empty()).unwrap_or_else(|| self.version.clone())
+        self.booted(UpdateFiles::new(&self.state_dir).status().ok().as_ref())
+    }
+
+    fn booted(&self, update: Option<&update::Status>) -> String {
+        update.map(|s| s.booted.clone()).filter(|b| !b.is_empty()).unwrap_or_else(|| self.version.clone())
     }
 
     /// What this box announces over mDNS now.
@@ -179,7 +183,7 @@ impl Cluster {
         let status = self.status();
         let health = if status.update.failed.is_some() {
             "update-failed"
-        } else if status.update.busy {
+        } else if status.update.busy || !status.healthy {
             "updating"
         } else {
             "ok"
@@ -318,23 +322,22 @@ impl Cluster {
     }
 
     pub fn status(&self) -> NodeStatus {
+        let update = UpdateFiles::new(&self.state_dir).status().ok();
         NodeStatus {
             node_id: self.identity.node_id.clone(),
             name: self.box_name(),
-            version: self.version(),
-            healthy: self.supervisor().is_some(),
+            version: self.booted(update.as_ref()),
+            healthy: update.as_ref().is_none_or(|u| u.pending.is_none()),
             budget: self.supervisor().map_or(0, |s| s.budget()),
             free: self.free(),
             available: self.available(),
             rpc: self.worker.running(),
-            update: self.update_summary(),
+            update: update.as_ref().map(Self::update_summary).unwrap_or_default(),
         }
     }
 
-    fn update_summary(&self) -> UpdateSummary {
-        let Ok(status) = UpdateFiles::new(&self.state_dir).status() else { return UpdateSummary::default() };
-        let busy = status.pending.is_some()
-            || matches!(status.phase, update::Phase::Checking | update::Phase::Installing { .. } | update::Phase::Rebooting { .. } | update::Phase::CopyingToDisk { .. });
+    fn update_summary(status: &update::Status) -> UpdateSummary {
+        let busy = matches!(status.phase, update::Phase::Checking | update::Phase::Installing { .. } | update::Phase::Rebooting { .. } | update::Phase::CopyingToDisk { .. });
         let failed = match &status.phase {
             update::Phase::Failed { action, error } => Some(format!("{action} failed: {error}")),
             _ => None,
