@@ -277,12 +277,7 @@ impl Supervisor {
     /// that fits the budget.
     pub fn plan(&self, entry: &ModelEntry) -> anyhow::Result<Plan> {
         let info = self.model_info(entry)?;
-        let request = PlanRequest {
-            ctx: self.config.ctx,
-            parallel: self.config.parallel,
-            cache_type: self.config.cache_type,
-            budget: self.budget,
-        };
+        let request = self.request();
         let mut plan = planner::plan(&info, &request);
         if let Some(mut split) = self.split_plan(&info, &plan) {
             split.model = entry.name.clone();
@@ -293,6 +288,11 @@ impl Supervisor {
         }
         plan.model = entry.name.clone();
         Ok(plan)
+    }
+
+    /// The configured context and slots, against this box's budget.
+    pub fn request(&self) -> PlanRequest {
+        PlanRequest { ctx: self.config.ctx, parallel: self.config.parallel, cache_type: self.config.cache_type, budget: self.budget }
     }
 
     /// The split across the pool for a model whose `local` plan does not fit as asked, if the
@@ -339,8 +339,12 @@ impl Supervisor {
             available: self.library.list().unwrap_or_default().into_iter().map(|e| e.name).collect(),
         })?;
         if let Some(pool) = self.pool.get() {
-            // A split is planned on what the peers have now, not at the last probe.
-            pool.probe_all().await;
+            // A model this box cannot hold alone as configured is planned on what the peers
+            // have now, not at the last probe.
+            let info = self.model_info(&entry).map_err(EngineError::Internal)?;
+            if planner::plan(&info, &self.request()).verdict != Verdict::Fits {
+                pool.probe_all().await;
+            }
         }
         let plan = self.plan(&entry).map_err(EngineError::Internal)?;
         if let Verdict::DoesNotFit { .. } = plan.verdict {

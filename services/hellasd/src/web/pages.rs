@@ -24,7 +24,7 @@ use super::session::{self, Session};
 use super::{blocking, claim, state_paths, ZONEINFO};
 use crate::api::AppState;
 use crate::memory_budget::BudgetSource;
-use crate::planner::{format_bytes, PlanRequest};
+use crate::planner::format_bytes;
 
 pub(super) type St = State<Arc<AppState>>;
 pub(super) type Ses = Extension<Session>;
@@ -309,9 +309,8 @@ async fn entry_fit(state: &AppState, entry: &CatalogEntry) -> Fit {
     if state.library.get(&entry.name).ok().flatten().is_some_and(|m| m.sha256 == entry.sha256) {
         return Fit::Installed;
     }
-    let budget = state.supervisor.budget();
-    let engine = &state.config.engine;
-    let request = PlanRequest { ctx: engine.ctx, parallel: engine.parallel, cache_type: engine.cache_type, budget };
+    let request = state.supervisor.request();
+    let budget = request.budget;
     match tokio::time::timeout(Duration::from_secs(20), state.web.headers.info(entry)).await {
         Ok(Ok(info)) => catalog::fit(&info, &request, |local| state.supervisor.split_plan(&info, local)),
         Ok(Err(e)) => Fit::Unknown { reason: format!("{e:#}"), weights_fit: entry.size <= budget },
