@@ -98,10 +98,8 @@ impl Cluster {
             return Ok(());
         }
         let files = UpdateFiles::new(&self.state_dir);
-        let offered = files.status()?.offered;
-        if offered.as_deref() != Some(version) {
-            let offers = offered.map_or_else(|| "offers nothing newer".to_string(), |v| format!("offers {v}"));
-            bail!("{} does not offer {version} (its channel {offers}): check for updates on it", self.box_name());
+        if let Some(why) = files.status()?.not_on_offer(version) {
+            bail!("{}: {why}", self.box_name());
         }
         files.request(&update::Request::Apply { version: version.to_string() })?;
         tracing::info!(version, "update requested by a fleet rollout");
@@ -133,7 +131,7 @@ impl Cluster {
 
     /// Re-images paired box `node_id`; without `keep_data` it is reset and no longer paired.
     pub async fn reimage(&self, node_id: &str, keep_data: bool) -> Result<String> {
-        let peer = self.peers.load()?.by_node(node_id).cloned().with_context(|| format!("no paired box has node id {node_id}"))?;
+        let peer = self.paired(node_id)?;
         self.call(&peer, &Request::Reimage { keep_data }).await.with_context(|| format!("re-imaging {}", peer.name))?;
         if keep_data {
             return Ok(format!("{} is going back to the channel's newest release, keeping its data", peer.name));
@@ -152,8 +150,10 @@ impl Cluster {
         if self.rollout_state().is_some_and(|r| r.running()) {
             bail!("a fleet update is running already");
         }
-        if self.version() != version && UpdateFiles::new(&self.state_dir).status()?.offered.as_deref() != Some(version) {
-            bail!("this box's channel does not offer {version}: check for updates first");
+        if self.version() != version {
+            if let Some(why) = UpdateFiles::new(&self.state_dir).status()?.not_on_offer(version) {
+                bail!("this box: {why}");
+            }
         }
         let rollout = Rollout { version: version.to_string(), started_at: crate::web::unix_now(), state: RolloutState::Starting, steps: Vec::new() };
         self.rollout.update(|file| {

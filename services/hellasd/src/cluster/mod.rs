@@ -285,6 +285,11 @@ impl Cluster {
         self.worker.want(!peers.is_empty());
     }
 
+    /// The paired box with `node_id`.
+    fn paired(&self, node_id: &str) -> Result<Peer> {
+        self.peers.load()?.by_node(node_id).cloned().with_context(|| format!("no paired box has node id {node_id}"))
+    }
+
     /// One call to a paired peer, its key checked.
     async fn call(&self, peer: &Peer, request: &Request) -> Result<Response> {
         let timeout = Duration::from_secs(self.config.probe_interval_secs.clamp(1, 5));
@@ -353,12 +358,7 @@ impl Cluster {
 
     /// Holds `bytes` on `node_id` for `key` (a model this box runs across it).
     pub async fn hold(&self, node_id: &str, key: &str, bytes: u64) -> Result<()> {
-        let peer = self
-            .peers
-            .load()?
-            .by_node(node_id)
-            .cloned()
-            .with_context(|| format!("{node_id} is no longer paired"))?;
+        let peer = self.paired(node_id)?;
         let request = Request::Reserve {
             key: key.to_string(),
             bytes,
@@ -371,7 +371,7 @@ impl Cluster {
     }
 
     pub async fn release(&self, node_id: &str, key: &str) {
-        let Ok(Some(peer)) = self.peers.load().map(|p| p.by_node(node_id).cloned()) else {
+        let Ok(peer) = self.paired(node_id) else {
             return;
         };
         if let Err(e) = self

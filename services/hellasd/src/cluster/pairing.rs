@@ -171,14 +171,9 @@ impl Cluster {
 
     /// Forgets `node_id` here and asks it to forget this box; revoked here even if it is gone.
     pub async fn unpair(&self, node_id: &str) -> Result<Peer> {
-        let peer = self
-            .peers
-            .load()?
-            .by_node(node_id)
-            .cloned()
-            .with_context(|| format!("no paired box has node id {node_id}"))?;
+        let peer = self.paired(node_id)?;
         if let Err(e) = self.call(&peer, &Request::Unpair).await {
-            tracing::warn!(peer = %peer.name, "the peer was not told (it forgets this box when it next calls): {e:#}");
+            tracing::warn!(peer = %peer.name, "the peer was not told (its calls are refused from now on; unpair there too): {e:#}");
         }
         self.forget(&peer)?;
         self.fence_changed().await;

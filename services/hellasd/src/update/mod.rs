@@ -208,6 +208,15 @@ pub fn compare_versions(a: &str, b: &str) -> Ordering {
 const CUT_SHORT: &str = "cut short (the box lost power or was restarted); try again";
 
 impl Status {
+    /// Why `version` cannot be installed now, if it is not the release on offer.
+    pub fn not_on_offer(&self, version: &str) -> Option<String> {
+        if self.offered.as_deref() == Some(version) {
+            return None;
+        }
+        let offers = self.offered.as_ref().map_or_else(|| "nothing newer".to_string(), Clone::clone);
+        Some(format!("{version} is not the release on offer (the channel offers {offers}); check for updates again"))
+    }
+
     /// Settles what the last boot tells: a pending release that is not the one booted was
     /// rolled back by systemd-boot; an install cut short (power loss) failed.
     pub fn reconcile_boot(&mut self, booted: &str) {

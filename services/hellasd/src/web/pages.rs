@@ -580,10 +580,8 @@ pub async fn request_update(State(state): St, Extension(session): Ses, Form(form
     let request = match form.version {
         Some(version) => {
             let status = guard!(UpdateFiles::new(&state.config.state_dir).status().map_err(internal));
-            if status.offered.as_deref() != Some(version.as_str()) {
-                return Page::new("message", "Not updated", json!({ "back": "/dashboard" }))
-                    .error(StatusCode::CONFLICT, format!("{version} is not the release on offer; check for updates again"))
-                    .render(&state, &session);
+            if let Some(why) = status.not_on_offer(&version) {
+                return Page::new("message", "Not updated", json!({ "back": "/dashboard" })).error(StatusCode::CONFLICT, why).render(&state, &session);
             }
             Request::Apply { version }
         }
