@@ -59,7 +59,7 @@ fn pool_data(state: &AppState, cluster: &Cluster) -> Value {
         "this": view.this, "budget": format_bytes(view.this.budget), "free": format_bytes(view.this.free),
         "address": view.address.to_string(), "fingerprint": view.fingerprint,
         "peers": peers, "discovered": view.discovered, "split": split,
-        "offered": view.this.update.offered, "rolling": rollout.as_ref().is_some_and(|r| r.running()), "rollout": rollout.map(|r| json!({
+        "offered": view.this.update.offered, "rollout": rollout.map(|r| json!({
             "version": r.version, "summary": r.summary(), "running": r.running(), "steps": r.steps,
             "halted": matches!(r.state, crate::cluster::fleet::RolloutState::Halted { .. }), "state": r.state,
         })),
@@ -239,6 +239,19 @@ pub async fn reimage(State(state): St, Extension(session): Ses, Form(form): Form
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_fleet_update_is_offered_only_while_none_runs() {
+        let pages = super::super::pages::templates().unwrap();
+        let page = |rollout: serde_json::Value| {
+            let data = serde_json::json!({ "this": {}, "offered": "2.0", "rollout": rollout, "csrf": "x" });
+            pages.render("pool", &data).unwrap()
+        };
+        assert!(page(serde_json::Value::Null).contains("Update fleet to 2.0"));
+        assert!(page(serde_json::json!({ "running": false, "summary": "the fleet is on 1.0" })).contains("Update fleet to 2.0"));
+        let running = page(serde_json::json!({ "running": true, "summary": "updating the fleet to 2.0" }));
+        assert!(!running.contains("Update fleet to") && running.contains("updating the fleet to 2.0"));
+    }
+
     #[test]
     fn addresses_take_the_control_port_by_default() {
         assert_eq!(
