@@ -146,7 +146,9 @@ impl Daemon {
             String::from_utf8(out.stdout).unwrap().trim().to_string()
         });
         let child = serve(&config, setup.netns.as_deref(), &dir.path().join("hellasd.log"));
-        let http = netns::client(setup.netns.as_deref(), |b| b.timeout(Duration::from_secs(300)));
+        // No connection is kept between calls, as with a client per call: a test that makes the
+        // daemon close a connection (413, a killed engine) must not see the next call fail on it.
+        let http = netns::client(setup.netns.as_deref(), |b| b.timeout(Duration::from_secs(300)).pool_max_idle_per_host(0));
         let daemon = Daemon {
             child,
             url: format!("http://127.0.0.1:{port}"),
