@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::planner::CacheType;
+use hellas_model::plan::CacheType;
 
 pub const VENDOR_CONFIG: &str = "/usr/lib/hellas/hellasd.toml";
 pub const DROP_IN_DIR: &str = "/etc/hellas/hellasd.toml.d";

@@ -21,11 +21,12 @@ use tokio::sync::watch;
 
 use crate::cluster::Cluster;
 use crate::config::EngineConfig;
-use crate::gguf::{GgufFile, ModelInfo};
+use hellas_model::gguf::{GgufFile, ModelInfo};
 use crate::library::{ModelEntry, ModelLibrary};
 use crate::metrics::Metrics;
-use crate::planner::{self, Margin, Plan, PlanRequest, Verdict};
-use crate::pool_plan::{self, Share};
+use hellas_model::plan::{self as planner, Margin, Plan, PlanRequest, Verdict};
+use hellas_model::pool as pool_plan;
+use hellas_model::split::Share;
 
 /// How many lines of a child's output are kept to explain a failure.
 const RECENT_OUTPUT_LINES: usize = 30;

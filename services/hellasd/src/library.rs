@@ -18,7 +18,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::gguf::GgufFile;
+use hellas_model::gguf::GgufFile;
 use crate::state_file::{sync_dir, StateFile};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

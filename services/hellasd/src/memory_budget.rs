@@ -41,7 +41,7 @@ pub struct MemoryBudget {
 impl MemoryBudget {
     /// A one-line description, e.g. "AMD GPU card1: GTT 62.00 GiB + VRAM 512.0 MiB".
     pub fn describe(&self) -> String {
-        use crate::planner::format_bytes as f;
+        use hellas_model::plan::format_bytes as f;
         let source = match &self.source {
             BudgetSource::AmdGpu { card, gtt_total, vram_total } => {
                 format!("AMD GPU {card}: GTT {} + VRAM {}", f(*gtt_total), f(*vram_total))

@@ -4,9 +4,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 
-use crate::gguf::{GgufFile, ModelInfo};
+use hellas_model::gguf::{GgufFile, ModelInfo};
 use crate::memory_budget::{self, MemoryBudget};
-use crate::planner::{self, format_bytes, CacheType, Plan, PlanRequest, Verdict};
+use hellas_model::plan::{self as planner, format_bytes, CacheType, Plan, PlanRequest, Verdict};
 
 #[derive(clap::Args, Debug)]
 pub struct PlanArgs {
@@ -137,7 +137,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gguf::testing::GgufBuilder;
+    use hellas_model::testing::GgufBuilder;
     use clap::Parser;
 
     #[derive(clap::Parser)]

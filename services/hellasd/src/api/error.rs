@@ -9,7 +9,7 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use crate::engine::EngineError;
-use crate::planner;
+use hellas_model::plan as planner;
 
 #[derive(Debug)]
 pub struct ApiError {

@@ -36,7 +36,7 @@ use crate::api::AppState;
 use crate::config::{ClusterConfig, Config};
 use crate::engine::Supervisor;
 use crate::update::{self, UpdateFiles};
-use crate::pool_plan::Member;
+use hellas_model::split::Member;
 use crate::state_file::StateFile;
 use crate::web::OwnerStore;
 use control::{NodeStatus, Request, Response, UpdateSummary};

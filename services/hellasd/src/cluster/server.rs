@@ -151,8 +151,8 @@ impl Cluster {
                         message: format!(
                             "{} has {} free, not {}",
                             self.box_name(),
-                            crate::planner::format_bytes(free + held),
-                            crate::planner::format_bytes(bytes)
+                            hellas_model::plan::format_bytes(free + held),
+                            hellas_model::plan::format_bytes(bytes)
                         ),
                     };
                 }

@@ -18,7 +18,7 @@ use serde_json::json;
 
 use crate::config::Config;
 use crate::memory_budget;
-use crate::planner::format_bytes;
+use hellas_model::plan::format_bytes;
 pub use decide::{decide, Decision, Options, State};
 pub use probe::Probe;
 

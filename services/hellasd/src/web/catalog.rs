@@ -12,9 +12,9 @@ use anyhow::{bail, Context, Result};
 use reqwest::header;
 use serde::{Deserialize, Serialize};
 
-use crate::gguf::{GgufFile, ModelInfo};
+use hellas_model::gguf::{GgufFile, ModelInfo};
 use crate::library::validate_name;
-use crate::planner::{self, Plan, PlanRequest, Verdict};
+use hellas_model::plan::{self as planner, Plan, PlanRequest, Verdict};
 use crate::state_file::write_atomically;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -238,10 +238,11 @@ context = 8192
 
     #[test]
     fn the_picker_says_which_boxes_hold_what_this_one_cannot() {
-        use crate::planner::Margin;
-        use crate::pool_plan::{plan_split_largest, tests::{member, model}};
+        use hellas_model::plan::Margin;
+        use hellas_model::pool::plan_split_largest;
+    use hellas_model::testing::{member, model};
         let info = model();
-        let request = PlanRequest { ctx: 2048, parallel: 1, cache_type: crate::planner::CacheType::F16, budget: 200 << 20 };
+        let request = PlanRequest { ctx: 2048, parallel: 1, cache_type: hellas_model::plan::CacheType::F16, budget: 200 << 20 };
         let alone = fit(&info, &request, |_| None);
         assert!(matches!(alone, Fit::DoesNotFit { boxes: 2, .. }), "{alone:?}");
         let (head, peers) = (member("alpha", 200 << 20, false), [member("bravo", 300 << 20, true)]);

@@ -22,7 +22,7 @@ use tokio::sync::watch;
 
 use super::catalog::CatalogEntry;
 use crate::library::ModelLibrary;
-use crate::planner::format_bytes;
+use hellas_model::plan::format_bytes;
 
 /// Free space left over after a download, for logs and the system.
 const SPARE: u64 = 256 << 20;

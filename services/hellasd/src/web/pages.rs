@@ -24,7 +24,7 @@ use super::session::{self, Session};
 use super::{blocking, claim, state_paths, ZONEINFO};
 use crate::api::AppState;
 use crate::memory_budget::BudgetSource;
-use crate::planner::format_bytes;
+use hellas_model::plan::format_bytes;
 
 pub(super) type St = State<Arc<AppState>>;
 pub(super) type Ses = Extension<Session>;

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use super::pages::{check_csrf, guard, redirect, require_owner, Page, Ses, St};
 use crate::api::AppState;
 use crate::cluster::Cluster;
-use crate::planner::format_bytes;
+use hellas_model::plan::format_bytes;
 
 fn pool(state: &AppState) -> Result<&Arc<Cluster>, Response> {
     state.cluster.as_ref().ok_or_else(|| {

@@ -3,7 +3,7 @@
 //! `gguf::tests::mutated_inputs_never_panic`.
 #![no_main]
 
-use hellasd::gguf::GgufFile;
+use hellas_model::gguf::GgufFile;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -190,7 +190,7 @@ pub struct Plan {
     /// Set when the model runs across several boxes: which box holds what. `total` and `budget`
     /// are then the pool's.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub split: Option<crate::pool_plan::Split>,
+    pub split: Option<crate::split::Split>,
 }
 
 impl Plan {

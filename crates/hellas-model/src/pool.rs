@@ -13,83 +13,9 @@
 //! the head first, until the pool holds every layer; layers are then dealt out in proportion to
 //! what each box can hold, so the most loaded box is as full as the least.
 
-use std::net::SocketAddr;
-
-use serde::Serialize;
-
 use crate::gguf::ModelInfo;
-use crate::planner::{estimate, largest_fitting_ctx, Margin, Plan, PlanRequest, Verdict, MIN_CTX};
-
-/// A box that could take part.
-#[derive(Clone, Debug)]
-pub struct Member {
-    pub node_id: String,
-    pub name: String,
-    /// Its RPC worker; `None` for the head, which runs llama-server itself.
-    pub rpc: Option<SocketAddr>,
-    /// Its budget not held by anything else.
-    pub free: u64,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Share {
-    pub node_id: String,
-    pub name: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rpc: Option<SocketAddr>,
-    pub layers: u32,
-    pub bytes: u64,
-}
-
-/// The boxes a model runs on, the head first.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Split {
-    pub shares: Vec<Share>,
-}
-
-impl Split {
-    pub fn head(&self) -> &Share {
-        &self.shares[0]
-    }
-
-    pub fn peers(&self) -> &[Share] {
-        &self.shares[1..]
-    }
-
-    /// `--rpc`: the peers' workers, in the order their devices take layers.
-    pub fn rpc_arg(&self) -> String {
-        self.peers()
-            .iter()
-            .filter_map(|s| s.rpc)
-            .map(|a| a.to_string())
-            .collect::<Vec<_>>()
-            .join(",")
-    }
-
-    /// `--tensor-split` and `--n-gpu-layers`. llama.cpp puts RPC devices before local ones and
-    /// offloads the last `-ngl` layers. A head that offloads to its own GPU lists its share last
-    /// and offloads all; a head without one keeps its share on the CPU by offloading only the
-    /// peers' layers.
-    pub fn device_args(&self, head_offloads: bool) -> (String, u32) {
-        let mut split: Vec<u32> = self.peers().iter().map(|s| s.layers).collect();
-        let peers: u32 = split.iter().sum();
-        if head_offloads {
-            split.push(self.head().layers);
-            let all = peers + self.head().layers + 1; // +1: the output layer
-            (join(&split), all)
-        } else {
-            (join(&split), peers)
-        }
-    }
-
-    pub fn names(&self) -> Vec<String> {
-        self.shares.iter().map(|s| s.name.clone()).collect()
-    }
-}
-
-fn join(v: &[u32]) -> String {
-    v.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
-}
+use crate::plan::{estimate, largest_fitting_ctx, Margin, Plan, PlanRequest, Verdict, MIN_CTX};
+use crate::split::{Member, Share, Split};
 
 /// The plan for `info` across `head` and as few of `peers` as hold it at `req.ctx`, or `None`.
 pub fn plan_split(
@@ -205,49 +131,12 @@ pub fn plan_split_largest(
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-    use crate::planner::{plan, CacheType, CTX_STEP};
+    use crate::plan::{plan, CacheType, CTX_STEP};
+    use crate::testing::{member, model};
 
     const MIB: u64 = 1 << 20;
-
-    /// A SmolLM2-shaped model: 30 layers.
-    pub(crate) fn model() -> ModelInfo {
-        // 30 layers of 3 MiB weights plus 20 MiB of embeddings and output.
-        ModelInfo {
-            architecture: "llama".into(),
-            name: Some("Synthetic".into()),
-            n_layer: 30,
-            n_embd: 576,
-            n_vocab: 49152,
-            context_length: 8192,
-            n_head: vec![9; 30],
-            n_head_kv: vec![3; 30],
-            key_length: 64,
-            value_length: 64,
-            sliding_window: None,
-            swa_layers: vec![false; 30],
-            n_ff: 1536,
-            n_expert: 0,
-            n_expert_used: 0,
-            n_ff_expert: 0,
-            n_ff_shared: 0,
-            tensor_bytes: 110 * MIB,
-            layer_tensor_bytes: 90 * MIB,
-            parameter_count: 135_000_000,
-            file_type: Some("Q4_1".into()),
-            chat_template: None,
-        }
-    }
-
-    pub(crate) fn member(name: &str, free: u64, rpc: bool) -> Member {
-        Member {
-            node_id: name.to_lowercase(),
-            name: name.into(),
-            rpc: rpc.then(|| format!("10.0.0.{}:50052", name.len()).parse().unwrap()),
-            free,
-        }
-    }
 
     fn request(budget: u64) -> PlanRequest {
         PlanRequest {

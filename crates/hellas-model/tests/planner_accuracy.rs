@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hellasd::gguf::GgufFile;
-use hellasd::planner::{self, CacheType};
+use hellas_model::gguf::GgufFile;
+use hellas_model::plan::{self, CacheType};
 
 const MODELS: [&str; 2] = ["SmolLM2-135M-Instruct.Q4_1.gguf", "gemma-3-270m-q4_k_m.gguf"];
 /// (model index, ctx per slot, slots, cache type).
@@ -172,7 +172,7 @@ fn planner_matches_llama_server() {
         let real = Reported::parse(&log);
         assert!(real.model > 0.0 && real.kv > 0.0 && real.compute > 0.0, "no buffer sizes in the log:\n{log}");
 
-        let e = planner::estimate(&infos[m], ctx, parallel, cache_type);
+        let e = plan::estimate(&infos[m], ctx, parallel, cache_type);
         let planned = e.subtotal() as f64;
         let error = (planned - real.total()) / real.total();
         let pair = |p: u64, r: f64| format!("{:.2}/{:.2}", p as f64 / MIB, r / MIB);
