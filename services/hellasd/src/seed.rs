@@ -17,7 +17,8 @@ use serde::Deserialize;
 
 use crate::config::Config;
 use crate::state_file::sync_dir;
-use crate::web::{check_box_name, check_code, owner_store, parse_ssh_keys, ClaimFiles};
+use crate::owner::claim::check_code;
+use crate::owner::{check_box_name, owner_store, parse_ssh_keys, ClaimFiles};
 
 /// What [`apply`] did.
 #[derive(Debug, PartialEq, Eq)]
@@ -189,7 +190,7 @@ mod tests {
             fs::write(seed_path(&self.esp), text).unwrap();
         }
 
-        fn owner(&self) -> crate::web::OwnerStore {
+        fn owner(&self) -> crate::owner::OwnerStore {
             owner_store(&self.config.state_dir)
         }
 

@@ -180,3 +180,8 @@ mod tests {
         assert!(format!("{err:#}").contains("c.json"), "{err:#}");
     }
 }
+
+/// Seconds since the epoch, as the state files record times.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}

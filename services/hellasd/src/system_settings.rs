@@ -8,7 +8,7 @@
 
 use anyhow::{Context, Result};
 
-use crate::web::Settings;
+use crate::owner::Settings;
 
 /// Applies the owner's settings; needs root.
 pub fn apply(settings: &Settings) -> Result<()> {

@@ -10,8 +10,7 @@ mod ollama;
 mod openai;
 mod relay;
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::{Body, Bytes};
@@ -26,49 +25,10 @@ use serde_json::json;
 
 pub use error::ApiError;
 
-use crate::admission::{Admission, AdmissionError, Permit};
-use crate::config::Config;
-use crate::engine::{EngineLease, EngineStatus, Supervisor};
-use crate::keys::KeyStore;
-use crate::library::ModelLibrary;
-use crate::memory_budget::MemoryBudget;
+use crate::admission::{AdmissionError, Permit};
+use crate::app::AppState;
+use crate::engine::{EngineLease, EngineStatus};
 use crate::metrics::Metrics;
-use crate::web::Web;
-
-pub struct AppState {
-    pub config: Config,
-    pub budget: MemoryBudget,
-    pub web: Web,
-    /// The last answers, newest last, for the dashboard's tokens/s.
-    pub recent: Mutex<VecDeque<RecentRequest>>,
-    pub library: Arc<ModelLibrary>,
-    pub keys: KeyStore,
-    pub supervisor: Arc<Supervisor>,
-    /// The pool, when `cluster.enabled`.
-    pub cluster: Option<Arc<crate::cluster::Cluster>>,
-    pub admission: Arc<Admission>,
-    pub metrics: Arc<Metrics>,
-    pub http: reqwest::Client,
-}
-
-pub struct RecentRequest {
-    pub model: String,
-    pub generated: u64,
-    pub duration: std::time::Duration,
-    pub at: Instant,
-}
-
-const RECENT: usize = 20;
-
-impl AppState {
-    pub fn record_recent(&self, request: RecentRequest) {
-        let mut recent = self.recent.lock().unwrap();
-        if recent.len() == RECENT {
-            recent.pop_front();
-        }
-        recent.push_back(request);
-    }
-}
 
 /// The API key a request was made with (its public id).
 #[derive(Clone)]
@@ -130,7 +90,7 @@ async fn not_found(request: Request) -> Response {
 async fn require_key(State(state): State<Arc<AppState>>, mut request: Request, next: Next) -> Response {
     let ollama = request.uri().path().starts_with("/api/");
     let refuse = |e: ApiError| if ollama { e.into_ollama() } else { e.into_openai() };
-    match state.web.owner.is_claimed() {
+    match state.owner.is_claimed() {
         Ok(true) => {}
         Ok(false) => {
             return refuse(ApiError::new(

@@ -98,7 +98,7 @@ impl<R: Relay> Drop for Relaying<R> {
         metrics.request_duration.get_or_create(&Metrics::model(&self.model)).observe(self.started.elapsed().as_secs_f64());
         metrics.count_request(self.route, &self.model, self.status);
         if generated > 0 {
-            self.state.record_recent(crate::api::RecentRequest {
+            self.state.record_recent(crate::app::RecentRequest {
                 model: self.model.clone(),
                 generated,
                 duration: self.started.elapsed(),

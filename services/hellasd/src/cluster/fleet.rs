@@ -117,12 +117,12 @@ impl Cluster {
                 }
             };
         }
-        let app = self.app().context("hellasd is stopping")?;
+        let reset = self.reset.get().context("the pool is not started")?(); 
         tracing::warn!("re-image without the data requested by a peer: factory reset");
         // After the answer: the reset unpairs this box from the caller too.
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(200)).await;
-            if let Err(e) = crate::web::factory_reset(&app).await {
+            if let Err(e) = reset.await {
                 tracing::error!("re-image: {e:#}");
             }
         });
@@ -155,7 +155,7 @@ impl Cluster {
                 bail!("this box: {why}");
             }
         }
-        let rollout = Rollout { version: version.to_string(), started_at: crate::web::unix_now(), state: RolloutState::Starting, steps: Vec::new() };
+        let rollout = Rollout { version: version.to_string(), started_at: crate::state_file::unix_now(), state: RolloutState::Starting, steps: Vec::new() };
         self.rollout.update(|file| {
             file.rollout = Some(rollout);
             Ok(())

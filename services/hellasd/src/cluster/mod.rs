@@ -26,19 +26,18 @@ pub mod worker;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use crate::api::AppState;
 use crate::config::{ClusterConfig, Config};
-use crate::engine::Supervisor;
+use crate::engine::{Pool, PoolFuture, Supervisor};
 use crate::update::{self, UpdateFiles};
 use hellas_model::split::Member;
 use crate::state_file::StateFile;
-use crate::web::OwnerStore;
+use crate::owner::OwnerStore;
 use control::{NodeStatus, Request, Response, UpdateSummary};
 use fleet::RolloutFile;
 use identity::Identity;
@@ -87,12 +86,17 @@ pub struct Cluster {
     live: Mutex<HashMap<String, Live>>,
     /// Memory held on this box for peers' models, by "<peer node id>/<key>".
     holds: Mutex<HashMap<String, Hold>>,
-    app: OnceLock<Weak<AppState>>,
+    supervisor: Arc<Supervisor>,
+    /// The factory reset a peer's re-image without the data asks for, given at start.
+    reset: OnceLock<FactoryReset>,
     /// Serialises firewall and worker changes.
     fence: tokio::sync::Mutex<()>,
     state_dir: PathBuf,
     rollout: StateFile<RolloutFile>,
 }
+
+/// Returns the box to its unclaimed state; the app above gives it (see `crate::app::factory_reset`).
+pub type FactoryReset = Box<dyn Fn() -> PoolFuture<'static, Result<()>> + Send + Sync>;
 
 /// A peer as the dashboard shows it.
 #[derive(Clone, Debug, Serialize)]
@@ -119,7 +123,7 @@ pub struct PoolView {
 }
 
 impl Cluster {
-    pub fn new(config: &Config, owner: OwnerStore) -> Result<Arc<Cluster>> {
+    pub fn new(config: &Config, owner: OwnerStore, supervisor: Arc<Supervisor>) -> Result<Arc<Cluster>> {
         let cluster = &config.cluster;
         let identity = Identity::load_or_create(&config.state_dir.join("cluster"))?;
         let tls = Tls::new(&identity)?;
@@ -147,7 +151,8 @@ impl Cluster {
             join_code: Mutex::new(None),
             live: Mutex::new(HashMap::new()),
             holds: Mutex::new(HashMap::new()),
-            app: OnceLock::new(),
+            supervisor,
+            reset: OnceLock::new(),
             fence: tokio::sync::Mutex::new(()),
             rollout: StateFile::new(config.state_dir.join("cluster/rollout.json")),
             state_dir: config.state_dir.clone(),
@@ -159,14 +164,6 @@ impl Cluster {
             .load()
             .map(|o| o.settings.box_name.clone())
             .unwrap_or_else(|_| "hellas".into())
-    }
-
-    fn app(&self) -> Option<Arc<AppState>> {
-        self.app.get().and_then(Weak::upgrade)
-    }
-
-    fn supervisor(&self) -> Option<Arc<Supervisor>> {
-        self.app().map(|app| app.supervisor.clone())
     }
 
     /// The release this box runs: as the updater recorded it at boot, else os-release's.
@@ -214,8 +211,8 @@ impl Cluster {
     }
 
     /// Starts the control port, discovery, the worker and the peer monitor.
-    pub async fn start(self: &Arc<Self>, app: &Arc<AppState>) -> Result<()> {
-        let _ = self.app.set(Arc::downgrade(app));
+    pub async fn start(self: &Arc<Self>, reset: FactoryReset) -> Result<()> {
+        let _ = self.reset.set(reset);
         let listener = tokio::net::TcpListener::bind(self.config.listen)
             .await
             .with_context(|| {
@@ -250,9 +247,7 @@ impl Cluster {
                 cluster.probe_all().await;
                 cluster.settle_own_rollout();
                 cluster.reannounce();
-                if let Some(supervisor) = cluster.supervisor() {
-                    supervisor.pool_tick().await;
-                }
+                cluster.supervisor.pool_tick().await;
                 drop(cluster);
                 tokio::time::sleep(period).await;
             }
@@ -312,18 +307,14 @@ impl Cluster {
     }
 
     fn free(&self) -> u64 {
-        let Some(supervisor) = self.supervisor() else {
-            return 0;
-        };
-        supervisor
+        self.supervisor
             .budget()
-            .saturating_sub(supervisor.resident_bytes())
+            .saturating_sub(self.supervisor.resident_bytes())
             .saturating_sub(self.held_bytes())
     }
 
     fn available(&self) -> u64 {
-        let Some(supervisor) = self.supervisor() else { return 0 };
-        supervisor.budget().saturating_sub(supervisor.busy_bytes()).saturating_sub(self.held_bytes())
+        self.supervisor.budget().saturating_sub(self.supervisor.busy_bytes()).saturating_sub(self.held_bytes())
     }
 
     pub fn status(&self) -> NodeStatus {
@@ -333,7 +324,7 @@ impl Cluster {
             name: self.box_name(),
             version: self.booted(update.as_ref()),
             healthy: update.as_ref().is_none_or(|u| u.pending.is_none()),
-            budget: self.supervisor().map_or(0, |s| s.budget()),
+            budget: self.supervisor.budget(),
             free: self.free(),
             available: self.available(),
             rpc: self.worker.running(),
@@ -543,4 +534,39 @@ fn detect_address() -> Result<IpAddr> {
         .or(candidates.first())
         .map(|i| i.ip())
         .context("no network interface has an IPv4 address")
+}
+
+/// The engine plans, holds and watches split models through this.
+impl Pool for Cluster {
+    fn held_bytes(&self) -> u64 {
+        Cluster::held_bytes(self)
+    }
+
+    fn head(&self, free: u64) -> Member {
+        Cluster::head(self, free)
+    }
+
+    fn members(&self) -> Vec<Member> {
+        Cluster::members(self)
+    }
+
+    fn refresh(&self) -> PoolFuture<'_, ()> {
+        Box::pin(self.probe_all())
+    }
+
+    fn hold<'a>(&'a self, node_id: &'a str, key: &'a str, bytes: u64) -> PoolFuture<'a, Result<()>> {
+        Box::pin(Cluster::hold(self, node_id, key, bytes))
+    }
+
+    fn release<'a>(&'a self, node_id: &'a str, key: &'a str) -> PoolFuture<'a, ()> {
+        Box::pin(Cluster::release(self, node_id, key))
+    }
+
+    fn mark_gone(&self, node_id: &str, why: &str) {
+        Cluster::mark_gone(self, node_id, why)
+    }
+
+    fn reachable(&self, node_id: &str) -> bool {
+        Cluster::reachable(self, node_id)
+    }
 }

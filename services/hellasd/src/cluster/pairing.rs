@@ -156,7 +156,7 @@ impl Cluster {
             fingerprint: conn.fingerprint.clone(),
             address: address.ip(),
             port: address.port(),
-            paired_at: crate::web::unix_now(),
+            paired_at: crate::state_file::unix_now(),
         };
         self.peers.update(|p| {
             p.peers.retain(|old| old.node_id != peer.node_id);

@@ -108,7 +108,7 @@ impl Cluster {
             fingerprint: conn.fingerprint.clone(),
             address: from.ip(),
             port,
-            paired_at: crate::web::unix_now(),
+            paired_at: crate::state_file::unix_now(),
         };
         if let Err(e) = self.peers.update(|p| {
             p.insert(peer.clone());
@@ -138,9 +138,9 @@ impl Cluster {
                 let key = format!("{}/{key}", peer.node_id);
                 let held = self.holds.lock().unwrap().get(&key).map_or(0, |h| h.bytes);
                 // Idle models of this box's own make way, as they would for a model of its own.
-                if let (true, Some(supervisor)) = (bytes > self.free() + held, self.supervisor()) {
+                if bytes > self.free() + held {
                     let what = format!("{}'s model '{}'", peer.name, key.split_once('/').map_or("", |k| k.1));
-                    if let Err(e) = supervisor.make_room_for(bytes - held, &what).await {
+                    if let Err(e) = self.supervisor.make_room_for(bytes - held, &what).await {
                         return Response::Refused { message: format!("{}: {e}", self.box_name()) };
                     }
                 }

@@ -12,6 +12,8 @@
 //!   pending release used up its tries and systemd-boot went back: it is remembered as rejected
 //!   and not offered again, so a bad release is never re-applied in a loop; a newer one is.
 
+pub mod health;
+pub mod install;
 pub mod transfers;
 
 use std::cmp::Ordering;
@@ -22,7 +24,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
-use crate::web::unix_now;
+use crate::state_file::unix_now;
 
 /// What the updater is doing; the variants are the states it can be in.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -154,7 +156,7 @@ fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
 
 /// The channel in force: the owner's setting, else the configured one.
 pub fn channel(config: &Config) -> Result<String> {
-    let settings = crate::web::owner_store(&config.state_dir).load()?.settings;
+    let settings = crate::owner::owner_store(&config.state_dir).load()?.settings;
     Ok(if settings.update_channel.is_empty() { config.update.channel.clone() } else { settings.update_channel })
 }
 
@@ -369,7 +371,7 @@ pub fn apply(config: &Config, files: &UpdateFiles, status: &mut Status, version:
 fn install_to_disk(config: &Config, files: &UpdateFiles, status: &mut Status, disk: &str, keep_data: bool) -> Result<()> {
     status.phase = Phase::CopyingToDisk { disk: disk.to_string() };
     files.write_status(status)?;
-    let result = crate::install::install(disk, keep_data, &config.web.runtime_dir);
+    let result = crate::update::install::install(disk, keep_data, &config.web.runtime_dir);
     status.phase = match &result {
         Ok(()) => {
             status.last_result = Some(format!("installed to {disk}: remove the stick and restart the box"));

@@ -6,17 +6,10 @@
 //! carry a per-session CSRF token, requests from another origin are refused, and wrong claim
 //! codes and passwords are rate-limited.
 
-mod catalog;
-mod claim;
-mod download;
-mod owner;
 mod pages;
 mod pool;
-mod session;
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 use axum::extract::{Request, State};
@@ -25,76 +18,11 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use handlebars::Handlebars;
 
-pub use catalog::{Catalog, CatalogEntry, Fit};
-pub use claim::{check_code, ClaimFiles};
-pub use download::{Downloads, Progress};
-pub use owner::{check_box_name, parse_ssh_keys, unix_now, OwnerStore, Settings};
-pub use pages::factory_reset;
-pub use session::{Limiter, Session, Sessions};
-
-use crate::api::AppState;
-use crate::config::Config;
-use crate::library::ModelLibrary;
+use crate::app::AppState;
+use crate::owner::session;
 
 pub const ZONEINFO: &str = "/usr/share/zoneinfo";
-
-/// The web side of the daemon's state.
-pub struct Web {
-    pub owner: OwnerStore,
-    pub sessions: Sessions,
-    pub claim: ClaimFiles,
-    /// Wrong claim codes and passwords.
-    pub guesses: Limiter,
-    pub catalog: Catalog,
-    pub headers: catalog::Headers,
-    pub downloads: Arc<Downloads>,
-    pages: Handlebars<'static>,
-}
-
-impl Web {
-    pub fn new(config: &Config, library: Arc<ModelLibrary>, http: reqwest::Client) -> Result<Web> {
-        let catalog = Catalog::load(&config.web.catalog)?;
-        Ok(Web {
-            owner: owner_store(&config.state_dir),
-            sessions: Sessions::default(),
-            claim: ClaimFiles::new(&config.web.runtime_dir),
-            guesses: Limiter::new(Duration::from_secs(60), 5, 20),
-            headers: catalog::Headers::new(config.state_dir.join("catalog"), http.clone()),
-            downloads: Downloads::new(config.state_dir.join("downloads"), library, http),
-            catalog,
-            pages: pages::templates()?,
-        })
-    }
-
-    /// Start-up: a claim code when the box has no owner, and interrupted downloads resumed.
-    pub fn start(&self) -> Result<()> {
-        let file = self.owner.load()?;
-        if file.owner.is_none() {
-            let code = self.claim.ensure(file.claim_code.as_deref())?;
-            tracing::info!("not set up yet: claim this box at http://{}.local/ with the code {code}", file.settings.box_name);
-        } else {
-            self.claim.claimed(&file.settings.box_name)?;
-        }
-        self.downloads.resume_interrupted(&self.catalog.entries);
-        Ok(())
-    }
-
-    /// This boot's claim code, made now (the seeded one, or a random one) if there is none yet.
-    pub fn claim_code(&self) -> Result<String> {
-        self.claim.ensure(self.owner.load()?.claim_code.as_deref())
-    }
-}
-
-pub fn owner_store(state_dir: &Path) -> OwnerStore {
-    OwnerStore::open(state_dir.join("owner.json"))
-}
-
-/// Files the setup writes in the state directory, all removed by a factory reset.
-pub fn state_paths(state_dir: &Path) -> Vec<PathBuf> {
-    ["owner.json", "owner.lock", "keys.json", "keys.lock", "models", "downloads", "catalog"].iter().map(|p| state_dir.join(p)).collect()
-}
 
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
@@ -149,7 +77,7 @@ async fn with_session(State(state): State<Arc<AppState>>, mut request: Request, 
         .iter()
         .filter_map(|v| v.to_str().ok())
         .find_map(|v| session::cookie_value(v, session::COOKIE).map(str::to_string));
-    let (session, new) = state.web.sessions.resume_or_start(cookie.as_deref());
+    let (session, new) = state.sessions.resume_or_start(cookie.as_deref());
     request.extensions_mut().insert(session.clone());
     let mut response = next.run(request).await;
     let headers = response.headers_mut();

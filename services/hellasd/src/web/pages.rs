@@ -5,7 +5,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use anyhow::Result;
@@ -18,11 +18,12 @@ use handlebars::Handlebars;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::catalog::{self, CatalogEntry, Fit};
-use super::owner::{self, Settings};
-use super::session::{self, Session};
-use super::{blocking, claim, state_paths, ZONEINFO};
-use crate::api::AppState;
+use super::{blocking, ZONEINFO};
+use crate::app::factory_reset;
+use crate::catalog::{self, CatalogEntry, Fit};
+use crate::owner::session::{self, Session};
+use crate::owner::{self, claim, Settings};
+use crate::app::AppState;
 use crate::memory_budget::BudgetSource;
 use hellas_model::plan::format_bytes;
 
@@ -46,7 +47,10 @@ const TEMPLATES: [(&str, &str); 13] = [
     ("pool", include_str!("templates/pool.hbs")),
 ];
 
-pub fn templates() -> Result<Handlebars<'static>> {
+/// The pages, parsed once; `templates_parse` below checks they parse.
+static PAGES: LazyLock<Handlebars<'static>> = LazyLock::new(|| templates().expect("the page templates are checked by a test"));
+
+pub(super) fn templates() -> Result<Handlebars<'static>> {
     let mut pages = Handlebars::new();
     for (name, text) in TEMPLATES {
         pages.register_template_string(name, text).map_err(|e| anyhow::anyhow!("template {name}: {e}"))?;
@@ -80,7 +84,7 @@ impl Page {
         self
     }
 
-    pub(super) fn render(self, state: &AppState, session: &Session) -> Response {
+    pub(super) fn render(self, session: &Session) -> Response {
         let mut data = self.data;
         let steps: Vec<Value> = STEPS
             .iter()
@@ -94,7 +98,7 @@ impl Page {
         if let (Value::Object(data), Value::Object(common)) = (&mut data, common) {
             data.extend(common);
         }
-        match state.web.pages.render(self.template, &data) {
+        match PAGES.render(self.template, &data) {
             Ok(html) => (self.status, [(header::CONTENT_TYPE, "text/html; charset=utf-8"), (header::CACHE_CONTROL, "no-store")], html).into_response(),
             Err(e) => internal(anyhow::anyhow!("rendering {}: {e}", self.template)),
         }
@@ -137,11 +141,11 @@ pub(super) fn require_owner(session: &Session) -> Result<(), Response> {
 }
 
 fn claimed(state: &AppState) -> Result<bool, Response> {
-    state.web.owner.is_claimed().map_err(internal)
+    state.owner.is_claimed().map_err(internal)
 }
 
 fn setup_done(state: &AppState) -> Result<bool, Response> {
-    state.web.owner.load().map(|f| f.setup_done).map_err(internal)
+    state.owner.load().map(|f| f.setup_done).map_err(internal)
 }
 
 macro_rules! guard {
@@ -164,7 +168,7 @@ fn with_retry_after(mut response: Response, wait: Duration) -> Response {
 }
 
 pub async fn home(State(state): St, Extension(session): Ses) -> Response {
-    let file = guard!(state.web.owner.load().map_err(internal));
+    let file = guard!(state.owner.load().map_err(internal));
     if file.owner.is_none() {
         return redirect(if session.claim_ok { "/setup/owner" } else { "/setup/claim" });
     }
@@ -184,7 +188,7 @@ pub async fn claim_page(State(state): St, Extension(session): Ses) -> Response {
     if guard!(claimed(&state)) {
         return redirect("/login");
     }
-    Page::new("claim", "Claim this box", json!({})).step(0).render(&state, &session)
+    Page::new("claim", "Claim this box", json!({})).step(0).render(&session)
 }
 
 pub async fn claim(State(state): St, Extension(session): Ses, ConnectInfo(peer): ConnectInfo<SocketAddr>, Form(form): Form<ClaimForm>) -> Response {
@@ -193,16 +197,16 @@ pub async fn claim(State(state): St, Extension(session): Ses, ConnectInfo(peer):
         return redirect("/login");
     }
     let page = || Page::new("claim", "Claim this box", json!({})).step(0);
-    if let Err(wait) = state.web.guesses.check(peer.ip()) {
-        return with_retry_after(page().error(StatusCode::TOO_MANY_REQUESTS, too_many(wait)).render(&state, &session), wait);
+    if let Err(wait) = state.guesses.check(peer.ip()) {
+        return with_retry_after(page().error(StatusCode::TOO_MANY_REQUESTS, too_many(wait)).render(&session), wait);
     }
-    let code = guard!(state.web.claim_code().map_err(internal));
+    let code = guard!(state.claim_code().map_err(internal));
     if !claim::matches(&form.code, &code) {
-        state.web.guesses.failed(peer.ip());
+        state.guesses.failed(peer.ip());
         tracing::warn!(client = %peer.ip(), "a wrong claim code was entered");
-        return page().error(StatusCode::FORBIDDEN, "That is not this box's claim code. Check the box's screen and try again.").render(&state, &session);
+        return page().error(StatusCode::FORBIDDEN, "That is not this box's claim code. Check the box's screen and try again.").render(&session);
     }
-    let session = state.web.sessions.renew(&session, |s| s.claim_ok = true);
+    let session = state.sessions.renew(&session, |s| s.claim_ok = true);
     redirect_with("/setup/owner", &session)
 }
 
@@ -224,7 +228,7 @@ pub async fn owner_page(State(state): St, Extension(session): Ses) -> Response {
     if !session.claim_ok {
         return redirect("/setup/claim");
     }
-    owner_form().render(&state, &session)
+    owner_form().render(&session)
 }
 
 pub async fn set_owner(State(state): St, Extension(session): Ses, Form(form): Form<OwnerForm>) -> Response {
@@ -236,21 +240,21 @@ pub async fn set_owner(State(state): St, Extension(session): Ses, Form(form): Fo
         return redirect("/setup/claim");
     }
     if form.password != form.confirm {
-        return owner_form().error(StatusCode::BAD_REQUEST, "The two passwords differ.").render(&state, &session);
+        return owner_form().error(StatusCode::BAD_REQUEST, "The two passwords differ.").render(&session);
     }
     if let Err(rule) = owner::check_password(&form.password) {
-        return owner_form().error(StatusCode::BAD_REQUEST, format!("That password does not work: {rule}.")).render(&state, &session);
+        return owner_form().error(StatusCode::BAD_REQUEST, format!("That password does not work: {rule}.")).render(&session);
     }
     let web = state.clone();
-    if let Err(e) = blocking(move || web.web.owner.claim(&form.password)).await {
-        return owner_form().error(StatusCode::CONFLICT, format!("{e:#}")).render(&state, &session);
+    if let Err(e) = blocking(move || web.owner.claim(&form.password)).await {
+        return owner_form().error(StatusCode::CONFLICT, format!("{e:#}")).render(&session);
     }
-    let name = guard!(state.web.owner.load().map_err(internal)).settings.box_name;
-    if let Err(e) = state.web.claim.claimed(&name) {
+    let name = guard!(state.owner.load().map_err(internal)).settings.box_name;
+    if let Err(e) = state.claim.claimed(&name) {
         tracing::warn!("updating the console's claim text: {e:#}");
     }
     tracing::info!("the box was claimed");
-    let session = state.web.sessions.renew(&session, |s| {
+    let session = state.sessions.renew(&session, |s| {
         s.owner = true;
         s.claim_ok = false;
     });
@@ -280,8 +284,8 @@ fn settings_form(settings: &Settings, ssh_text: &str, done: bool) -> Page {
 
 pub async fn settings_page(State(state): St, Extension(session): Ses) -> Response {
     guard!(require_owner(&session));
-    let file = guard!(state.web.owner.load().map_err(internal));
-    settings_form(&file.settings, &file.settings.ssh_keys.join("\n"), file.setup_done).render(&state, &session)
+    let file = guard!(state.owner.load().map_err(internal));
+    settings_form(&file.settings, &file.settings.ssh_keys.join("\n"), file.setup_done).render(&session)
 }
 
 pub async fn save_settings(State(state): St, Extension(session): Ses, Form(form): Form<SettingsForm>) -> Response {
@@ -297,10 +301,10 @@ pub async fn save_settings(State(state): St, Extension(session): Ses, Form(form)
     let settings = Settings { box_name, timezone, ssh_keys: Vec::new(), update_channel: form.update_channel.trim().to_string() };
     let ssh_keys = match checked {
         Ok(keys) => keys,
-        Err(problem) => return settings_form(&settings, &form.ssh_keys, done).error(StatusCode::BAD_REQUEST, problem).render(&state, &session),
+        Err(problem) => return settings_form(&settings, &form.ssh_keys, done).error(StatusCode::BAD_REQUEST, problem).render(&session),
     };
     let settings = Settings { ssh_keys, ..settings };
-    guard!(state.web.owner.update_settings(settings).map_err(internal));
+    guard!(state.owner.update_settings(settings).map_err(internal));
     redirect(if done { "/dashboard" } else { "/models" })
 }
 
@@ -311,7 +315,7 @@ async fn entry_fit(state: &AppState, entry: &CatalogEntry) -> Fit {
     }
     let request = state.supervisor.request();
     let budget = request.budget;
-    match tokio::time::timeout(Duration::from_secs(20), state.web.headers.info(entry)).await {
+    match tokio::time::timeout(Duration::from_secs(20), state.headers.info(entry)).await {
         Ok(Ok(info)) => catalog::fit(&info, &request, |local| state.supervisor.split_plan(&info, local)),
         Ok(Err(e)) => Fit::Unknown { reason: format!("{e:#}"), weights_fit: entry.size <= budget },
         Err(_) => Fit::Unknown { reason: "the model's source did not answer in time".into(), weights_fit: entry.size <= budget },
@@ -332,9 +336,8 @@ fn fit_kind(fit: &Fit) -> &'static str {
 pub async fn models_page(State(state): St, Extension(session): Ses) -> Response {
     guard!(require_owner(&session));
     let done = guard!(setup_done(&state));
-    let fits = futures_util::future::join_all(state.web.catalog.entries.iter().map(|e| entry_fit(&state, e))).await;
+    let fits = futures_util::future::join_all(state.catalog.entries.iter().map(|e| entry_fit(&state, e))).await;
     let models: Vec<Value> = state
-        .web
         .catalog
         .entries
         .iter()
@@ -353,7 +356,7 @@ pub async fn models_page(State(state): St, Extension(session): Ses) -> Response 
         "budget": format_bytes(state.supervisor.budget()), "budget_source": state.budget.describe(),
     });
     let page = Page::new("models", "Pick a model", data);
-    if done { page } else { page.step(3) }.render(&state, &session)
+    if done { page } else { page.step(3) }.render(&session)
 }
 
 #[derive(Deserialize)]
@@ -365,32 +368,32 @@ pub struct DownloadForm {
 pub async fn start_download(State(state): St, Extension(session): Ses, Form(form): Form<DownloadForm>) -> Response {
     guard!(require_owner(&session));
     guard!(check_csrf(&session, &form.csrf));
-    let Some(entry) = state.web.catalog.get(&form.sha256).cloned() else {
+    let Some(entry) = state.catalog.get(&form.sha256).cloned() else {
         return (StatusCode::NOT_FOUND, "no such model in the catalog").into_response();
     };
     let fit = entry_fit(&state, &entry).await;
     if !fit.downloadable() && !matches!(fit, Fit::Installed) {
         let message = format!("{} is not downloaded: {}", entry.title, fit.describe());
-        return Page::new("message", "Not downloaded", json!({ "back": "/models" })).error(StatusCode::CONFLICT, message).render(&state, &session);
+        return Page::new("message", "Not downloaded", json!({ "back": "/models" })).error(StatusCode::CONFLICT, message).render(&session);
     }
-    state.web.downloads.start(&entry);
+    state.downloads.start(&entry);
     redirect(&format!("/downloads/{}", entry.sha256))
 }
 
 pub async fn download_page(State(state): St, Extension(session): Ses, Path(sha256): Path<String>) -> Response {
     guard!(require_owner(&session));
-    let Some(entry) = state.web.catalog.get(&sha256).cloned() else {
+    let Some(entry) = state.catalog.get(&sha256).cloned() else {
         return (StatusCode::NOT_FOUND, "no such model in the catalog").into_response();
     };
     let next = if guard!(setup_done(&state)) { "/dashboard" } else { "/setup/key" };
     let data = json!({ "sha256": entry.sha256, "name": entry.title, "size": format_bytes(entry.size), "next": next });
-    Page::new("download", format!("Downloading {}", entry.title), data).render(&state, &session)
+    Page::new("download", format!("Downloading {}", entry.title), data).render(&session)
 }
 
 /// Server-sent events: the download's progress, one JSON object per change, until it ends.
 pub async fn download_events(State(state): St, Extension(session): Ses, Path(sha256): Path<String>) -> Response {
     guard!(require_owner(&session));
-    let Some(job) = state.web.downloads.get(&sha256) else {
+    let Some(job) = state.downloads.get(&sha256) else {
         return (StatusCode::NOT_FOUND, "no download of that model").into_response();
     };
     let receiver = job.watch();
@@ -419,7 +422,7 @@ pub struct CsrfForm {
 pub async fn cancel_download(State(state): St, Extension(session): Ses, Path(sha256): Path<String>, Form(form): Form<CsrfForm>) -> Response {
     guard!(require_owner(&session));
     guard!(check_csrf(&session, &form.csrf));
-    state.web.downloads.cancel(&sha256);
+    state.downloads.cancel(&sha256);
     redirect(&format!("/downloads/{sha256}"))
 }
 
@@ -435,7 +438,7 @@ fn key_form_page(done: bool) -> Page {
 pub async fn key_form(State(state): St, Extension(session): Ses) -> Response {
     guard!(require_owner(&session));
     let done = guard!(setup_done(&state));
-    key_form_page(done).render(&state, &session)
+    key_form_page(done).render(&session)
 }
 
 #[derive(Deserialize)]
@@ -450,10 +453,10 @@ pub async fn create_key(State(state): St, Extension(session): Ses, headers: Head
     let done = guard!(setup_done(&state));
     let (record, secret) = match state.keys.create(form.name.trim()) {
         Ok(created) => created,
-        Err(e) => return key_form_page(done).error(StatusCode::BAD_REQUEST, format!("{e:#}")).render(&state, &session),
+        Err(e) => return key_form_page(done).error(StatusCode::BAD_REQUEST, format!("{e:#}")).render(&session),
     };
     if !done {
-        guard!(state.web.owner.finish_setup().map_err(internal));
+        guard!(state.owner.finish_setup().map_err(internal));
     }
     let models: Vec<String> = guard!(state.library.list().map_err(internal)).into_iter().map(|m| m.name).collect();
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("hellas.local");
@@ -461,7 +464,7 @@ pub async fn create_key(State(state): St, Extension(session): Ses, headers: Head
         "key_name": record.name, "secret": secret, "base_url": api_base(host, state.config.api.listen.port()),
         "model": models.first().cloned().unwrap_or_else(|| "MODEL".into()), "models": models,
     });
-    Page::new("key", "Your API key", data).render(&state, &session)
+    Page::new("key", "Your API key", data).render(&session)
 }
 
 /// The API's base URL as this browser reaches the box: its host name with the API's port.
@@ -484,7 +487,7 @@ pub async fn revoke_key(State(state): St, Extension(session): Ses, Form(form): F
     guard!(check_csrf(&session, &form.csrf));
     match state.keys.revoke(&form.id) {
         Ok(_) => redirect("/dashboard"),
-        Err(e) => Page::new("message", "Not revoked", json!({ "back": "/dashboard" })).error(StatusCode::NOT_FOUND, format!("{e:#}")).render(&state, &session),
+        Err(e) => Page::new("message", "Not revoked", json!({ "back": "/dashboard" })).error(StatusCode::NOT_FOUND, format!("{e:#}")).render(&session),
     }
 }
 
@@ -500,13 +503,13 @@ pub async fn remove_model(State(state): St, Extension(session): Ses, Form(form):
     state.supervisor.unload(&form.name).await;
     match state.library.remove(&form.name) {
         Ok(_) => redirect("/dashboard"),
-        Err(e) => Page::new("message", "Not removed", json!({ "back": "/dashboard" })).error(StatusCode::NOT_FOUND, format!("{e:#}")).render(&state, &session),
+        Err(e) => Page::new("message", "Not removed", json!({ "back": "/dashboard" })).error(StatusCode::NOT_FOUND, format!("{e:#}")).render(&session),
     }
 }
 
 pub async fn dashboard(State(state): St, Extension(session): Ses) -> Response {
     guard!(require_owner(&session));
-    let file = guard!(state.web.owner.load().map_err(internal));
+    let file = guard!(state.owner.load().map_err(internal));
     let loaded = state.supervisor.loaded();
     let models: Vec<Value> = guard!(state.library.list().map_err(internal))
         .into_iter()
@@ -521,7 +524,6 @@ pub async fn dashboard(State(state): St, Extension(session): Ses) -> Response {
         .collect();
     let used: u64 = state.supervisor.resident_bytes() + state.cluster.as_ref().map_or(0, |c| c.held_bytes());
     let downloads: Vec<Value> = state
-        .web
         .downloads
         .all()
         .iter()
@@ -540,7 +542,7 @@ pub async fn dashboard(State(state): St, Extension(session): Ses) -> Response {
         "memory": memory_bar(&state, used), "models": models, "downloads": downloads, "keys": keys,
         "recent": recent, "ssh_key_count": file.settings.ssh_keys.len(), "settings": file.settings, "tuning": tuning, "update": update,
     });
-    Page::new("dashboard", format!("{}.local", file.settings.box_name), data).render(&state, &session)
+    Page::new("dashboard", format!("{}.local", file.settings.box_name), data).render(&session)
 }
 
 /// The dashboard's update section: what runs, what the channel offers, what is happening.
@@ -559,7 +561,7 @@ fn update_view(state: &AppState) -> Result<Value> {
     Ok(json!({
         "booted": booted, "channel": update::channel(&state.config)?, "offered": status.offered, "phase": phase,
         "busy": matches!(status.phase, Phase::Checking | Phase::Installing { .. } | Phase::Rebooting { .. } | Phase::CopyingToDisk { .. }),
-        "disks": crate::install::candidates().unwrap_or_default().iter().map(|d| json!({ "device": d.device, "label": format!("{} {} ({})", d.device, d.model, format_bytes(d.bytes)) })).collect::<Vec<_>>(),
+        "disks": crate::update::install::candidates().unwrap_or_default().iter().map(|d| json!({ "device": d.device, "label": format!("{} {} ({})", d.device, d.model, format_bytes(d.bytes)) })).collect::<Vec<_>>(),
         "failed": matches!(status.phase, Phase::Failed { .. }), "last_result": status.last_result,
         "rejected": status.rejected,
     }))
@@ -581,7 +583,7 @@ pub async fn request_update(State(state): St, Extension(session): Ses, Form(form
         Some(version) => {
             let status = guard!(UpdateFiles::new(&state.config.state_dir).status().map_err(internal));
             if let Some(why) = status.not_on_offer(&version) {
-                return Page::new("message", "Not updated", json!({ "back": "/dashboard" })).error(StatusCode::CONFLICT, why).render(&state, &session);
+                return Page::new("message", "Not updated", json!({ "back": "/dashboard" })).error(StatusCode::CONFLICT, why).render(&session);
             }
             Request::Apply { version }
         }
@@ -606,11 +608,11 @@ pub async fn request_install(State(state): St, Extension(session): Ses, Form(for
     use crate::update::{Request, UpdateFiles};
     guard!(require_owner(&session));
     guard!(check_csrf(&session, &form.csrf));
-    let refuse = |problem: String| Page::new("message", "Not installed", json!({ "back": "/dashboard" })).error(StatusCode::BAD_REQUEST, problem).render(&state, &session);
+    let refuse = |problem: String| Page::new("message", "Not installed", json!({ "back": "/dashboard" })).error(StatusCode::BAD_REQUEST, problem).render(&session);
     if form.confirm.trim() != form.disk {
         return refuse(format!("type {} to confirm: everything on it is lost", form.disk));
     }
-    if !crate::install::candidates().unwrap_or_default().iter().any(|d| d.device == form.disk) {
+    if !crate::update::install::candidates().unwrap_or_default().iter().any(|d| d.device == form.disk) {
         return refuse(format!("{} is not a disk this box can install to", form.disk));
     }
     let request = Request::Install { disk: form.disk, keep_data: form.keep_data.is_some() };
@@ -628,8 +630,8 @@ pub async fn update_status(State(state): St, Extension(session): Ses) -> Respons
     }
 }
 
-fn describe_progress(progress: &super::Progress) -> String {
-    use super::Progress as P;
+fn describe_progress(progress: &crate::catalog::Progress) -> String {
+    use crate::catalog::Progress as P;
     match progress {
         P::Starting => "starting".into(),
         P::Downloading { done, total, .. } => format!("{:.0}% of {}", 100.0 * *done as f64 / *total as f64, format_bytes(*total)),
@@ -668,7 +670,7 @@ fn memory_bar(state: &AppState, used: u64) -> Value {
     json!({ "parts": parts, "source": source, "label": label })
 }
 
-fn recent_rows(recent: &VecDeque<crate::api::RecentRequest>) -> Vec<Value> {
+fn recent_rows(recent: &VecDeque<crate::app::RecentRequest>) -> Vec<Value> {
     recent
         .iter()
         .rev()
@@ -693,29 +695,29 @@ pub async fn login_page(State(state): St, Extension(session): Ses) -> Response {
     if !guard!(claimed(&state)) {
         return redirect("/");
     }
-    Page::new("login", "Log in", json!({})).render(&state, &session)
+    Page::new("login", "Log in", json!({})).render(&session)
 }
 
 pub async fn login(State(state): St, Extension(session): Ses, ConnectInfo(peer): ConnectInfo<SocketAddr>, Form(form): Form<LoginForm>) -> Response {
     guard!(check_csrf(&session, &form.csrf));
     let page = || Page::new("login", "Log in", json!({}));
-    if let Err(wait) = state.web.guesses.check(peer.ip()) {
-        return with_retry_after(page().error(StatusCode::TOO_MANY_REQUESTS, too_many(wait)).render(&state, &session), wait);
+    if let Err(wait) = state.guesses.check(peer.ip()) {
+        return with_retry_after(page().error(StatusCode::TOO_MANY_REQUESTS, too_many(wait)).render(&session), wait);
     }
     let web = state.clone();
-    let right = guard!(blocking(move || web.web.owner.verify_password(&form.password)).await.map_err(internal));
+    let right = guard!(blocking(move || web.owner.verify_password(&form.password)).await.map_err(internal));
     if !right {
-        state.web.guesses.failed(peer.ip());
+        state.guesses.failed(peer.ip());
         tracing::warn!(client = %peer.ip(), "a wrong owner password was entered");
-        return page().error(StatusCode::FORBIDDEN, "Wrong password.").render(&state, &session);
+        return page().error(StatusCode::FORBIDDEN, "Wrong password.").render(&session);
     }
-    let session = state.web.sessions.renew(&session, |s| s.owner = true);
+    let session = state.sessions.renew(&session, |s| s.owner = true);
     redirect_with("/", &session)
 }
 
 pub async fn logout(State(state): St, Extension(session): Ses, Form(form): Form<CsrfForm>) -> Response {
     guard!(check_csrf(&session, &form.csrf));
-    state.web.sessions.end(&session.id);
+    state.sessions.end(&session.id);
     let mut response = redirect("/");
     response.headers_mut().append(header::SET_COOKIE, HeaderValue::from_static("hellas_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"));
     response
@@ -723,8 +725,8 @@ pub async fn logout(State(state): St, Extension(session): Ses, Form(form): Form<
 
 pub async fn reset_page(State(state): St, Extension(session): Ses) -> Response {
     guard!(require_owner(&session));
-    let file = guard!(state.web.owner.load().map_err(internal));
-    Page::new("reset", "Factory reset", json!({ "box_name": file.settings.box_name })).render(&state, &session)
+    let file = guard!(state.owner.load().map_err(internal));
+    Page::new("reset", "Factory reset", json!({ "box_name": file.settings.box_name })).render(&session)
 }
 
 #[derive(Deserialize)]
@@ -736,43 +738,17 @@ pub struct ResetForm {
 pub async fn reset(State(state): St, Extension(session): Ses, Form(form): Form<ResetForm>) -> Response {
     guard!(require_owner(&session));
     guard!(check_csrf(&session, &form.csrf));
-    let file = guard!(state.web.owner.load().map_err(internal));
+    let file = guard!(state.owner.load().map_err(internal));
     if form.confirm.trim() != file.settings.box_name {
         return Page::new("reset", "Factory reset", json!({ "box_name": file.settings.box_name }))
             .error(StatusCode::BAD_REQUEST, format!("Type the box name, {}, exactly to confirm.", file.settings.box_name))
-            .render(&state, &session);
+            .render(&session);
     }
     tracing::warn!("factory reset requested by the owner");
     guard!(factory_reset(&state).await.map_err(internal));
     let mut response = redirect("/");
     response.headers_mut().append(header::SET_COOKIE, HeaderValue::from_static("hellas_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"));
     response
-}
-
-/// Unpairs the box from its peers, stops every engine and download, deletes the state the setup
-/// made (models, keys, owner, settings) and returns the box to its unclaimed state with a new claim code.
-pub async fn factory_reset(state: &AppState) -> Result<()> {
-    if let Some(cluster) = &state.cluster {
-        cluster.unpair_all().await;
-    }
-    for engine in state.supervisor.loaded() {
-        state.supervisor.unload(&engine.model).await;
-    }
-    for job in state.web.downloads.all() {
-        state.web.downloads.cancel(&job.entry.sha256);
-    }
-    for path in state_paths(&state.config.state_dir) {
-        let removed = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
-        match removed {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(anyhow::Error::from(e).context(format!("removing {}", path.display()))),
-        }
-    }
-    state.web.sessions.end_all();
-    let code = state.web.claim_code()?;
-    tracing::info!("factory reset done: claim the box again with the code {code}");
-    Ok(())
 }
 
 #[cfg(test)]

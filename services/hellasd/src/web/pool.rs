@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::pages::{check_csrf, guard, redirect, require_owner, Page, Ses, St};
-use crate::api::AppState;
+use crate::app::AppState;
 use crate::cluster::Cluster;
 use hellas_model::plan::format_bytes;
 
@@ -69,7 +69,7 @@ fn pool_data(state: &AppState, cluster: &Cluster) -> Value {
 pub async fn pool_page(State(state): St, Extension(session): Ses) -> Response {
     guard!(require_owner(&session));
     let cluster = guard!(pool(&state));
-    Page::new("pool", "Pool", pool_data(&state, cluster)).render(&state, &session)
+    Page::new("pool", "Pool", pool_data(&state, cluster)).render(&session)
 }
 
 pub async fn pool_json(State(state): St, Extension(session): Ses) -> Response {
@@ -95,7 +95,7 @@ pub async fn new_code(
     let (code, valid) = cluster.new_join_code();
     let mut data = pool_data(&state, cluster);
     data["code"] = json!({ "code": code, "minutes": valid.as_secs().div_ceil(60) });
-    Page::new("pool", "Pool", data).render(&state, &session)
+    Page::new("pool", "Pool", data).render(&session)
 }
 
 #[derive(Deserialize)]
@@ -123,7 +123,7 @@ pub async fn join(
         data["back"] = json!("/pool");
         Page::new("pool", "Pool", data)
             .error(status, problem)
-            .render(&state, &session)
+            .render(&session)
     };
     let address = if !form.node_id.is_empty() {
         match cluster.discovered(&form.node_id) {
@@ -183,7 +183,7 @@ pub async fn unpair(
         Ok(_) => redirect("/pool"),
         Err(e) => Page::new("message", "Not unpaired", json!({ "back": "/pool" }))
             .error(StatusCode::NOT_FOUND, format!("{e:#}"))
-            .render(&state, &session),
+            .render(&session),
     }
 }
 
@@ -200,7 +200,7 @@ pub async fn update_fleet(State(state): St, Extension(session): Ses, Form(form):
     let cluster = guard!(pool(&state));
     match cluster.start_rollout(form.version.trim()) {
         Ok(()) => redirect("/pool"),
-        Err(e) => Page::new("pool", "Pool", pool_data(&state, cluster)).error(StatusCode::CONFLICT, format!("The fleet update did not start: {e:#}")).render(&state, &session),
+        Err(e) => Page::new("pool", "Pool", pool_data(&state, cluster)).error(StatusCode::CONFLICT, format!("The fleet update did not start: {e:#}")).render(&session),
     }
 }
 
@@ -219,7 +219,7 @@ pub async fn reimage(State(state): St, Extension(session): Ses, Form(form): Form
     guard!(require_owner(&session));
     guard!(check_csrf(&session, &form.csrf));
     let cluster = guard!(pool(&state));
-    let refuse = |status: StatusCode, problem: String| Page::new("pool", "Pool", pool_data(&state, cluster)).error(status, problem).render(&state, &session);
+    let refuse = |status: StatusCode, problem: String| Page::new("pool", "Pool", pool_data(&state, cluster)).error(status, problem).render(&session);
     let Some(peer) = cluster.view().peers.into_iter().find(|p| p.node_id == form.node_id) else {
         return refuse(StatusCode::NOT_FOUND, "That box is not paired with this one.".into());
     };
@@ -231,7 +231,7 @@ pub async fn reimage(State(state): St, Extension(session): Ses, Form(form): Form
             tracing::info!("{done}");
             let mut data = pool_data(&state, cluster);
             data["notice"] = json!(done);
-            Page::new("pool", "Pool", data).render(&state, &session)
+            Page::new("pool", "Pool", data).render(&session)
         }
         Err(e) => refuse(StatusCode::BAD_GATEWAY, format!("Not re-imaged: {e:#}")),
     }

@@ -5,6 +5,8 @@
 //! GGUF header at the start of the file: it is fetched with an HTTP range request, parsed by the
 //! same reader the library uses, and kept in the state directory so each header is fetched once.
 
+mod download;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -16,6 +18,8 @@ use hellas_model::gguf::{GgufFile, ModelInfo};
 use crate::library::validate_name;
 use hellas_model::plan::{self as planner, Plan, PlanRequest, Verdict};
 use crate::state_file::write_atomically;
+
+pub use download::{Downloads, Progress};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

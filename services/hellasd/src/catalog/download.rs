@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
-use super::catalog::CatalogEntry;
+use super::CatalogEntry;
 use crate::library::ModelLibrary;
 use hellas_model::plan::format_bytes;
 

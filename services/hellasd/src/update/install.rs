@@ -187,7 +187,7 @@ pub fn install(disk: &str, keep_data: bool, runtime_dir: &Path) -> Result<()> {
     println!("installing to {disk} ({} bytes, {}) from {booted}, {} the owner's data", target.bytes, target.model, if keep_data { "with" } else { "without" });
     let mut repart = Command::new("systemd-repart");
     repart.args(["--dry-run=no", "--empty=force", "--no-pager"]).arg(format!("--definitions={}", dir.display())).arg(disk);
-    crate::update::run_logged(&mut repart, &format!("systemd-repart {disk}"))?;
+    super::run_logged(&mut repart, &format!("systemd-repart {disk}"))?;
     Ok(())
 }
 

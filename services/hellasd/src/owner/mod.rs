@@ -1,15 +1,23 @@
 //! The owner of the box and the settings chosen in the setup: `owner.json` in the state
 //! directory. The password is kept only as an argon2id hash (PHC string).
+//!
+//! Beside it: [`claim`], the code that proves whoever claims the box stands at it, and
+//! [`session`], the browsers' sessions and the limits on guessing.
+
+pub mod claim;
+pub mod session;
 
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
 use serde::{Deserialize, Serialize};
 
-use crate::state_file::StateFile;
+use crate::state_file::{unix_now, StateFile};
+
+pub use claim::ClaimFiles;
+pub use session::{Limiter, Session, Sessions};
 
 pub const MIN_PASSWORD: usize = 10;
 pub const MAX_PASSWORD: usize = 256;
@@ -51,6 +59,11 @@ impl Default for Settings {
     fn default() -> Self {
         Settings { box_name: "hellas".into(), timezone: "UTC".into(), ssh_keys: Vec::new(), update_channel: String::new() }
     }
+}
+
+/// The owner's store in `state_dir`.
+pub fn owner_store(state_dir: &Path) -> OwnerStore {
+    OwnerStore::open(state_dir.join("owner.json"))
 }
 
 pub struct OwnerStore {
@@ -245,11 +258,6 @@ pub fn parse_ssh_keys(text: &str) -> Result<Vec<String>, String> {
         keys.push(line.to_string());
     }
     Ok(keys)
-}
-
-/// Seconds since the epoch, as the state files record times.
-pub fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 #[cfg(test)]

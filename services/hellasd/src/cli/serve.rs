@@ -6,15 +6,39 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use axum::serve::ListenerExt;
 
-use crate::admission::Admission;
-use crate::api::{self, AppState};
+use crate::api;
+use crate::app::{factory_reset, AppState, Parts};
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::engine::Supervisor;
-use crate::keys::KeyStore;
 use crate::library::ModelLibrary;
 use crate::memory_budget;
 use crate::metrics::Metrics;
-use crate::web::{self, Web};
+use crate::owner::owner_store;
+use crate::web;
+
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// Override `api.listen`.
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// Override `engine.llama_server`.
+    #[arg(long)]
+    llama_server: Option<std::path::PathBuf>,
+    /// Override `memory.budget_bytes`.
+    #[arg(long)]
+    budget_bytes: Option<u64>,
+}
+
+impl ServeArgs {
+    /// The configuration with these overrides applied.
+    pub fn apply(self, mut config: Config) -> Config {
+        config.api.listen = self.listen.unwrap_or(config.api.listen);
+        config.engine.llama_server = self.llama_server.unwrap_or(config.engine.llama_server);
+        config.memory.budget_bytes = self.budget_bytes.or(config.memory.budget_bytes);
+        config
+    }
+}
 
 pub async fn run(config: Config) -> Result<()> {
     let budget = match config.memory.budget_bytes {
@@ -27,34 +51,13 @@ pub async fn run(config: Config) -> Result<()> {
     let supervisor = Supervisor::new(config.engine.clone(), budget.usable, library.clone(), metrics.clone());
     supervisor.spawn_idle_reaper();
     let cluster = if config.cluster.enabled {
-        let cluster = crate::cluster::Cluster::new(&config, web::owner_store(&config.state_dir)).context("setting up the pool")?;
+        let cluster = Cluster::new(&config, owner_store(&config.state_dir), supervisor.clone()).context("setting up the pool")?;
         supervisor.set_pool(cluster.clone());
         Some(cluster)
     } else {
         None
     };
-    let http = reqwest::Client::builder().no_proxy().build().context("building the HTTP client")?;
-    let web = Web::new(&config, library.clone(), http).context("loading the web setup")?;
-    let state = Arc::new(AppState {
-        budget,
-        web,
-        recent: Default::default(),
-        keys: KeyStore::open(config.state_dir.join("keys.json")),
-        admission: Admission::new(config.api.queue_depth),
-        http: reqwest::Client::builder()
-            .no_proxy()
-            // llama-server closes idle keep-alive connections after 5 s; dropping ours sooner
-            // keeps a request from being sent down a connection the engine is closing.
-            .pool_idle_timeout(std::time::Duration::from_secs(3))
-            .tcp_nodelay(true)
-            .build()
-            .context("building the HTTP client")?,
-        library,
-        supervisor: supervisor.clone(),
-        cluster,
-        metrics,
-        config,
-    });
+    let state = Arc::new(AppState::new(config, Parts { budget, library, supervisor: supervisor.clone(), cluster, metrics })?);
     let listener = tokio::net::TcpListener::bind(state.config.api.listen)
         .await
         .with_context(|| format!("listening on {}", state.config.api.listen))?;
@@ -63,9 +66,19 @@ pub async fn run(config: Config) -> Result<()> {
         .await
         .with_context(|| format!("listening on {} for the web pages", state.config.web.listen))?;
     tracing::info!(address = %web_listener.local_addr()?, "web pages listening");
-    state.web.start()?;
+    state.start()?;
     if let Some(cluster) = &state.cluster {
-        cluster.start(&state).await?;
+        // A peer's re-image without the data is a factory reset, which needs the whole app.
+        let app = Arc::downgrade(&state);
+        cluster
+            .start(Box::new(move || {
+                let app = app.clone();
+                Box::pin(async move {
+                    let app = app.upgrade().context("hellasd is stopping")?;
+                    factory_reset(&app).await
+                })
+            }))
+            .await?;
     }
     let pages = web::router(state.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>();
     let web_server = tokio::spawn(async move { axum::serve(web_listener, pages).with_graceful_shutdown(shutdown_signal()).await });

@@ -1,0 +1,151 @@
+//! The daemon's shared state, assembled once by `hellasd serve`: what the API and the web pages
+//! both serve from, and the factory reset that returns it to an unclaimed box.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use crate::admission::Admission;
+use crate::catalog::{self, Catalog, Downloads};
+use crate::cluster::Cluster;
+use crate::config::Config;
+use crate::engine::Supervisor;
+use crate::keys::KeyStore;
+use crate::library::ModelLibrary;
+use crate::memory_budget::MemoryBudget;
+use crate::metrics::Metrics;
+use crate::owner::{owner_store, ClaimFiles, Limiter, OwnerStore, Sessions};
+
+pub struct AppState {
+    pub config: Config,
+    pub budget: MemoryBudget,
+    pub owner: OwnerStore,
+    pub sessions: Sessions,
+    pub claim: ClaimFiles,
+    /// Wrong claim codes and passwords.
+    pub guesses: Limiter,
+    pub catalog: Catalog,
+    pub headers: catalog::Headers,
+    pub downloads: Arc<Downloads>,
+    /// The last answers, newest last, for the dashboard's tokens/s.
+    pub recent: Mutex<VecDeque<RecentRequest>>,
+    pub library: Arc<ModelLibrary>,
+    pub keys: KeyStore,
+    pub supervisor: Arc<Supervisor>,
+    /// The pool, when `cluster.enabled`.
+    pub cluster: Option<Arc<Cluster>>,
+    pub admission: Arc<Admission>,
+    pub metrics: Arc<Metrics>,
+    pub http: reqwest::Client,
+}
+
+pub struct RecentRequest {
+    pub model: String,
+    pub generated: u64,
+    pub duration: Duration,
+    pub at: Instant,
+}
+
+const RECENT: usize = 20;
+
+/// What `hellasd serve` builds before it assembles the state.
+pub struct Parts {
+    pub budget: MemoryBudget,
+    pub library: Arc<ModelLibrary>,
+    pub supervisor: Arc<Supervisor>,
+    pub cluster: Option<Arc<Cluster>>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl AppState {
+    pub fn new(config: Config, parts: Parts) -> Result<AppState> {
+        let downloads_http = reqwest::Client::builder().no_proxy().build().context("building the HTTP client")?;
+        let catalog = Catalog::load(&config.web.catalog).context("loading the model catalog")?;
+        Ok(AppState {
+            owner: owner_store(&config.state_dir),
+            sessions: Sessions::default(),
+            claim: ClaimFiles::new(&config.web.runtime_dir),
+            guesses: Limiter::new(Duration::from_secs(60), 5, 20),
+            headers: catalog::Headers::new(config.state_dir.join("catalog"), downloads_http.clone()),
+            downloads: Downloads::new(config.state_dir.join("downloads"), parts.library.clone(), downloads_http),
+            catalog,
+            budget: parts.budget,
+            recent: Default::default(),
+            keys: KeyStore::open(config.state_dir.join("keys.json")),
+            admission: Admission::new(config.api.queue_depth),
+            http: reqwest::Client::builder()
+                .no_proxy()
+                // llama-server closes idle keep-alive connections after 5 s; dropping ours sooner
+                // keeps a request from being sent down a connection the engine is closing.
+                .pool_idle_timeout(Duration::from_secs(3))
+                .tcp_nodelay(true)
+                .build()
+                .context("building the HTTP client")?,
+            library: parts.library,
+            supervisor: parts.supervisor,
+            cluster: parts.cluster,
+            metrics: parts.metrics,
+            config,
+        })
+    }
+
+    /// Start-up: a claim code when the box has no owner, and interrupted downloads resumed.
+    pub fn start(&self) -> Result<()> {
+        let file = self.owner.load()?;
+        if file.owner.is_none() {
+            let code = self.claim.ensure(file.claim_code.as_deref())?;
+            tracing::info!("not set up yet: claim this box at http://{}.local/ with the code {code}", file.settings.box_name);
+        } else {
+            self.claim.claimed(&file.settings.box_name)?;
+        }
+        self.downloads.resume_interrupted(&self.catalog.entries);
+        Ok(())
+    }
+
+    /// This boot's claim code, made now (the seeded one, or a random one) if there is none yet.
+    pub fn claim_code(&self) -> Result<String> {
+        self.claim.ensure(self.owner.load()?.claim_code.as_deref())
+    }
+
+    pub fn record_recent(&self, request: RecentRequest) {
+        let mut recent = self.recent.lock().unwrap();
+        if recent.len() == RECENT {
+            recent.pop_front();
+        }
+        recent.push_back(request);
+    }
+}
+
+/// Files the setup writes in the state directory, all removed by a factory reset.
+pub fn state_paths(state_dir: &Path) -> Vec<PathBuf> {
+    ["owner.json", "owner.lock", "keys.json", "keys.lock", "models", "downloads", "catalog"].iter().map(|p| state_dir.join(p)).collect()
+}
+
+/// Unpairs the box from its peers, stops every engine and download, deletes the state the setup
+/// made (models, keys, owner, settings) and returns the box to its unclaimed state with a new claim code.
+pub async fn factory_reset(state: &AppState) -> Result<()> {
+    if let Some(cluster) = &state.cluster {
+        cluster.unpair_all().await;
+    }
+    for engine in state.supervisor.loaded() {
+        state.supervisor.unload(&engine.model).await;
+    }
+    for job in state.downloads.all() {
+        state.downloads.cancel(&job.entry.sha256);
+    }
+    for path in state_paths(&state.config.state_dir) {
+        let removed = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+        match removed {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(anyhow::Error::from(e).context(format!("removing {}", path.display()))),
+        }
+    }
+    state.sessions.end_all();
+    let code = state.claim_code()?;
+    tracing::info!("factory reset done: claim the box again with the code {code}");
+    Ok(())
+}
