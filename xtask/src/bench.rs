@@ -16,7 +16,6 @@ use std::{fs, thread};
 
 use anyhow::{Context, Result};
 use duct::cmd;
-use serde_json::Value;
 
 use crate::cache;
 
@@ -54,32 +53,6 @@ lists them): it measures on the machine it runs on and replaces only its own sec
 command again on an otherwise idle machine and commit the file; each section names the command,
 the machine and the date it was measured on.
 ";
-
-/// The paths `cargo metadata` reports, so a `CARGO_TARGET_DIR` set by CI is honoured.
-pub struct Workspace {
-    pub root: PathBuf,
-    pub target: PathBuf,
-}
-
-pub fn workspace() -> Result<Workspace> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let json = cmd!(cargo, "metadata", "--format-version", "1", "--no-deps")
-        .stdin_null()
-        .read()
-        .context("`cargo metadata --format-version 1 --no-deps` failed")?;
-    let metadata: Value =
-        serde_json::from_str(&json).context("`cargo metadata` printed no JSON")?;
-    let path = |key: &str| {
-        metadata[key]
-            .as_str()
-            .map(PathBuf::from)
-            .with_context(|| format!("`cargo metadata` printed no {key}"))
-    };
-    Ok(Workspace {
-        root: path("workspace_root")?,
-        target: path("target_directory")?,
-    })
-}
 
 /// The machine a bench ran on, as its report states it.
 pub struct Machine {

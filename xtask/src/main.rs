@@ -12,6 +12,7 @@ mod qemu;
 mod release;
 mod signing;
 mod test;
+mod workspace;
 
 use anyhow::Context;
 use clap::Parser;
@@ -43,9 +44,10 @@ enum Cmd {
 }
 
 fn main() -> anyhow::Result<()> {
+    let command = Cmd::parse();
     // Paths in the verbs (image/, out/, rootfs-overlay/) are relative to the workspace root.
-    std::env::set_current_dir(workspace_root()).context("entering the workspace root")?;
-    match Cmd::parse() {
+    std::env::set_current_dir(workspace::root()?).context("entering the workspace root")?;
+    match command {
         Cmd::Bench(bench) => bench.run(),
         Cmd::Deps => deps::ensure(deps::ALL),
         Cmd::Engine(engine) => engine.run(),
@@ -60,9 +62,4 @@ fn main() -> anyhow::Result<()> {
         Cmd::Release(release) => release.run(),
         Cmd::Test(test) => test.run(),
     }
-}
-
-/// The workspace this xtask was built from.
-pub fn workspace_root() -> &'static std::path::Path {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace root")
 }

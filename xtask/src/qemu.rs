@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use hellas_system_tests::vm::{Options, Vm, GUEST_API_PORT, GUEST_WEB_PORT};
 
-use crate::{deps, workspace_root};
+use crate::{deps, workspace};
 use crate::image::spec::Spec;
 
 #[derive(clap::Args)]
@@ -24,7 +24,7 @@ pub struct Qemu {
 impl Qemu {
     pub fn run(&self) -> Result<()> {
         deps::ensure(&[deps::QEMU, deps::QEMU_IMG, deps::OVMF])?;
-        let root = workspace_root();
+        let root = workspace::root()?;
         let image = match &self.image {
             Some(image) => image.clone(),
             None => {

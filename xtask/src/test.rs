@@ -9,7 +9,7 @@ use std::ffi::OsString;
 
 use anyhow::{Context, Result};
 
-use crate::{cache, deps, engine, flash, image, models, release, workspace_root};
+use crate::{cache, deps, engine, flash, image, models, release, workspace};
 
 #[derive(clap::Args)]
 pub struct Test {
@@ -26,11 +26,12 @@ impl Test {
         self.engine.run()?;
         models::fetch_all()?;
         let cache = cache::root()?;
+        let root = workspace::root()?;
         let mut env: Vec<(&str, OsString)> = vec![("HELLAS_CACHE", cache.clone().into())];
         let system_tests = !selects_packages(&self.cargo_args)
             || self.cargo_args.iter().take_while(|a| *a != "--").any(|a| a.to_string_lossy().contains("hellas-system-tests"));
         if system_tests {
-            let built = image::Image::for_profile("qemu-test", workspace_root()).build()?;
+            let built = image::Image::for_profile("qemu-test", &root).build()?;
             // The system test boots a stick flashed as an owner would, seeded, so the box must
             // apply the seed.
             let stick = cache.join("test-stick.img");
@@ -38,8 +39,8 @@ impl Test {
             deps::ensure(&[deps::MTOOLS])?;
             flash::Flash::to_file(built.image, stick.clone(), "hellas-qemu", "QEMU-2345").run()?;
             env.push(("HELLAS_TEST_IMAGE", stick.into()));
-            let spec = image::spec::Spec::load(&workspace_root().join("image/hellas.toml"))?;
-            env.push(("HELLAS_TEST_CHANNELS", release::test_channels(workspace_root(), &spec.image.version)?.into()));
+            let spec = image::spec::Spec::load(&root.join("image/hellas.toml"))?;
+            env.push(("HELLAS_TEST_CHANNELS", release::test_channels(&root, &spec.image.version)?.into()));
         }
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut args: Vec<OsString> = vec!["test".into()];
@@ -53,7 +54,7 @@ impl Test {
             shown.join(" "),
             cache.display()
         );
-        let mut command = duct::cmd(cargo, &args).dir(workspace_root());
+        let mut command = duct::cmd(cargo, &args).dir(&root);
         for (name, value) in env {
             command = command.env(name, value);
         }

@@ -128,7 +128,7 @@ impl ClusterBench {
             same = if same { "yes" } else { "no" },
         );
         println!("\n{text}");
-        let doc = super::write_section(&super::workspace()?.root, "cluster", &text)?;
+        let doc = super::write_section(&crate::workspace::locate()?.root, "cluster", &text)?;
         println!("==> bench: wrote {}", doc.display());
         if !same {
             bail!("the split answered differently from the single box: {:?} vs {:?}", rates[1].text, rates[0].text);

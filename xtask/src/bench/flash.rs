@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use duct::cmd;
 
-use super::{load_average, workspace, write_section, Machine};
+use super::{load_average, write_section, Machine};
 use crate::flash::copy;
 
 const TARGET_RATIO: f64 = 0.95;
@@ -21,7 +21,7 @@ pub struct FlashBench {
 
 impl FlashBench {
     pub fn run(&self) -> Result<()> {
-        let ws = workspace()?;
+        let ws = crate::workspace::locate()?;
         let machine = Machine::describe()?;
         let load_before = load_average()?;
         let dir = ws.target.join("bench-flash");

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context, Result};
 use hellas_system_tests::vm::{Options, Vm};
 
-use super::{load_average, workspace, write_section, Machine};
+use super::{load_average, write_section, Machine};
 use crate::{cache, image};
 
 /// Targets from the image issue.
@@ -25,7 +25,7 @@ pub struct ImageBench {
 
 impl ImageBench {
     pub fn run(&self) -> Result<()> {
-        let ws = workspace()?;
+        let ws = crate::workspace::locate()?;
         let machine = Machine::describe()?;
         let load_before = load_average()?;
         let build = image::Image::for_profile("strix-halo", &ws.root);

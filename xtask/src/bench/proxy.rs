@@ -71,7 +71,7 @@ impl Proxy {
                 model.display()
             );
         }
-        let workspace = super::workspace()?;
+        let workspace = crate::workspace::locate()?;
         let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         println!("==> bench: cargo build --release -p hellasd");
         cmd!(cargo, "build", "--release", "-p", "hellasd")

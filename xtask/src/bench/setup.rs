@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use duct::cmd;
 use serde_json::Value;
 
-use super::{load_average, workspace, write_section, Machine};
+use super::{load_average, write_section, Machine};
 use crate::{cache, deps, models};
 
 const TEST: &str = "a_person_sets_up_the_box_in_a_browser";
@@ -20,7 +20,7 @@ pub struct SetupBench {}
 
 impl SetupBench {
     pub fn run(&self) -> Result<()> {
-        let ws = workspace()?;
+        let ws = crate::workspace::locate()?;
         deps::ensure(&[deps::CHROMIUM, deps::CHROMEDRIVER])?;
         models::fetch_all()?;
         let cache = cache::root()?;

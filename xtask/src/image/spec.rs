@@ -179,7 +179,7 @@ mod tests {
     use super::*;
 
     fn spec_path() -> std::path::PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../image/hellas.toml")
+        crate::workspace::root().unwrap().join("image/hellas.toml")
     }
 
     #[test]
