@@ -248,6 +248,8 @@ fn the_setup_refuses_what_it_must() {
     // Owner pages need the owner; the password page needs the claim code first.
     assert_eq!(visitor.http.get(format!("{}/dashboard", daemon.web_url)).header("cookie", &cookie).send().unwrap().headers()["location"], "/login");
     assert_eq!(visitor.http.get(format!("{}/setup/owner", daemon.web_url)).header("cookie", &cookie).send().unwrap().headers()["location"], "/setup/claim");
+    // An owner's form, even with this session's own CSRF token, is not for a visitor.
+    assert_eq!(visitor.post("/keys/revoke", &[("csrf", &csrf), ("id", "any")]).headers()["location"], "/login");
     let owner = visitor.post("/setup/owner", &[("csrf", &csrf), ("password", PASSWORD), ("confirm", PASSWORD)]);
     assert_eq!(owner.headers()["location"], "/setup/claim");
     assert!(!daemon.dir.path().join("state/owner.json").exists(), "no owner without the claim code");

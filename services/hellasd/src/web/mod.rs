@@ -6,8 +6,15 @@
 //! carry a per-session CSRF token, requests from another origin are refused, and wrong claim
 //! codes and passwords are rate-limited.
 
-mod pages;
+mod dashboard;
+mod extract;
+mod keys;
+mod login;
+mod models;
+mod page;
 mod pool;
+mod settings;
+mod setup;
 
 use std::sync::Arc;
 
@@ -26,23 +33,23 @@ pub const ZONEINFO: &str = "/usr/share/zoneinfo";
 
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
-        .route("/", get(pages::home))
-        .route("/setup/claim", get(pages::claim_page).post(pages::claim))
-        .route("/setup/owner", get(pages::owner_page).post(pages::set_owner))
-        .route("/setup/key", get(pages::key_form))
-        .route("/settings", get(pages::settings_page).post(pages::save_settings))
-        .route("/models", get(pages::models_page))
-        .route("/models/remove", post(pages::remove_model))
-        .route("/downloads", post(pages::start_download))
-        .route("/downloads/{sha256}", get(pages::download_page))
-        .route("/downloads/{sha256}/events", get(pages::download_events))
-        .route("/downloads/{sha256}/cancel", post(pages::cancel_download))
-        .route("/keys", post(pages::create_key))
-        .route("/keys/new", get(pages::key_form))
-        .route("/keys/revoke", post(pages::revoke_key))
-        .route("/dashboard", get(pages::dashboard))
-        .route("/update", get(pages::update_status).post(pages::request_update))
-        .route("/install", post(pages::request_install))
+        .route("/", get(setup::home))
+        .route("/setup/claim", get(setup::claim_page).post(setup::claim))
+        .route("/setup/owner", get(setup::owner_page).post(setup::set_owner))
+        .route("/setup/key", get(keys::key_form))
+        .route("/settings", get(settings::settings_page).post(settings::save_settings))
+        .route("/models", get(models::models_page))
+        .route("/models/remove", post(models::remove_model))
+        .route("/downloads", post(models::start_download))
+        .route("/downloads/{sha256}", get(models::download_page))
+        .route("/downloads/{sha256}/events", get(models::download_events))
+        .route("/downloads/{sha256}/cancel", post(models::cancel_download))
+        .route("/keys", post(keys::create_key))
+        .route("/keys/new", get(keys::key_form))
+        .route("/keys/revoke", post(keys::revoke_key))
+        .route("/dashboard", get(dashboard::dashboard))
+        .route("/update", get(dashboard::update_status).post(dashboard::request_update))
+        .route("/install", post(dashboard::request_install))
         .route("/pool", get(pool::pool_page))
         .route("/pool.json", get(pool::pool_json))
         .route("/pool/code", post(pool::new_code))
@@ -50,9 +57,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/pool/unpair", post(pool::unpair))
         .route("/pool/update", post(pool::update_fleet))
         .route("/pool/reimage", post(pool::reimage))
-        .route("/login", get(pages::login_page).post(pages::login))
-        .route("/logout", post(pages::logout))
-        .route("/reset", get(pages::reset_page).post(pages::reset))
+        .route("/login", get(login::login_page).post(login::login))
+        .route("/logout", post(login::logout))
+        .route("/reset", get(login::reset_page).post(login::reset))
         .route("/assets/style.css", get(|| async { asset("text/css", include_str!("assets/style.css")) }))
         .route("/assets/app.js", get(|| async { asset("text/javascript", include_str!("assets/app.js")) }))
         .fallback(|| async { (StatusCode::NOT_FOUND, "no such page") })

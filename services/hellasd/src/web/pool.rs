@@ -7,11 +7,11 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Form};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::pages::{check_csrf, guard, redirect, require_owner, Page, Ses, St};
+use super::extract::{csrf_forms, Owner, OwnerForm};
+use super::page::{guard, redirect, CsrfOnly, Page, St};
 use crate::app::AppState;
 use crate::cluster::Cluster;
 use hellas_model::plan::format_bytes;
@@ -66,31 +66,18 @@ fn pool_data(state: &AppState, cluster: &Cluster) -> Value {
     })
 }
 
-pub async fn pool_page(State(state): St, Extension(session): Ses) -> Response {
-    guard!(require_owner(&session));
+pub async fn pool_page(State(state): St, Owner(session): Owner) -> Response {
     let cluster = guard!(pool(&state));
     Page::new("pool", "Pool", pool_data(&state, cluster)).render(&session)
 }
 
-pub async fn pool_json(State(state): St, Extension(session): Ses) -> Response {
-    guard!(require_owner(&session));
+pub async fn pool_json(State(state): St, Owner(_session): Owner) -> Response {
     let cluster = guard!(pool(&state));
     axum::Json(pool_data(&state, cluster)).into_response()
 }
 
-#[derive(Deserialize)]
-pub struct CsrfOnly {
-    csrf: String,
-}
-
 /// "Add a box": a one-time join code to type on the other box.
-pub async fn new_code(
-    State(state): St,
-    Extension(session): Ses,
-    Form(form): Form<CsrfOnly>,
-) -> Response {
-    guard!(require_owner(&session));
-    guard!(check_csrf(&session, &form.csrf));
+pub async fn new_code(State(state): St, OwnerForm(session, _form): OwnerForm<CsrfOnly>) -> Response {
     let cluster = guard!(pool(&state));
     let (code, valid) = cluster.new_join_code();
     let mut data = pool_data(&state, cluster);
@@ -110,13 +97,7 @@ pub struct JoinForm {
     code: String,
 }
 
-pub async fn join(
-    State(state): St,
-    Extension(session): Ses,
-    Form(form): Form<JoinForm>,
-) -> Response {
-    guard!(require_owner(&session));
-    guard!(check_csrf(&session, &form.csrf));
+pub async fn join(State(state): St, OwnerForm(session, form): OwnerForm<JoinForm>) -> Response {
     let cluster = guard!(pool(&state));
     let refuse = |status: StatusCode, problem: String| {
         let mut data = pool_data(&state, cluster);
@@ -171,13 +152,7 @@ pub struct UnpairForm {
     node_id: String,
 }
 
-pub async fn unpair(
-    State(state): St,
-    Extension(session): Ses,
-    Form(form): Form<UnpairForm>,
-) -> Response {
-    guard!(require_owner(&session));
-    guard!(check_csrf(&session, &form.csrf));
+pub async fn unpair(State(state): St, OwnerForm(session, form): OwnerForm<UnpairForm>) -> Response {
     let cluster = guard!(pool(&state));
     match cluster.unpair(&form.node_id).await {
         Ok(_) => redirect("/pool"),
@@ -194,9 +169,7 @@ pub struct FleetUpdateForm {
 }
 
 /// "Update fleet": every paired box, one at a time, then this one.
-pub async fn update_fleet(State(state): St, Extension(session): Ses, Form(form): Form<FleetUpdateForm>) -> Response {
-    guard!(require_owner(&session));
-    guard!(check_csrf(&session, &form.csrf));
+pub async fn update_fleet(State(state): St, OwnerForm(session, form): OwnerForm<FleetUpdateForm>) -> Response {
     let cluster = guard!(pool(&state));
     match cluster.start_rollout(form.version.trim()) {
         Ok(()) => redirect("/pool"),
@@ -215,9 +188,7 @@ pub struct ReimageForm {
 }
 
 /// "Re-image": a paired box back to the release image, its data kept or wiped.
-pub async fn reimage(State(state): St, Extension(session): Ses, Form(form): Form<ReimageForm>) -> Response {
-    guard!(require_owner(&session));
-    guard!(check_csrf(&session, &form.csrf));
+pub async fn reimage(State(state): St, OwnerForm(session, form): OwnerForm<ReimageForm>) -> Response {
     let cluster = guard!(pool(&state));
     let refuse = |status: StatusCode, problem: String| Page::new("pool", "Pool", pool_data(&state, cluster)).error(status, problem).render(&session);
     let Some(peer) = cluster.view().peers.into_iter().find(|p| p.node_id == form.node_id) else {
@@ -237,11 +208,13 @@ pub async fn reimage(State(state): St, Extension(session): Ses, Form(form): Form
     }
 }
 
+csrf_forms!(JoinForm, UnpairForm, FleetUpdateForm, ReimageForm);
+
 #[cfg(test)]
 mod tests {
     #[test]
     fn the_fleet_update_is_offered_only_while_none_runs() {
-        let pages = super::super::pages::templates().unwrap();
+        let pages = super::super::page::templates().unwrap();
         let page = |rollout: serde_json::Value| {
             let data = serde_json::json!({ "this": {}, "offered": "2.0", "rollout": rollout, "csrf": "x" });
             pages.render("pool", &data).unwrap()

@@ -1,0 +1,138 @@
+//! Picking a catalog model with the planner's verdict, its download, and removing models.
+
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use hellas_model::plan::format_bytes;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::extract::{csrf_forms, Owner, OwnerForm};
+use super::page::{guard, redirect, setup_done, CsrfOnly, Page, St};
+use crate::app::AppState;
+use crate::catalog::{self, CatalogEntry, Fit};
+
+/// The model's fit on this box, fetching its header when needed.
+async fn entry_fit(state: &AppState, entry: &CatalogEntry) -> Fit {
+    if state.library.get(&entry.name).ok().flatten().is_some_and(|m| m.sha256 == entry.sha256) {
+        return Fit::Installed;
+    }
+    let request = state.supervisor.request();
+    let budget = request.budget;
+    match tokio::time::timeout(Duration::from_secs(20), state.headers.info(entry)).await {
+        Ok(Ok(info)) => catalog::fit(&info, &request, |local| state.supervisor.split_plan(&info, local)),
+        Ok(Err(e)) => Fit::Unknown { reason: format!("{e:#}"), weights_fit: entry.size <= budget },
+        Err(_) => Fit::Unknown { reason: "the model's source did not answer in time".into(), weights_fit: entry.size <= budget },
+    }
+}
+
+fn fit_kind(fit: &Fit) -> &'static str {
+    match fit {
+        Fit::Installed => "installed",
+        Fit::Fits { .. } => "fits",
+        Fit::FitsSmallerContext { .. } => "fits_smaller_context",
+        Fit::FitsAcross { .. } => "fits_across",
+        Fit::DoesNotFit { .. } => "does_not_fit",
+        Fit::Unknown { .. } => "unknown",
+    }
+}
+
+pub async fn models_page(State(state): St, Owner(session): Owner) -> Response {
+    let done = guard!(setup_done(&state));
+    let fits = futures_util::future::join_all(state.catalog.entries.iter().map(|e| entry_fit(&state, e))).await;
+    let models: Vec<Value> = state
+        .catalog
+        .entries
+        .iter()
+        .zip(&fits)
+        .map(|(entry, fit)| {
+            json!({
+                "name": entry.name, "title": entry.title, "description": entry.description, "sha256": entry.sha256,
+                "size": format_bytes(entry.size), "parameters": entry.parameters, "architecture": entry.architecture,
+                "licence": entry.licence, "context": entry.context, "verdict": fit.describe(), "fit_kind": fit_kind(fit),
+                "downloadable": fit.downloadable(),
+            })
+        })
+        .collect();
+    let data = json!({
+        "models": models, "setup": !done,
+        "budget": format_bytes(state.supervisor.budget()), "budget_source": state.budget.describe(),
+    });
+    let page = Page::new("models", "Pick a model", data);
+    if done { page } else { page.step(3) }.render(&session)
+}
+
+#[derive(Deserialize)]
+pub struct DownloadForm {
+    csrf: String,
+    sha256: String,
+}
+
+pub async fn start_download(State(state): St, OwnerForm(session, form): OwnerForm<DownloadForm>) -> Response {
+    let Some(entry) = state.catalog.get(&form.sha256).cloned() else {
+        return (StatusCode::NOT_FOUND, "no such model in the catalog").into_response();
+    };
+    let fit = entry_fit(&state, &entry).await;
+    if !fit.downloadable() && !matches!(fit, Fit::Installed) {
+        let message = format!("{} is not downloaded: {}", entry.title, fit.describe());
+        return Page::new("message", "Not downloaded", json!({ "back": "/models" })).error(StatusCode::CONFLICT, message).render(&session);
+    }
+    state.downloads.start(&entry);
+    redirect(&format!("/downloads/{}", entry.sha256))
+}
+
+pub async fn download_page(State(state): St, Owner(session): Owner, Path(sha256): Path<String>) -> Response {
+    let Some(entry) = state.catalog.get(&sha256).cloned() else {
+        return (StatusCode::NOT_FOUND, "no such model in the catalog").into_response();
+    };
+    let next = if guard!(setup_done(&state)) { "/dashboard" } else { "/setup/key" };
+    let data = json!({ "sha256": entry.sha256, "name": entry.title, "size": format_bytes(entry.size), "next": next });
+    Page::new("download", format!("Downloading {}", entry.title), data).render(&session)
+}
+
+/// Server-sent events: the download's progress, one JSON object per change, until it ends.
+pub async fn download_events(State(state): St, Owner(_session): Owner, Path(sha256): Path<String>) -> Response {
+    let Some(job) = state.downloads.get(&sha256) else {
+        return (StatusCode::NOT_FOUND, "no download of that model").into_response();
+    };
+    let receiver = job.watch();
+    let stream = futures_util::stream::unfold((receiver, true, false), |(mut rx, first, ended)| async move {
+        if ended {
+            return None;
+        }
+        if !first && rx.changed().await.is_err() {
+            return None;
+        }
+        let progress = rx.borrow_and_update().clone();
+        let event = format!("data: {}\n\n", serde_json::to_string(&progress).unwrap_or_default());
+        Some((Ok::<_, std::io::Error>(Bytes::from(event)), (rx, false, progress.finished())))
+    });
+    let mut headers = HeaderMap::new();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    (headers, Body::from_stream(stream)).into_response()
+}
+
+pub async fn cancel_download(State(state): St, Path(sha256): Path<String>, OwnerForm(_session, _form): OwnerForm<CsrfOnly>) -> Response {
+    state.downloads.cancel(&sha256);
+    redirect(&format!("/downloads/{sha256}"))
+}
+
+#[derive(Deserialize)]
+pub struct RemoveForm {
+    csrf: String,
+    name: String,
+}
+
+pub async fn remove_model(State(state): St, OwnerForm(session, form): OwnerForm<RemoveForm>) -> Response {
+    state.supervisor.unload(&form.name).await;
+    match state.library.remove(&form.name) {
+        Ok(_) => redirect("/dashboard"),
+        Err(e) => Page::new("message", "Not removed", json!({ "back": "/dashboard" })).error(StatusCode::NOT_FOUND, format!("{e:#}")).render(&session),
+    }
+}
+
+csrf_forms!(DownloadForm, RemoveForm);
