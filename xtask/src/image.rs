@@ -21,7 +21,7 @@ use duct::cmd;
 use serde_json::json;
 
 use crate::{cache, deps};
-use packages::Lock;
+use packages::{Lock, PackageSet};
 use spec::Spec;
 use step::{file_sha256, Inputs, Progress};
 
@@ -61,6 +61,15 @@ pub struct LockCmd {
     spec: PathBuf,
     #[arg(long, env = "HELLAS_CHECK_VALID_UNTIL")]
     check_valid_until: bool,
+    /// Refresh only one lock: `root` (image/packages.lock) or `tools` (image/tools.lock).
+    #[arg(long, value_enum)]
+    only: Option<LockedSet>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
+enum LockedSet {
+    Root,
+    Tools,
 }
 
 /// The outputs of a built image.
@@ -111,8 +120,10 @@ impl LockCmd {
         let spec = Spec::load(&self.spec)?;
         preflight(&[&cache::root()?])?;
         let progress = Progress::new(PathBuf::from("out/lock.log"), cache::root()?.join("image"))?;
-        let lock_path = self.spec.with_file_name("packages.lock");
-        let result = packages::lock(&spec, &lock_path, &progress, &apt_options(self.check_valid_until));
+        let sets = [(LockedSet::Tools, tools::package_set()), (LockedSet::Root, PackageSet::root(&spec))];
+        let result = sets.iter().filter(|(which, _)| self.only.is_none_or(|only| only == *which)).try_for_each(|(_, set)| {
+            packages::lock(set, &self.spec.with_file_name(set.lock_file), &progress, &apt_options(self.check_valid_until))
+        });
         progress.done();
         result
     }
@@ -165,20 +176,19 @@ impl Image {
             spec.image.version = spec::check_version(version)?;
         }
         let (profile_name, profile) = spec.profile(self.profile.as_deref())?;
-        let lock = Lock::load(&self.spec.with_file_name("packages.lock"))?;
-        lock.check(&spec)?;
+        let locks = Locks::load(&self.spec, &spec)?;
         preflight(&[&cache::root()?, &self.out])?;
         let progress = Progress::new(self.out.join(format!("build-{profile_name}.log")), step_cache)?;
-        let result = self.pipeline(&spec, profile_name, profile, &lock, &progress, write_outputs);
+        let result = self.pipeline(&spec, profile_name, profile, &locks, &progress, write_outputs);
         progress.done();
         result
     }
 
-    fn pipeline(&self, spec: &Spec, profile_name: &str, profile: &spec::Profile, lock: &Lock, progress: &Progress, write_outputs: bool) -> Result<Built> {
+    fn pipeline(&self, spec: &Spec, profile_name: &str, profile: &spec::Profile, locks: &Locks, progress: &Progress, write_outputs: bool) -> Result<Built> {
         let apt = apt_options(self.check_valid_until);
         let image_dir = self.spec.parent().unwrap_or(Path::new("."));
-        let tools = tools::ensure(progress, &apt)?;
-        let rootfs = packages::rootfs(spec, lock, &image_dir.join("dracut.conf"), progress, &apt)?;
+        let tools = tools::ensure(&locks.tools, progress, &apt)?;
+        let rootfs = packages::rootfs(spec, &locks.root, &image_dir.join("dracut.conf"), progress, &apt)?;
         let hellasd = progress.step("hellasd (release build)", build_hellasd)?;
         let epoch = source_date_epoch(spec)?;
         let models = profile
@@ -259,7 +269,7 @@ impl Image {
             fs::rename(work.join("disk.img"), dir.join("disk.img"))?;
             // Read-only from here on: out/ shares this file, and boots use overlays on top.
             fs::set_permissions(dir.join("disk.img"), <fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o444))?;
-            let manifest = manifest(spec, profile_name, lock, &digest, &roothash, &layout, &staged.data)?;
+            let manifest = manifest(spec, profile_name, &locks.root, &digest, &roothash, &layout, &staged.data)?;
             fs::write(dir.join("manifest.json"), serde_json::to_vec_pretty(&manifest)?)?;
             cache::remove_any(&work)
         })?;
@@ -268,6 +278,23 @@ impl Image {
         }
         let image = progress.step("outputs", || outputs(&disk, &self.out, &name))?;
         Ok(Built { image, disk })
+    }
+}
+
+/// The two locks beside the spec: the root tree's and the tools tree's, each checked against
+/// what its set asks for.
+struct Locks {
+    root: Lock,
+    tools: Lock,
+}
+
+impl Locks {
+    fn load(spec_path: &Path, spec: &Spec) -> Result<Locks> {
+        let root = Lock::load(&spec_path.with_file_name("packages.lock"))?;
+        root.check(&PackageSet::root(spec))?;
+        let tools = Lock::load(&spec_path.with_file_name("tools.lock"))?;
+        tools.check(&tools::package_set())?;
+        Ok(Locks { root, tools })
     }
 }
 

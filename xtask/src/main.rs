@@ -27,7 +27,7 @@ enum Cmd {
     Deps,
     /// Build the bootable image from image/hellas.toml into out/.
     Image(image::Image),
-    /// Resolve the image's packages and write image/packages.lock.
+    /// Resolve the image's and the tools tree's packages into image/packages.lock and image/tools.lock.
     Lock(image::LockCmd),
     /// Write an image to a USB stick, verify it by reading it back, and seed first-boot settings.
     Flash(flash::Flash),

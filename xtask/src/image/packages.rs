@@ -1,6 +1,8 @@
-//! The package set: `cargo xtask lock` resolves the spec's packages into `image/packages.lock`
-//! (name, version, architecture and sha256 of every .deb), and the rootfs step installs exactly
-//! that set with mmdebstrap and checks every .deb it used against the lock.
+//! Package sets pinned by lock files: `cargo xtask lock` resolves a set into its lock in
+//! `image/` (name, version, architecture and sha256 of every .deb), and a tree is built by
+//! installing exactly that set with mmdebstrap and checking every .deb it used against the lock.
+//! Two sets are locked so: the image's root tree (`packages.lock`, from the spec) and the tools
+//! tree the image is built with (`tools.lock`, from `tools.rs`).
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -34,8 +36,40 @@ pub struct Lock {
     pub packages: Vec<Locked>,
 }
 
-const HEADER: &str = "# image/packages.lock: the exact Debian packages of the image, written by `cargo xtask lock`\n\
-                      # from image/hellas.toml. Do not edit by hand. Columns: name version architecture sha256.\n";
+/// A set of Debian packages to lock and install: where it comes from, and where its lock lives.
+pub struct PackageSet {
+    /// The lock's file name in `image/`.
+    pub lock_file: &'static str,
+    /// What the set makes ("the image"), and where it is asked for, for the lock's header.
+    pub purpose: &'static str,
+    pub source: &'static str,
+    pub suite: String,
+    pub components: Vec<String>,
+    pub architecture: String,
+    /// The packages asked for, sorted and without duplicates; the lock adds their dependencies.
+    pub packages: Vec<String>,
+    /// The oldest acceptable kernel, for a set that holds one (`kernel.min_version`).
+    pub min_kernel: Option<String>,
+    /// Where downloaded .debs are kept between runs, under `$HELLAS_CACHE/image`.
+    pub debs_dir: &'static str,
+}
+
+impl PackageSet {
+    /// The image's root tree, as the spec asks for it.
+    pub fn root(spec: &Spec) -> PackageSet {
+        PackageSet {
+            lock_file: "packages.lock",
+            purpose: "the image",
+            source: "image/hellas.toml",
+            suite: spec.debian.suite.clone(),
+            components: spec.debian.components.clone(),
+            architecture: spec.debian.architecture.clone(),
+            packages: spec.package_list(),
+            min_kernel: Some(spec.kernel.min_version.clone()),
+            debs_dir: "debs",
+        }
+    }
+}
 
 impl Lock {
     pub fn parse(text: &str, path: &Path) -> Result<Lock> {
@@ -66,14 +100,18 @@ impl Lock {
         Lock::parse(&text, path)
     }
 
-    pub fn render(&self, spec: &Spec) -> String {
-        let mut out = String::from(HEADER);
+    pub fn render(&self, set: &PackageSet) -> String {
+        let mut out = format!(
+            "# image/{}: the exact Debian packages of {}, written by `cargo xtask lock`\n\
+             # from {}. Do not edit by hand. Columns: name version architecture sha256.\n",
+            set.lock_file, set.purpose, set.source
+        );
         out.push_str(&format!(
             "# suite {} ({}), {}; packages asked for: {}\n",
-            spec.debian.suite,
-            spec.debian.components.join(" "),
-            spec.debian.architecture,
-            spec.package_list().join(" ")
+            set.suite,
+            set.components.join(" "),
+            set.architecture,
+            set.packages.join(" ")
         ));
         for p in &self.packages {
             out.push_str(&format!("{} {} {} {}\n", p.name, p.version, p.architecture, p.sha256));
@@ -90,17 +128,19 @@ impl Lock {
         })
     }
 
-    /// Refuses a lock whose kernel is older than the spec's minimum or that lacks a package the
-    /// spec asks for (the spec changed since the lock was written).
-    pub fn check(&self, spec: &Spec) -> Result<()> {
-        for wanted in spec.package_list() {
-            if !self.packages.iter().any(|p| p.name == wanted) {
-                bail!("image/packages.lock has no '{wanted}', which image/hellas.toml asks for: run `cargo xtask lock`");
+    /// Refuses a lock that lacks a package the set asks for (the set changed since the lock was
+    /// written), or whose kernel is older than the set's minimum.
+    pub fn check(&self, set: &PackageSet) -> Result<()> {
+        for wanted in &set.packages {
+            if !self.packages.iter().any(|p| &p.name == wanted) {
+                bail!("image/{} has no '{wanted}', which {} asks for: run `cargo xtask lock`", set.lock_file, set.source);
             }
         }
-        let kernel = self.kernel_version().context("image/packages.lock holds no linux-image-<version>-amd64 package")?;
-        if version_key(&kernel) < version_key(&spec.kernel.min_version) {
-            bail!("the locked kernel {kernel} is older than kernel.min_version {}", spec.kernel.min_version);
+        if let Some(min_kernel) = &set.min_kernel {
+            let kernel = self.kernel_version().with_context(|| format!("image/{} holds no linux-image-<version>-amd64 package", set.lock_file))?;
+            if version_key(&kernel) < version_key(min_kernel) {
+                bail!("the locked kernel {kernel} is older than kernel.min_version {min_kernel}");
+            }
         }
         Ok(())
     }
@@ -111,13 +151,13 @@ fn version_key(version: &str) -> Vec<u64> {
     version.split(|c: char| !c.is_ascii_digit()).take_while(|s| !s.is_empty()).map(|s| s.parse().unwrap_or(0)).take(3).collect()
 }
 
-/// mmdebstrap arguments shared by lock and rootfs: suite, components, apt options, and the
-/// hooks that keep downloaded .debs in `debs` (synced in before, out to `debs_out` after).
-fn mmdebstrap_args(spec: &Spec, apt_options: &[OsString], debs: &Path, debs_out: &Path) -> Vec<OsString> {
+/// mmdebstrap arguments shared by lock and install: components, architecture, apt options, and
+/// the hooks that keep downloaded .debs in `debs` (synced in before, out to `debs_out` after).
+fn mmdebstrap_args(set: &PackageSet, apt_options: &[OsString], debs: &Path, debs_out: &Path) -> Vec<OsString> {
     let mut args: Vec<OsString> = vec![
         "--variant=apt".into(),
-        format!("--components={}", spec.debian.components.join(",")).into(),
-        format!("--architectures={}", spec.debian.architecture).into(),
+        format!("--components={}", set.components.join(",")).into(),
+        format!("--architectures={}", set.architecture).into(),
         "--skip=essential/unlink".into(),
         r#"--setup-hook=mkdir -p "$1"/var/cache/apt/archives"#.into(),
         format!("--setup-hook=sync-in {} /var/cache/apt/archives", debs.display()).into(),
@@ -127,8 +167,9 @@ fn mmdebstrap_args(spec: &Spec, apt_options: &[OsString], debs: &Path, debs_out:
     args
 }
 
-fn debs_dirs() -> Result<(PathBuf, PathBuf)> {
-    let debs = cache::root()?.join("image/debs");
+/// Each set keeps its own .debs: the cache holds only those of the set's last run.
+fn debs_dirs(set: &PackageSet) -> Result<(PathBuf, PathBuf)> {
+    let debs = cache::root()?.join("image").join(set.debs_dir);
     let debs_out = cache::temp_path(&debs, "tmp");
     for dir in [&debs, &debs_out] {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -136,16 +177,16 @@ fn debs_dirs() -> Result<(PathBuf, PathBuf)> {
     Ok((debs, debs_out))
 }
 
-/// `cargo xtask lock`: resolves the spec's packages against the archive and writes the lock.
-pub fn lock(spec: &Spec, lock_path: &Path, progress: &Progress, apt_options: &[OsString]) -> Result<()> {
-    let (debs, debs_out) = debs_dirs()?;
+/// `cargo xtask lock`: resolves a set's packages against the archive and writes its lock.
+pub fn lock(set: &PackageSet, lock_path: &Path, progress: &Progress, apt_options: &[OsString]) -> Result<()> {
+    let (debs, debs_out) = debs_dirs(set)?;
     let scratch = cache::temp_path(&cache::root()?.join("image/lock-tree"), "tmp");
     let result = (|| -> Result<Vec<Locked>> {
-        let mut args = mmdebstrap_args(spec, apt_options, &debs, &debs_out);
-        args.push(format!("--include={}", spec.package_list().join(",")).into());
-        args.extend([spec.debian.suite.clone().into(), scratch.clone().into()]);
+        let mut args = mmdebstrap_args(set, apt_options, &debs, &debs_out);
+        args.push(format!("--include={}", set.packages.join(",")).into());
+        args.extend([set.suite.clone().into(), scratch.clone().into()]);
         args.extend(super::mirror().map(OsString::from));
-        progress.run("mmdebstrap (resolving the package set)", cmd("mmdebstrap", args))?;
+        progress.run(&format!("mmdebstrap (resolving the packages of image/{})", set.lock_file), cmd("mmdebstrap", args))?;
         let installed = installed_packages(&scratch)?;
         installed
             .into_iter()
@@ -167,9 +208,10 @@ pub fn lock(spec: &Spec, lock_path: &Path, progress: &Progress, apt_options: &[O
     };
     cache::replace_dir(&debs_out, &debs)?;
     let lock = Lock { packages };
-    lock.check(spec)?;
-    cache::write_if_changed(lock_path, lock.render(spec).as_bytes(), 0o644)?;
-    progress.note(&format!("lock: {} packages, kernel {} → {}", lock.packages.len(), lock.kernel_version().unwrap_or_default(), lock_path.display()));
+    lock.check(set)?;
+    cache::write_if_changed(lock_path, lock.render(set).as_bytes(), 0o644)?;
+    let kernel = lock.kernel_version().map(|k| format!(", kernel {k}")).unwrap_or_default();
+    progress.note(&format!("lock: {} packages{kernel} → {}", lock.packages.len(), lock_path.display()));
     Ok(())
 }
 
@@ -202,8 +244,9 @@ pub fn rootfs_started(tree: &Path) -> Result<u64> {
 /// The root tree: exactly the locked packages, every .deb checked, a systemd initrd with
 /// dm-verity support built by dracut, and no caches.
 pub fn rootfs(spec: &Spec, lock: &Lock, dracut_conf: &Path, progress: &Progress, apt_options: &[OsString]) -> Result<PathBuf> {
+    let set = PackageSet::root(spec);
     let digest = Inputs::new("rootfs")
-        .text("lock", &lock.render(spec))
+        .text("lock", &lock.render(&set))
         .text("mirror", &super::mirror().unwrap_or_default())
         .file("dracut.conf", dracut_conf)?
         .text("recipe", "2")
@@ -211,35 +254,46 @@ pub fn rootfs(spec: &Spec, lock: &Lock, dracut_conf: &Path, progress: &Progress,
     let dir = step::cached_dir(progress, "rootfs", &digest, |out| {
         let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
         fs::write(out.join(STARTED), started.to_string()).context("recording when the root tree's build started")?;
-        let (debs, debs_out) = debs_dirs()?;
-        let tree = out.join("tree");
-        let mut args = mmdebstrap_args(spec, apt_options, &debs, &debs_out);
-        let pinned: Vec<String> = lock.packages.iter().map(|p| format!("{}={}", p.name, p.version)).collect();
-        args.push(format!("--include={}", pinned.join(",")).into());
-        args.push(format!("--setup-hook=mkdir -p \"$1/etc/dracut.conf.d\" && cp {} \"$1/etc/dracut.conf.d/50-hellas.conf\"", dracut_conf.display()).into());
-        args.push(r#"--customize-hook=chroot "$1" sh -ec 'for k in /lib/modules/*; do k=${k##*/}; dracut --force --kver "$k" "/boot/initrd.img-$k"; done'"#.into());
-        args.extend([spec.debian.suite.clone().into(), tree.clone().into()]);
-        args.extend(super::mirror().map(OsString::from));
-        let built = progress.run("mmdebstrap (root tree from the lock)", cmd("mmdebstrap", args)).context(
-            "installing the locked package set failed; if a locked version is gone from the mirror, run `cargo xtask lock` \
-             to refresh image/packages.lock (or set HELLAS_MIRROR to a snapshot that has it)",
-        );
-        let verified = built.and_then(|()| verify_debs(lock, &debs_out, &tree));
-        if let Err(e) = verified {
-            cache::remove_any(&debs_out)?;
-            return Err(e);
-        }
-        cache::replace_dir(&debs_out, &debs)
+        let hooks: Vec<OsString> = vec![
+            format!("--setup-hook=mkdir -p \"$1/etc/dracut.conf.d\" && cp {} \"$1/etc/dracut.conf.d/50-hellas.conf\"", dracut_conf.display()).into(),
+            r#"--customize-hook=chroot "$1" sh -ec 'for k in /lib/modules/*; do k=${k##*/}; dracut --force --kver "$k" "/boot/initrd.img-$k"; done'"#.into(),
+        ];
+        install(&set, lock, &out.join("tree"), hooks, "root tree", progress, apt_options)
     })?;
     Ok(dir.join("tree"))
 }
 
+/// Installs exactly the locked packages of `set` into `tree` with mmdebstrap (`hooks` added
+/// after the package list) and checks every .deb it used against the lock.
+pub fn install(set: &PackageSet, lock: &Lock, tree: &Path, hooks: Vec<OsString>, what: &str, progress: &Progress, apt_options: &[OsString]) -> Result<()> {
+    let (debs, debs_out) = debs_dirs(set)?;
+    let mut args = mmdebstrap_args(set, apt_options, &debs, &debs_out);
+    let pinned: Vec<String> = lock.packages.iter().map(|p| format!("{}={}", p.name, p.version)).collect();
+    args.push(format!("--include={}", pinned.join(",")).into());
+    args.extend(hooks);
+    args.extend([set.suite.clone().into(), tree.into()]);
+    args.extend(super::mirror().map(OsString::from));
+    let built = progress.run(&format!("mmdebstrap ({what} from the lock)"), cmd("mmdebstrap", args)).with_context(|| {
+        format!(
+            "installing the locked package set failed; if a locked version is gone from the mirror, run `cargo xtask lock` \
+             to refresh image/{} (or set HELLAS_MIRROR to a snapshot that has it)",
+            set.lock_file
+        )
+    });
+    let verified = built.and_then(|()| verify_debs(set, lock, &debs_out, tree));
+    if let Err(e) = verified {
+        cache::remove_any(&debs_out)?;
+        return Err(e);
+    }
+    cache::replace_dir(&debs_out, &debs)
+}
+
 /// Every installed package is locked, at the locked version, from a .deb with the locked sha256.
-fn verify_debs(lock: &Lock, debs: &Path, tree: &Path) -> Result<()> {
+fn verify_debs(set: &PackageSet, lock: &Lock, debs: &Path, tree: &Path) -> Result<()> {
     let installed = installed_packages(tree)?;
     for (name, (version, _)) in &installed {
         if !lock.packages.iter().any(|p| &p.name == name && &p.version == version) {
-            bail!("{name} {version} was installed but is not in image/packages.lock: run `cargo xtask lock`");
+            bail!("{name} {version} was installed but is not in image/{}: run `cargo xtask lock`", set.lock_file);
         }
     }
     for p in &lock.packages {
@@ -249,7 +303,7 @@ fn verify_debs(lock: &Lock, debs: &Path, tree: &Path) -> Result<()> {
         let deb = debs.join(p.deb_file());
         let actual = file_sha256(&deb).with_context(|| format!("the .deb of {} {} was not kept", p.name, p.version))?;
         if actual != p.sha256 {
-            bail!("{} has sha256 {actual}, but image/packages.lock says {}: the archive changed this version; refusing it", deb.display(), p.sha256);
+            bail!("{} has sha256 {actual}, but image/{} says {}: the archive changed this version; refusing it", deb.display(), set.lock_file, p.sha256);
         }
     }
     Ok(())
@@ -270,5 +324,20 @@ mod tests {
         assert!(version_key("6.18.3") < version_key("6.18.4"));
         assert_eq!(Locked { name: "a".into(), version: "1:2.0".into(), architecture: "all".into(), sha256: String::new() }.deb_file(), "a_1%3a2.0_all.deb");
         assert!(Lock::parse("a 1 amd64 nothex\n", Path::new("l")).unwrap_err().to_string().contains("l:1"));
+    }
+
+    /// A lock's header names the packages its set asked for: a set changed since the lock was
+    /// written (a package added to the spec or to the tools tree) shows here.
+    #[test]
+    fn the_locks_are_up_to_date_with_their_sets() {
+        let image = crate::workspace::root().unwrap().join("image");
+        let spec = Spec::load(&image.join("hellas.toml")).unwrap();
+        for set in [PackageSet::root(&spec), crate::image::tools::package_set()] {
+            let path = image.join(set.lock_file);
+            let text = fs::read_to_string(&path).unwrap();
+            let lock = Lock::parse(&text, &path).unwrap();
+            lock.check(&set).unwrap();
+            assert!(lock.render(&set) == text, "image/{} is out of date: run `sudo -E cargo xtask lock`", set.lock_file);
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! The tools tree: a pinned Debian tree holding the image tools (systemd-repart, ukify,
 //! systemd-boot, mkfs.erofs, veritysetup, mkfs.vfat, mtools), so the host needs only mmdebstrap
-//! and QEMU and its own (older) versions of these tools never matter.
+//! and QEMU and its own (older) versions of these tools never matter. It is pinned as the root
+//! tree is: `cargo xtask lock` writes `image/tools.lock`, and the tree holds exactly those .debs.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -8,6 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use duct::cmd;
 
+use super::packages::{self, Lock, PackageSet};
 use super::step::{self, Inputs, Progress};
 
 /// A suite with systemd ≥ 257, whose repart builds images offline and which ships ukify.
@@ -31,26 +33,40 @@ const PACKAGES: &[&str] = &[
     "kmod",
 ];
 /// Bump when this file changes what goes into the tree.
-const RECIPE: &str = "1";
+const RECIPE: &str = "2";
 
 pub struct ToolsTree {
     pub root: PathBuf,
 }
 
-pub fn ensure(progress: &Progress, apt_options: &[OsString]) -> Result<ToolsTree> {
+/// The tools tree's packages, locked in `image/tools.lock`. The tools run on the build host, whose
+/// architecture this is (mmdebstrap's default, written out so that the lock says it).
+pub fn package_set() -> PackageSet {
+    let mut packages: Vec<String> = PACKAGES.iter().map(|p| p.to_string()).collect();
+    packages.sort();
+    PackageSet {
+        lock_file: "tools.lock",
+        purpose: "the tools tree",
+        source: "xtask/src/image/tools.rs",
+        suite: SUITE.into(),
+        components: vec!["main".into()],
+        architecture: "amd64".into(),
+        packages,
+        min_kernel: None,
+        debs_dir: "tools-debs",
+    }
+}
+
+/// The tools tree with exactly the packages of `lock` (`image/tools.lock`); the lock is an input
+/// of the step, so a changed pin builds a new tree, and the disk step after it runs again.
+pub fn ensure(lock: &Lock, progress: &Progress, apt_options: &[OsString]) -> Result<ToolsTree> {
+    let set = package_set();
     let digest = Inputs::new("tools")
-        .text("suite", SUITE)
-        .text("packages", &PACKAGES.join(","))
+        .text("lock", &lock.render(&set))
         .text("recipe", RECIPE)
         .text("mirror", &super::mirror().unwrap_or_default())
         .finish();
-    let dir = step::cached_dir(progress, "tools", &digest, |out| {
-        let mut args: Vec<OsString> = vec!["--variant=apt".into(), format!("--include={}", PACKAGES.join(",")).into()];
-        args.extend(apt_options.iter().cloned());
-        args.extend([SUITE.into(), out.join("tree").into()]);
-        args.extend(super::mirror().map(OsString::from));
-        progress.run("mmdebstrap (tools tree)", cmd("mmdebstrap", args))
-    })?;
+    let dir = step::cached_dir(progress, "tools", &digest, |out| packages::install(&set, lock, &out.join("tree"), vec![], "tools tree", progress, apt_options))?;
     Ok(ToolsTree { root: dir.join("tree") })
 }
 
