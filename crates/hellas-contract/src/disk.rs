@@ -134,6 +134,11 @@ pub fn disks_under(root: &Path, name: &str) -> Vec<String> {
     vec![file_name(&sys)]
 }
 
+/// The whole disks a mount's source is on (none for a source that is no block device).
+pub fn disks_of_mount(root: &Path, mount: &Mount) -> Vec<String> {
+    source_name(root, &mount.source).map(|name| disks_under(root, &name)).unwrap_or_default()
+}
+
 /// The kernel name of a mount's source (`/dev/mapper/root` → `dm-0`), when it is a block device.
 fn source_name(root: &Path, source: &str) -> Option<String> {
     let path = source.strip_prefix("/dev/")?;
@@ -147,8 +152,7 @@ pub fn check_writable(root: &Path, disk: &BlockDevice, mounts: &[Mount], needed:
         return Err(Refusal::NotWholeDisk { disk: parent.clone() });
     }
     for mount in mounts {
-        let Some(name) = source_name(root, &mount.source) else { continue };
-        if !disks_under(root, &name).contains(&disk.name) {
+        if !disks_of_mount(root, mount).contains(&disk.name) {
             continue;
         }
         if SYSTEM_MOUNTS.contains(&mount.mountpoint.as_str()) {
@@ -167,8 +171,7 @@ pub fn running_system_disks(root: &Path, mounts: &[Mount]) -> Vec<String> {
     let mut disks: Vec<String> = mounts
         .iter()
         .filter(|m| SYSTEM_MOUNTS.contains(&m.mountpoint.as_str()))
-        .filter_map(|m| source_name(root, &m.source))
-        .flat_map(|name| disks_under(root, &name))
+        .flat_map(|m| disks_of_mount(root, m))
         .collect();
     disks.sort();
     disks.dedup();

@@ -13,12 +13,11 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use serde::Deserialize;
+use hellas_contract::seed::{self, Seed, MAX_LEN};
 
 use crate::config::Config;
+use crate::owner::{owner_store, ClaimFiles};
 use crate::state_file::sync_dir;
-use crate::owner::claim::check_code;
-use crate::owner::{check_box_name, owner_store, parse_ssh_keys, ClaimFiles};
 
 /// What [`apply`] did.
 #[derive(Debug, PartialEq, Eq)]
@@ -31,21 +30,9 @@ pub enum Outcome {
     IgnoredClaimed,
 }
 
-/// The file as `xtask/src/flash/seed.rs` writes it; every key may be left out.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Seed {
-    hostname: Option<String>,
-    ssh_authorized_keys: Option<Vec<String>>,
-    claim_code: Option<String>,
-}
-
-/// Larger than any honest seed by far: a bigger file is a mistake, not settings.
-const MAX_LEN: u64 = 64 << 10;
-
 /// The seed file below the ESP mount point.
 pub fn seed_path(esp: &Path) -> PathBuf {
-    esp.join("hellas/seed.toml")
+    esp.join(seed::PATH)
 }
 
 /// Applies `<esp>/hellas/seed.toml`, when there is one, and removes it. Running it again does
@@ -59,7 +46,7 @@ pub fn apply(config: &Config, esp: &Path) -> Result<Outcome> {
         remove(&path)?;
         return Ok(Outcome::IgnoredClaimed);
     }
-    let seed = match parse(&bytes) {
+    let seed = match Seed::parse(&bytes) {
         Ok(seed) => seed,
         Err(problem) => {
             let rejected = path.with_extension("toml.rejected");
@@ -108,43 +95,6 @@ fn read(path: &Path) -> Result<Option<Vec<u8>>> {
         return Ok(Some(vec![0; MAX_LEN as usize + 1]));
     }
     fs::read(path).map(Some).with_context(|| format!("reading {}", path.display()))
-}
-
-/// Checks every value with the rules `cargo xtask flash` applies, and the web setup's where it
-/// is stricter (SSH keys are decoded, not only recognised by their prefix).
-fn parse(bytes: &[u8]) -> Result<Seed, String> {
-    if bytes.len() as u64 > MAX_LEN {
-        return Err(format!("the file is larger than {} KiB, so it is not a seed file", MAX_LEN >> 10));
-    }
-    let text = std::str::from_utf8(bytes).map_err(|_| "the file is not UTF-8 text".to_string())?;
-    let seed: Seed = toml::from_str(text).map_err(|e| {
-        let line = e.span().map(|span| text[..span.start].matches('\n').count() + 1);
-        match line {
-            Some(n) => format!("line {n} (`{}`): {}", text.lines().nth(n - 1).unwrap_or_default().trim(), e.message().trim()),
-            None => e.message().trim().to_string(),
-        }
-    })?;
-    if let Some(name) = &seed.hostname {
-        check_box_name(name).map_err(|e| format!("key `hostname`: {e}"))?;
-    }
-    if let Some(keys) = &seed.ssh_authorized_keys {
-        if keys.is_empty() {
-            return Err("key `ssh_authorized_keys`: the list is empty: give at least one public key, or leave the key out".into());
-        }
-        for (n, key) in keys.iter().enumerate() {
-            let one = key.lines().count() == 1 && parse_ssh_keys(key).is_ok_and(|k| k.len() == 1) && key.trim() == key;
-            if !one {
-                return Err(format!(
-                    "key `ssh_authorized_keys`, entry {}: not an OpenSSH public key; give each key as one string, the one line of e.g. ~/.ssh/id_ed25519.pub",
-                    n + 1
-                ));
-            }
-        }
-    }
-    if let Some(code) = &seed.claim_code {
-        check_code(code).map_err(|e| format!("key `claim_code`: {e}"))?;
-    }
-    Ok(seed)
 }
 
 fn remove(path: &Path) -> Result<()> {
@@ -278,23 +228,6 @@ mod tests {
             assert_eq!(ClaimFiles::new(&b.config.web.runtime_dir).current().unwrap(), None);
             assert_eq!(apply(&b.config, &b.esp).unwrap(), Outcome::Absent, "a rejected seed is not retried");
         }
-    }
-
-    #[test]
-    fn what_xtask_writes_is_accepted() {
-        // The exact shape of xtask/src/flash/seed.rs's output (Rust's {:?} of strings and lists).
-        let text = format!(
-            "# Applied once on the first boot, then removed (docs/operator-guide.md, \"Seed file\").\nhostname = {:?}\nssh_authorized_keys = {:?}\nclaim_code = {:?}\n",
-            "box-2",
-            vec![KEY.to_string(), KEY.replace("me@laptop", "other")],
-            "ZZZZ-2345"
-        );
-        let seed = parse(text.as_bytes()).unwrap();
-        assert_eq!(seed.hostname.as_deref(), Some("box-2"));
-        assert_eq!(seed.ssh_authorized_keys.unwrap().len(), 2);
-        assert!(parse(b"").is_ok(), "an empty seed is allowed and changes nothing");
-        assert!(parse(&vec![b'#'; MAX_LEN as usize + 1]).unwrap_err().contains("larger than"));
-        assert!(parse(b"hostname = \"\xff\"").unwrap_err().contains("UTF-8"));
     }
 
     #[test]

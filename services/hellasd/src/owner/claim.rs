@@ -12,13 +12,12 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use hellas_contract::claim_code::{check as check_code, format, normalise, ALPHABET, LEN};
 use rand::Rng;
 
 use crate::state_file::write_atomically;
 
 /// Letters and digits without 0/O and 1/I: 32 symbols, 5 bits each, 40 bits a code.
-const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
-const LEN: usize = 8;
 
 pub struct ClaimFiles {
     dir: PathBuf,
@@ -96,25 +95,8 @@ pub fn generate() -> String {
     format(&raw)
 }
 
-/// A code as it is written down: `XXXX-XXXX` from the alphabet, upper case.
-pub fn check_code(code: &str) -> Result<(), String> {
-    let shaped = code.len() == LEN + 1
-        && code.bytes().enumerate().all(|(i, b)| if i == LEN / 2 { b == b'-' } else { ALPHABET.contains(&b) });
-    if shaped {
-        Ok(())
-    } else {
-        Err(format!("'{code}' is not a claim code: use XXXX-XXXX from {}", std::str::from_utf8(ALPHABET).unwrap()))
-    }
-}
 
-fn format(raw: &str) -> String {
-    format!("{}-{}", &raw[..LEN / 2], &raw[LEN / 2..])
-}
 
-/// What a person typed, without spaces or dashes, upper-cased.
-fn normalise(input: &str) -> String {
-    input.chars().filter(|c| !c.is_whitespace() && *c != '-').map(|c| c.to_ascii_uppercase()).collect()
-}
 
 /// Compares in constant time, so the time taken says nothing about how much was right.
 pub fn matches(input: &str, code: &str) -> bool {

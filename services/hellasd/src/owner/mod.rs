@@ -180,19 +180,6 @@ fn hash_password(password: &str) -> Result<String> {
         .map_err(|e| anyhow::anyhow!("hashing the password: {e}"))
 }
 
-/// A box name is one DNS label: it becomes `<name>.local`.
-pub fn check_box_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("'{name}' cannot be a box name: use 1 to 63 lower-case letters, digits and inner hyphens, e.g. hellas-kitchen"))
-    }
-}
 
 /// A time zone from the tz database, e.g. `Europe/Athens`, that exists under `zoneinfo` when
 /// that directory is present.
@@ -221,7 +208,6 @@ pub fn timezones(zoneinfo: &Path) -> Vec<String> {
     zones
 }
 
-/// Checks OpenSSH public keys, one per line; blank lines are ignored.
 /// An update channel is empty (the configured one) or an http(s) URL of a directory.
 pub fn check_update_channel(url: &str) -> Result<(), String> {
     let scheme_ok = url.starts_with("https://") || url.starts_with("http://");
@@ -232,33 +218,6 @@ pub fn check_update_channel(url: &str) -> Result<(), String> {
     }
 }
 
-pub fn parse_ssh_keys(text: &str) -> Result<Vec<String>, String> {
-    const TYPES: &[&str] = &[
-        "ssh-ed25519",
-        "ssh-rsa",
-        "ecdsa-sha2-nistp256",
-        "ecdsa-sha2-nistp384",
-        "ecdsa-sha2-nistp521",
-        "sk-ssh-ed25519@openssh.com",
-        "sk-ecdsa-sha2-nistp256@openssh.com",
-    ];
-    let mut keys = Vec::new();
-    for (n, line) in text.lines().map(str::trim).enumerate().filter(|(_, l)| !l.is_empty()) {
-        let mut parts = line.split_whitespace();
-        let (kind, blob) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
-        let decoded = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, blob).unwrap_or_default();
-        // The blob starts with the key type again, length-prefixed.
-        let named = decoded.len() > 4 + kind.len() && &decoded[4..4 + kind.len()] == kind.as_bytes();
-        if !TYPES.contains(&kind) || !named || line.chars().any(|c| c.is_control()) {
-            return Err(format!(
-                "line {} is not an OpenSSH public key: paste the contents of e.g. ~/.ssh/id_ed25519.pub (it starts with ssh-ed25519)",
-                n + 1
-            ));
-        }
-        keys.push(line.to_string());
-    }
-    Ok(keys)
-}
 
 #[cfg(test)]
 mod tests {
@@ -280,20 +239,11 @@ mod tests {
     }
 
     #[test]
-    fn names_zones_and_keys_are_checked() {
-        assert!(check_box_name("hellas-2").is_ok());
-        for bad in ["", "-a", "a-", "Hellas", "a.b", "a b", &"x".repeat(64)] {
-            assert!(check_box_name(bad).is_err(), "{bad}");
-        }
+    fn zones_are_checked() {
         let none = Path::new("/nonexistent");
         assert!(check_timezone("Europe/Athens", none).is_ok());
         for bad in ["", "../etc/passwd", "Europe/../x", "a b", "/abs"] {
             assert!(check_timezone(bad, none).is_err(), "{bad}");
         }
-        let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl me@laptop";
-        assert_eq!(parse_ssh_keys(&format!("\n{key}\n")).unwrap(), vec![key.to_string()]);
-        assert!(parse_ssh_keys("ssh-ed25519 notbase64").is_err());
-        assert!(parse_ssh_keys("ssh-rsa AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl").is_err());
-        assert!(parse_ssh_keys("-----BEGIN OPENSSH PRIVATE KEY-----").is_err());
     }
 }

@@ -9,9 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
-
-/// The partition that holds `/var`, and so the disk the box runs from.
-const DATA_LABEL: &str = "hellas-data";
+use hellas_contract::disk::{self, BlockDevice, Mount};
+use hellas_contract::release::DATA_LABEL;
 
 /// One partition of the disk the box runs from, as udev knows it.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,41 +32,36 @@ pub struct Disk {
     pub removable: bool,
 }
 
-/// The whole disk `/var` is on (`/dev/vda` for `/dev/vda6`).
+/// Device names of what is no disk to install to: loop, RAM, device-mapper, optical and RAID.
+const VIRTUAL: [&str; 6] = ["loop", "ram", "zram", "dm-", "sr", "md"];
+
+fn mounts() -> Result<Vec<Mount>> {
+    Ok(disk::parse_mountinfo(&std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?))
+}
+
+/// The whole disk `/var` is on (`/dev/vda` for `/dev/vda6`): the data partition's.
 pub fn booted_disk() -> Result<String> {
-    let source = findmnt_source("/var")?;
-    let name = Path::new(&source).file_name().and_then(|n| n.to_str()).context("the data partition has no device name")?.to_string();
-    let sys = PathBuf::from("/sys/class/block").join(&name);
-    let parent = std::fs::canonicalize(&sys).with_context(|| format!("resolving {}", sys.display()))?;
-    let disk = parent.parent().and_then(|p| p.file_name()).and_then(|n| n.to_str()).context("the data partition has no parent disk")?;
-    Ok(format!("/dev/{disk}"))
+    let mounts = mounts()?;
+    let var = mounts.iter().rev().find(|m| m.mountpoint == "/var").context("nothing is mounted at /var")?;
+    match disk::disks_of_mount(Path::new("/"), var).as_slice() {
+        [disk] => Ok(format!("/dev/{disk}")),
+        disks => bail!("/var ({}) is not on one disk: {disks:?}", var.source),
+    }
 }
 
-fn findmnt_source(path: &str) -> Result<String> {
-    let output = Command::new("findmnt").args(["-no", "SOURCE", path]).output().context("running findmnt")?;
-    anyhow::ensure!(output.status.success(), "findmnt found nothing mounted at {path}");
-    Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
-}
-
-/// Disks other than the booted one, with nothing on them mounted.
+/// Disks this box could be installed to: real disks that `hellas_contract::disk` allows writing.
 pub fn candidates() -> Result<Vec<Disk>> {
-    let booted = booted_disk()?;
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    let mounts = mounts()?;
     let mut disks = Vec::new();
     for entry in std::fs::read_dir("/sys/block").context("listing /sys/block")?.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let sys = entry.path();
-        let device = format!("/dev/{name}");
-        let virtual_device = ["loop", "ram", "zram", "dm-", "sr", "md"].iter().any(|p| name.starts_with(p));
-        if virtual_device || device == booted || mounts.contains(&format!(" {device}")) {
+        if VIRTUAL.iter().any(|p| name.starts_with(p)) {
             continue;
         }
-        let read = |file: &str| std::fs::read_to_string(sys.join(file)).map(|s| s.trim().to_string()).unwrap_or_default();
-        let bytes = read("size").parse::<u64>().unwrap_or(0) * 512;
-        if bytes == 0 {
-            continue;
+        let Ok(device) = BlockDevice::read(Path::new("/"), &name) else { continue };
+        if device.bytes > 0 && disk::check_writable(Path::new("/"), &device, &mounts, 0).is_ok() {
+            disks.push(Disk { device: format!("/dev/{name}"), model: device.model, bytes: device.bytes, removable: device.removable });
         }
-        disks.push(Disk { device, model: read("device/model"), bytes, removable: read("removable") == "1" });
     }
     disks.sort_by(|a, b| a.device.cmp(&b.device));
     Ok(disks)
@@ -83,6 +77,9 @@ pub fn partitions(disk: &str) -> Result<Vec<Partition>> {
         }
         let device = PathBuf::from("/dev").join(entry.file_name());
         let output = Command::new("udevadm").args(["info", "--query=property"]).arg(&device).output().context("running udevadm")?;
+        if !output.status.success() {
+            bail!("`udevadm info --query=property {}` failed ({}): {}", device.display(), output.status, String::from_utf8_lossy(&output.stderr).trim());
+        }
         let properties = String::from_utf8_lossy(&output.stdout).into_owned();
         parts.push(parse_partition(&device, &properties).with_context(|| format!("udev knows too little of {}", device.display()))?);
     }
@@ -132,24 +129,18 @@ pub fn definitions(parts: &[Partition], keep_data: bool, data_min_bytes: u64) ->
     Ok(files)
 }
 
-/// Refuses what must not be written: not a whole disk, the booted disk, a disk with anything
-/// mounted, or one too small for the booted disk's partitions.
-pub fn check_target(disk: &str, parts: &[Partition], data_min_bytes: u64) -> Result<Disk> {
-    let name = disk.strip_prefix("/dev/").with_context(|| format!("{disk}: name a disk under /dev, e.g. /dev/nvme0n1"))?;
-    if Path::new(&format!("/sys/class/block/{name}/partition")).exists() {
-        bail!("{disk} is a partition: name the whole disk");
+/// Refuses what must not be written (`hellas_contract::disk`: not a whole disk, the booted
+/// disk, a disk with anything mounted, or one too small for the booted disk's partitions), and
+/// what is no real disk.
+pub fn check_target(target: &str, parts: &[Partition], data_min_bytes: u64) -> Result<Disk> {
+    let name = target.strip_prefix("/dev/").with_context(|| format!("{target}: name a disk under /dev, e.g. /dev/nvme0n1"))?;
+    if VIRTUAL.iter().any(|p| name.starts_with(p)) {
+        bail!("{target} is not a real disk: see `hellasd install --list` for the disks this box can install to");
     }
-    if disk == booted_disk()? {
-        bail!("{disk} is the disk this box runs from: name the internal disk to install to");
-    }
-    let Some(target) = candidates()?.into_iter().find(|d| d.device == disk) else {
-        bail!("{disk} is not a disk this box can install to (missing, virtual, or something on it is mounted): see `hellasd install --list`");
-    };
+    let device = BlockDevice::read(Path::new("/"), name).map_err(anyhow::Error::msg)?;
     let needed: u64 = parts.iter().filter(|p| p.label != DATA_LABEL).map(|p| p.bytes).sum::<u64>() + data_min_bytes + (2 << 20);
-    if target.bytes < needed {
-        bail!("{disk} holds {} bytes; the system needs at least {needed}", target.bytes);
-    }
-    Ok(target)
+    disk::check_writable(Path::new("/"), &device, &mounts()?, needed).map_err(|refusal| anyhow::anyhow!("{target}: {refusal}"))?;
+    Ok(Disk { device: target.to_string(), model: device.model, bytes: device.bytes, removable: device.removable })
 }
 
 /// Room for what `/var` holds now (all of it when the owner's data is kept), with a margin; at

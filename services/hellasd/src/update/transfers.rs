@@ -2,15 +2,14 @@
 //! the UKI, bound together by one version. They are written for each run from the configured
 //! channel (the root file system is read-only, and the owner may change the channel).
 //!
-//! The channel serves what `cargo xtask release` writes: `hellas_<v>_<uuid>.root.zst`,
-//! `hellas_<v>_<uuid>.verity.zst`, `hellas_<v>.efi`, and `SHA256SUMS` signed as
-//! `SHA256SUMS.gpg`. The partition UUIDs travel in the file names because the UKI's
-//! `roothash=` finds both partitions by UUIDs derived from the root hash.
+//! The channel serves what `cargo xtask release` writes, named by `hellas_contract::release`:
+//! each release's root and verity partitions and its UKI, and `SHA256SUMS` with its signature.
 
 use std::fs;
 use std::path::Path;
 
 use anyhow::{Context, Result};
+use hellas_contract::release::{patterns, Slot};
 
 /// Writes the three `.transfer` files for `channel` into `dir`, replacing what was there;
 /// `name` (the image's `IMAGE_ID`) prefixes every release file and partition label.
@@ -35,16 +34,17 @@ fn definitions(name: &str, channel: &str, boot_tries: u32) -> [(&'static str, St
         format!("[Target]\nType=partition\nPath=auto\nMatchPattern={label}\nMatchPartitionType={kind}\nReadOnly=1\n")
     };
     [
-        ("10-root-verity.transfer", format!("{transfer}\n{}\n{}", source(&format!("{name}_@v_@u.verity.zst")), partition(&format!("{name}_@v_verity"), "root-verity"))),
-        ("20-root.transfer", format!("{transfer}\n{}\n{}", source(&format!("{name}_@v_@u.root.zst")), partition(&format!("{name}_@v"), "root"))),
+        ("10-root-verity.transfer", format!("{transfer}\n{}\n{}", source(&patterns::file(Slot::Verity, name)), partition(&patterns::label(Slot::Verity, name), "root-verity"))),
+        ("20-root.transfer", format!("{transfer}\n{}\n{}", source(&patterns::file(Slot::Root, name)), partition(&patterns::label(Slot::Root, name), "root"))),
         // Last, so that a release is bootable only once both partitions are written; named with
         // boot-counting tries (`+3`), which systemd-bless-boot drops once the health check passes.
         // Writable: on FAT a read-only file is one systemd-boot cannot rename to count a try.
         (
             "30-uki.transfer",
             format!(
-                "{transfer}\n{}\n[Target]\nType=regular-file\nPath=/EFI/Linux\nPathRelativeTo=boot\nMatchPattern={name}_@v+@l-@d.efi {name}_@v+@l.efi {name}_@v.efi\nMode=0644\nTriesLeft={boot_tries}\nTriesDone=0\nInstancesMax=2\n",
-                source(&format!("{name}_@v.efi"))
+                "{transfer}\n{}\n[Target]\nType=regular-file\nPath=/EFI/Linux\nPathRelativeTo=boot\nMatchPattern={}\nMode=0644\nTriesLeft={boot_tries}\nTriesDone=0\nInstancesMax=2\n",
+                source(&patterns::uki_file(name)),
+                patterns::uki_on_esp(name).join(" ")
             ),
         ),
     ]

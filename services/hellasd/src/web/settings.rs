@@ -4,6 +4,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
+use hellas_contract::{box_name, ssh_keys};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -41,10 +42,10 @@ pub async fn save_settings(State(state): St, OwnerForm(session, form): OwnerForm
     let done = guard!(setup_done(&state));
     let box_name = form.box_name.trim().to_string();
     let timezone = form.timezone.trim().to_string();
-    let checked = owner::check_box_name(&box_name)
+    let checked = box_name::check(&box_name)
         .and_then(|()| owner::check_timezone(&timezone, std::path::Path::new(ZONEINFO)))
         .and_then(|()| owner::check_update_channel(form.update_channel.trim()))
-        .and_then(|()| owner::parse_ssh_keys(&form.ssh_keys));
+        .and_then(|()| ssh_keys::parse(&form.ssh_keys));
     let settings = Settings { box_name, timezone, ssh_keys: Vec::new(), update_channel: form.update_channel.trim().to_string() };
     let ssh_keys = match checked {
         Ok(keys) => keys,
