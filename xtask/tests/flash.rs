@@ -122,7 +122,7 @@ fn loop_devices_are_refused_until_forced_and_a_short_write_fails_the_verify() {
     std::fs::write(&small, vec![0u8; (8 * MIB) as usize]).unwrap();
     let small = Loop::new(&small);
     let out = xtask(&["--device", &small.0, "--image", i, "--force", "--yes"]);
-    assert!(!out.status.success() && text(&out).contains("use a larger stick"), "{}", text(&out));
+    assert!(!out.status.success() && text(&out).contains("use a larger disk"), "{}", text(&out));
 
     // Mounted.
     let mnt = dir.path().join("mnt");
@@ -145,7 +145,7 @@ fn the_disk_this_machine_runs_from_is_refused() {
         panic!("/ is not on a block device here ({root}); this test needs a machine whose root is on a disk");
     };
     let out = xtask(&["--device", &source, "--image", "/dev/null", "--force", "--yes"]);
-    assert!(!out.status.success() && text(&out).contains("this computer's own root"), "{}", text(&out));
+    assert!(!out.status.success() && text(&out).contains("the disk the running system is on"), "{}", text(&out));
 }
 
 #[test]

@@ -1,55 +1,42 @@
 //! First-boot settings for the device, written to `/hellas/seed.toml` on the stick's ESP (FAT,
-//! so also writable by hand from any OS): `hostname`, `ssh_authorized_keys`, `claim_code`.
+//! so also writable by hand from any OS), in the form `hellas_contract::seed` gives it.
 
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
+use hellas_contract::{box_name, claim_code, ssh_keys};
 use duct::cmd;
 
+/// The seed to write: `hellas_contract::seed`, from the flags.
 pub struct Seed {
-    text: String,
+    seed: hellas_contract::seed::Seed,
 }
-
-const CODE_ALPHABET: &str = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
 
 impl Seed {
     pub fn from_flags(hostname: Option<&str>, ssh_key: Option<&Path>, claim_code: Option<&str>) -> Result<Option<Seed>> {
-        let mut text = String::from("# Applied once on the first boot, then removed (docs/operator-guide.md, \"Seed file\").\n");
-        if hostname.is_none() && ssh_key.is_none() && claim_code.is_none() {
-            return Ok(None);
-        }
         if let Some(name) = hostname {
-            let ok = !name.is_empty()
-                && name.len() <= 63
-                && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && !name.starts_with('-')
-                && !name.ends_with('-');
-            if !ok {
-                bail!("--hostname {name:?}: use 1 to 63 lower-case letters, digits and inner hyphens");
-            }
-            text.push_str(&format!("hostname = {name:?}\n"));
-        }
-        if let Some(file) = ssh_key {
-            let keys: Vec<String> = std::fs::read_to_string(file)
-                .with_context(|| format!("reading {}", file.display()))?
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .map(str::to_string)
-                .collect();
-            if keys.is_empty() || !keys.iter().all(|k| ["ssh-", "ecdsa-", "sk-"].iter().any(|p| k.starts_with(p))) {
-                bail!("{} is not an OpenSSH public key file (e.g. ~/.ssh/id_ed25519.pub)", file.display());
-            }
-            text.push_str(&format!("ssh_authorized_keys = {keys:?}\n"));
+            box_name::check(name).map_err(|e| anyhow!("--hostname: {e}"))?;
         }
         if let Some(code) = claim_code {
-            let shaped = code.len() == 9 && code.char_indices().all(|(i, c)| if i == 4 { c == '-' } else { CODE_ALPHABET.contains(c) });
-            if !shaped {
-                bail!("--claim-code {code:?}: use XXXX-XXXX from {CODE_ALPHABET}");
-            }
-            text.push_str(&format!("claim_code = {code:?}\n"));
+            claim_code::check(code).map_err(|e| anyhow!("--claim-code: {e}"))?;
         }
-        Ok(Some(Seed { text }))
+        let ssh_authorized_keys = match ssh_key {
+            Some(file) => {
+                let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+                let keys = ssh_keys::parse(&text).map_err(|e| anyhow!("--ssh-key {}: {e}", file.display()))?;
+                if keys.is_empty() {
+                    bail!("--ssh-key {}: the file holds no public key (give e.g. ~/.ssh/id_ed25519.pub)", file.display());
+                }
+                Some(keys)
+            }
+            None => None,
+        };
+        let seed = hellas_contract::seed::Seed { hostname: hostname.map(str::to_string), ssh_authorized_keys, claim_code: claim_code.map(str::to_string) };
+        if seed.is_empty() {
+            return Ok(None);
+        }
+        seed.check().map_err(anyhow::Error::msg)?;
+        Ok(Some(Seed { seed }))
     }
 
     /// Writes the seed into the ESP of the written `device` with mtools.
@@ -58,10 +45,10 @@ impl Seed {
         let image = format!("{}@@{offset}", device.display());
         let dir = tempfile_dir()?;
         let file = dir.join("seed.toml");
-        std::fs::write(&file, &self.text).with_context(|| format!("writing {}", file.display()))?;
+        std::fs::write(&file, self.seed.render()).with_context(|| format!("writing {}", file.display()))?;
         // `mmd` fails when the directory exists, which is fine.
         let _ = cmd!("mmd", "-i", &image, "::/hellas").stderr_null().stdout_null().unchecked().run();
-        let copied = cmd!("mcopy", "-o", "-i", &image, &file, "::/hellas/seed.toml").run().context("mcopy (mtools) failed");
+        let copied = cmd!("mcopy", "-o", "-i", &image, &file, format!("::/{}", hellas_contract::seed::PATH)).run().context("mcopy (mtools) failed");
         let _ = std::fs::remove_dir_all(&dir);
         copied?;
         Ok(())
