@@ -16,8 +16,10 @@ use std::ffi::OsString;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use duct::cmd;
+use hellas_contract::manifest::{self, Manifest};
+use hellas_contract::release;
 use serde_json::json;
 
 use crate::{cache, deps};
@@ -206,6 +208,14 @@ impl Image {
             "image": spec.image,
             "profile": profile_name,
             "partitions": { "esp": spec.partitions.esp.0, "root": spec.partitions.root.0, "verity": verity, "data": spec.partitions.data.0 },
+            // The labels the box's updater and installer look for (hellas_contract::release).
+            "labels": {
+                "esp": release::ESP_LABEL,
+                "root": release::root_label(&spec.image.name, &spec.image.version),
+                "verity": release::verity_label(&spec.image.name, &spec.image.version),
+                "empty": release::EMPTY_LABEL,
+                "data": release::DATA_LABEL,
+            },
         });
         if let Some(overlay) = &self.overlay {
             if !overlay.is_dir() {
@@ -270,7 +280,7 @@ impl Image {
             // Read-only from here on: out/ shares this file, and boots use overlays on top.
             fs::set_permissions(dir.join("disk.img"), <fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o444))?;
             let manifest = manifest(spec, profile_name, &locks.root, &digest, &roothash, &layout, &staged.data)?;
-            fs::write(dir.join("manifest.json"), serde_json::to_vec_pretty(&manifest)?)?;
+            fs::write(dir.join("manifest.json"), serde_json::to_vec_pretty(&manifest)?).with_context(|| format!("writing {}", dir.join("manifest.json").display()))?;
             cache::remove_any(&work)
         })?;
         if !write_outputs {
@@ -326,7 +336,7 @@ fn build_hellasd() -> Result<PathBuf> {
     Ok(Path::new(target).join("release/hellasd"))
 }
 
-fn manifest(spec: &Spec, profile: &str, lock: &Lock, digest: &str, roothash: &str, layout: &serde_json::Value, data: &Path) -> Result<serde_json::Value> {
+fn manifest(spec: &Spec, profile: &str, lock: &Lock, digest: &str, roothash: &str, layout: &serde_json::Value, data: &Path) -> Result<Manifest> {
     // dpkg's database moved to the data partition with the rest of /var.
     let sizes = cmd!("dpkg-query", format!("--admindir={}", data.join("lib/dpkg").display()), "-W", "-f=${Installed-Size} ${Package}\n")
         .read()
@@ -335,23 +345,27 @@ fn manifest(spec: &Spec, profile: &str, lock: &Lock, digest: &str, roothash: &st
         sizes.lines().filter_map(|l| l.split_once(' ').and_then(|(s, p)| Some((s.parse::<u64>().ok()? * 1024, p.to_string())))).collect();
     largest.sort_by(|a, b| b.cmp(a));
     largest.truncate(15);
-    let partitions: Vec<serde_json::Value> = layout
+    let partitions = layout
         .as_array()
         .into_iter()
         .flatten()
-        .map(|p| json!({ "type": p["type"], "label": p["label"], "uuid": p["uuid"], "offset": p["offset"], "size": p["raw_size"] }))
-        .collect();
-    Ok(json!({
-        "name": spec.image.name,
-        "version": spec.image.version,
-        "profile": profile,
-        "inputs_sha256": digest,
-        "roothash": roothash,
-        "kernel": lock.kernel_version(),
-        "partitions": partitions,
-        "packages": lock.packages.iter().map(|p| json!({"name": p.name, "version": p.version, "architecture": p.architecture})).collect::<Vec<_>>(),
-        "largest_packages": largest.iter().map(|(size, name)| json!({"name": name, "installed_bytes": size})).collect::<Vec<_>>(),
-    }))
+        .map(|p| {
+            let text = |key: &str| p[key].as_str().map(str::to_string).with_context(|| format!("systemd-repart reported no {key} for a partition: {p}"));
+            let number = |key: &str| p[key].as_u64().with_context(|| format!("systemd-repart reported no {key} for a partition: {p}"));
+            Ok(manifest::Partition { kind: text("type")?, label: text("label")?, uuid: text("uuid")?, offset: number("offset")?, size: number("raw_size")? })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Manifest {
+        name: spec.image.name.clone(),
+        version: spec.image.version.clone(),
+        profile: profile.to_string(),
+        inputs_sha256: digest.to_string(),
+        roothash: roothash.to_string(),
+        kernel: lock.kernel_version(),
+        partitions,
+        packages: lock.packages.iter().map(|p| manifest::Package { name: p.name.clone(), version: p.version.clone(), architecture: p.architecture.clone() }).collect(),
+        largest_packages: largest.into_iter().map(|(installed_bytes, name)| manifest::InstalledSize { name, installed_bytes }).collect(),
+    })
 }
 
 /// Copies the cached image to `out/` as `<name>.img`, `.img.zst`, `SHA256SUMS` and
@@ -392,17 +406,13 @@ fn compare_images(a: &Path, b: &Path) -> Result<Vec<String>> {
     if file_sha256(a)? == file_sha256(b)? {
         return Ok(vec![]);
     }
-    let manifest_of = |image: &Path| -> Result<serde_json::Value> {
-        let path = image.with_extension("manifest.json");
-        Ok(serde_json::from_slice(&fs::read(&path).with_context(|| format!("reading {}", path.display()))?)?)
-    };
-    let layout = manifest_of(a)?;
+    let path = a.with_extension("manifest.json");
+    let layout = Manifest::parse(&fs::read(&path).with_context(|| format!("reading {}", path.display()))?).map_err(|e| anyhow!("{}: {e}", path.display()))?;
     let mut differences = Vec::new();
     let (mut fa, mut fb) = (fs::File::open(a)?, fs::File::open(b)?);
-    for part in layout["partitions"].as_array().into_iter().flatten() {
-        let (offset, size) = (part["offset"].as_u64().unwrap_or(0), part["size"].as_u64().unwrap_or(0));
-        if !same_range(&mut fa, &mut fb, offset, size)? {
-            differences.push(format!("partition {} ({}) at offset {offset}", part["label"], part["type"]));
+    for part in &layout.partitions {
+        if !same_range(&mut fa, &mut fb, part.offset, part.size)? {
+            differences.push(format!("partition {} ({}) at offset {}", part.label, part.kind, part.offset));
         }
     }
     if differences.is_empty() {

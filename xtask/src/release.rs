@@ -2,19 +2,22 @@
 //! a directory to serve over HTTP(S) in the layout systemd-sysupdate reads (the transfer
 //! definitions are hellasd's `update/transfers.rs`):
 //!
-//! - `<name>_<version>_<uuid>.root.zst` and `<name>_<version>_<uuid>.verity.zst`: root slot A of
-//!   the built image and its dm-verity hash partition, each under its partition UUID, which the
-//!   UKI's `roothash=` derives;
-//! - `<name>_<version>.efi`: the UKI;
-//! - `SHA256SUMS` over every release in the channel, and its detached signature `SHA256SUMS.gpg`.
+//! - root slot A of the built image and its dm-verity hash partition, each under its partition
+//!   UUID, which the UKI's `roothash=` derives;
+//! - the UKI;
+//! - `SHA256SUMS` over every release in the channel, and its detached signature.
+//!
+//! Every name comes from `hellas_contract::release`, which the box's sysupdate patterns use too.
 //!
 //! Publishing a version again replaces it; other versions stay.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use duct::cmd;
+use hellas_contract::manifest::Manifest;
+use hellas_contract::release::{self, Slot};
 
 use crate::image::Image;
 use crate::signing::SigningKey;
@@ -42,45 +45,36 @@ impl Release {
 /// Publishes the built image in `disk` (a cached build) into `channel`; returns `<name>_<version>`.
 pub fn publish(disk: &Path, channel: &Path, key: &SigningKey) -> Result<String> {
     let manifest_path = disk.join("manifest.json");
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&fs::read(&manifest_path).with_context(|| format!("reading {}", manifest_path.display()))?)
-            .with_context(|| format!("parsing {}", manifest_path.display()))?;
-    let (name, version) = (manifest["name"].as_str().unwrap_or_default(), manifest["version"].as_str().unwrap_or_default());
-    let release = format!("{name}_{version}");
+    let manifest = Manifest::parse(&fs::read(&manifest_path).with_context(|| format!("reading {}", manifest_path.display()))?)
+        .map_err(|e| anyhow!("{}: {e}", manifest_path.display()))?;
+    let (name, version) = (manifest.name.as_str(), manifest.version.as_str());
     fs::create_dir_all(channel).with_context(|| format!("creating {}", channel.display()))?;
     let mut files = Vec::new();
-    for (label, kind) in [(release.clone(), "root"), (format!("{release}_verity"), "verity")] {
-        let part = manifest["partitions"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|p| p["label"] == label.as_str())
-            .with_context(|| format!("{} has no partition labelled {label}", manifest_path.display()))?;
-        let (Some(uuid), Some(offset), Some(size)) = (part["uuid"].as_str(), part["offset"].as_u64(), part["size"].as_u64()) else {
-            bail!("{}: partition {label} lacks its uuid, offset or size (rebuild the image)", manifest_path.display());
-        };
-        let file = format!("{release}_{uuid}.{kind}.zst");
+    for slot in [Slot::Root, Slot::Verity] {
+        let label = slot.label(name, version);
+        let part = manifest.partition(&label).map_err(|e| anyhow!("{}: {e}", manifest_path.display()))?;
+        let file = slot.file(name, version, &part.uuid);
         let dest = channel.join(&file);
         let tmp = cache::temp_path(&dest, "tmp");
-        cmd!("dd", format!("if={}", disk.join("disk.img").display()), "iflag=skip_bytes,count_bytes", format!("skip={offset}"), format!("count={size}"), "bs=4M", "status=none")
+        cmd!("dd", format!("if={}", disk.join("disk.img").display()), "iflag=skip_bytes,count_bytes", format!("skip={}", part.offset), format!("count={}", part.size), "bs=4M", "status=none")
             .pipe(cmd!("zstd", "--quiet", "--force", "-T0", "-3", "-o", &tmp))
             .run()
             .with_context(|| format!("extracting partition {label} into {}", tmp.display()))?;
         fs::rename(&tmp, &dest).with_context(|| format!("renaming {} into place", tmp.display()))?;
         files.push(file);
     }
-    let uki = format!("{release}.efi");
+    let uki = release::uki_file(name, version);
     let tmp = cache::temp_path(&channel.join(&uki), "tmp");
     fs::copy(disk.join("uki.efi"), &tmp).with_context(|| format!("copying the UKI to {}", tmp.display()))?;
     fs::rename(&tmp, channel.join(&uki))?;
     files.push(uki);
 
     // The other versions' lines stay; this version's are replaced.
-    let sums_path = channel.join("SHA256SUMS");
+    let sums_path = channel.join(release::SUMS);
     let current = fs::read_to_string(&sums_path).unwrap_or_default();
     let mut lines: Vec<String> = current
         .lines()
-        .filter(|l| l.split_once("  ").is_some_and(|(_, f)| !f.starts_with(&format!("{release}_")) && f != format!("{release}.efi")))
+        .filter(|l| l.split_once("  ").is_some_and(|(_, f)| !release::belongs_to(f, name, version)))
         .map(String::from)
         .collect();
     for file in &files {
@@ -93,8 +87,8 @@ pub fn publish(disk: &Path, channel: &Path, key: &SigningKey) -> Result<String> 
     // and refuses, which is safe.
     let signature = key.sign(&tmp)?;
     fs::rename(&tmp, &sums_path)?;
-    fs::rename(&signature, channel.join("SHA256SUMS.gpg"))?;
-    Ok(release)
+    fs::rename(&signature, channel.join(release::SUMS_SIGNATURE))?;
+    Ok(release::release(name, version))
 }
 
 /// The system test's channels under `$HELLAS_CACHE/test-channels`: `good/` holds `<v>.1` of the

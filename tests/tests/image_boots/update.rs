@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use std::{env, fs};
 
+use hellas_contract::release;
 use hellas_system_tests::channel::ChannelServer;
 use hellas_system_tests::vm::Vm;
 use serde_json::Value;
@@ -67,7 +68,7 @@ pub fn update_roll_back_and_refuse(vm: &mut Vm, web: &mut OwnerWeb, key: &str, v
     assert_eq!(status["offered"], v3.as_str(), "{status}");
     server.throttle(Some((".root.zst", 4 << 20)));
     apply(web, &v3);
-    let v3_root = |file: &str| file.starts_with(&format!("hellas_{v3}_")) && file.ends_with(".root.zst");
+    let v3_root = |file: &str| release::belongs_to(file, "hellas", &v3) && file.ends_with(".root.zst");
     let deadline = Instant::now() + CHECK_TIMEOUT;
     while server.sent(v3_root) < 64 << 20 {
         assert!(Instant::now() < deadline, "the guest did not start downloading {v3}'s root\n{}", vm.diagnostics());
@@ -179,12 +180,12 @@ fn tampered_channel(channel: &Path, version: &str) -> PathBuf {
     for entry in fs::read_dir(channel).unwrap().flatten() {
         fs::hard_link(entry.path(), dir.join(entry.file_name())).unwrap();
     }
-    let mut sums = fs::read_to_string(dir.join("SHA256SUMS")).unwrap();
-    let uki = format!("hellas_{version}.efi");
+    let mut sums = fs::read_to_string(dir.join(release::SUMS)).unwrap();
+    let uki = release::uki_file("hellas", version);
     fs::write(dir.join(&uki), b"not a kernel").unwrap();
     sums.push_str(&format!("{}  {uki}\n", sha256_hex(b"not a kernel")));
-    fs::remove_file(dir.join("SHA256SUMS")).unwrap();
-    fs::write(dir.join("SHA256SUMS"), sums).unwrap();
+    fs::remove_file(dir.join(release::SUMS)).unwrap();
+    fs::write(dir.join(release::SUMS), sums).unwrap();
     dir
 }
 

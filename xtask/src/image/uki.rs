@@ -6,6 +6,7 @@ use std::fs;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
+use hellas_contract::release;
 
 use super::step::Progress;
 use super::tools::ToolsTree;
@@ -26,7 +27,7 @@ pub fn build_esp(tools: &ToolsTree, work: &Path, name: &str, version: &str, cmdl
     for dir in ["EFI/BOOT", "EFI/systemd", "EFI/Linux", "loader"] {
         fs::create_dir_all(esp.join(dir)).with_context(|| format!("creating {}", esp.join(dir).display()))?;
     }
-    let uki = format!("/work/esp/EFI/Linux/{name}_{version}+{TRIES}.efi");
+    let uki = format!("/work/esp/EFI/Linux/{}", release::uki_with_tries(name, version, TRIES));
     let args = [
         "build".into(),
         format!("--linux=/work/root/boot/vmlinuz-{kver}").into(),
@@ -43,5 +44,5 @@ pub fn build_esp(tools: &ToolsTree, work: &Path, name: &str, version: &str, cmdl
     }
     fs::write(esp.join("loader/loader.conf"), "timeout 0\neditor no\n").context("writing loader.conf")?;
     super::overlay::clamp_mtimes(&esp, epoch, epoch, progress)?;
-    Ok(esp.join(format!("EFI/Linux/{name}_{version}+{TRIES}.efi")))
+    Ok(esp.join("EFI/Linux").join(release::uki_with_tries(name, version, TRIES)))
 }
