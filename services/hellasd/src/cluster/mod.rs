@@ -7,6 +7,7 @@
 //! * [`control`] over [`tls`]: status, memory holds and unpairing, only between paired boxes;
 //!   [`server`] answers them on the control port.
 //! * [`worker`]: ggml-rpc-server while there are peers, fenced by [`firewall`].
+//! * `memory`: what this box lends its peers; `health`: their status probes and who is gone.
 //! * [`fleet`]: rollouts of a release over the paired boxes, one at a time, and re-imaging.
 //!
 //! The head box plans a split with [`crate::pool_plan`], holds the memory on each peer, and
@@ -22,6 +23,9 @@ pub mod peers;
 pub mod server;
 pub mod tls;
 pub mod worker;
+
+mod health;
+mod memory;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -297,26 +301,6 @@ impl Cluster {
             })?
     }
 
-    // ---- memory ------------------------------------------------------------------------------
-
-    /// Memory held on this box for peers' models.
-    pub fn held_bytes(&self) -> u64 {
-        let mut holds = self.holds.lock().unwrap();
-        holds.retain(|_, h| h.expires > Instant::now());
-        holds.values().map(|h| h.bytes).sum()
-    }
-
-    fn free(&self) -> u64 {
-        self.supervisor
-            .budget()
-            .saturating_sub(self.supervisor.resident_bytes())
-            .saturating_sub(self.held_bytes())
-    }
-
-    fn available(&self) -> u64 {
-        self.supervisor.budget().saturating_sub(self.supervisor.busy_bytes()).saturating_sub(self.held_bytes())
-    }
-
     pub fn status(&self) -> NodeStatus {
         let update = UpdateFiles::new(&self.state_dir).status().ok();
         NodeStatus {
@@ -348,124 +332,6 @@ impl Cluster {
     }
 
     /// Holds `bytes` on `node_id` for `key` (a model this box runs across it).
-    pub async fn hold(&self, node_id: &str, key: &str, bytes: u64) -> Result<()> {
-        let peer = self.paired(node_id)?;
-        let request = Request::Reserve {
-            key: key.to_string(),
-            bytes,
-            ttl_secs: HOLD_TTL.as_secs(),
-        };
-        self.call(&peer, &request)
-            .await
-            .map(drop)
-            .with_context(|| format!("holding memory on {}", peer.name))
-    }
-
-    pub async fn release(&self, node_id: &str, key: &str) {
-        let Ok(peer) = self.paired(node_id) else {
-            return;
-        };
-        if let Err(e) = self
-            .call(
-                &peer,
-                &Request::Release {
-                    key: key.to_string(),
-                },
-            )
-            .await
-        {
-            tracing::debug!(peer = %peer.name, "releasing memory (it lapses by itself): {e:#}");
-        }
-    }
-
-    // ---- peers' health -----------------------------------------------------------------------
-
-    /// Asks every peer for its status now.
-    pub async fn probe_all(&self) {
-        let peers = self
-            .peers
-            .load()
-            .map(|p| p.peers.clone())
-            .unwrap_or_default();
-        futures_util::future::join_all(peers.iter().map(|p| self.probe(p))).await;
-        let known: Vec<String> = peers.into_iter().map(|p| p.node_id).collect();
-        self.live.lock().unwrap().retain(|id, _| known.contains(id));
-    }
-
-    async fn probe(&self, peer: &Peer) {
-        let started = Instant::now();
-        let answer = self.call(peer, &Request::Status).await;
-        let mut live = self.live.lock().unwrap();
-        let entry = live.entry(peer.node_id.clone()).or_default();
-        match answer {
-            Ok(Response::Status(status)) => {
-                *entry = Live {
-                    status: Some(status),
-                    latency: Some(started.elapsed()),
-                    misses: 0,
-                    error: None,
-                };
-            }
-            Ok(other) => {
-                entry.misses += 1;
-                entry.error = Some(format!("unexpected answer {other:?}"));
-            }
-            Err(e) => {
-                entry.misses += 1;
-                entry.error = Some(format!("{e:#}"));
-            }
-        }
-    }
-
-    /// Marks `node_id` gone until it answers again (the engine saw its worker vanish).
-    pub fn mark_gone(&self, node_id: &str, why: &str) {
-        if let Some(entry) = self.live.lock().unwrap().get_mut(node_id) {
-            entry.misses = MISSES_UNTIL_GONE;
-            entry.error = Some(why.to_string());
-        }
-    }
-
-    pub fn reachable(&self, node_id: &str) -> bool {
-        self.live
-            .lock()
-            .unwrap()
-            .get(node_id)
-            .is_some_and(Live::reachable)
-    }
-
-    /// The reachable peers with a running worker, for the planner.
-    pub fn members(&self) -> Vec<Member> {
-        let peers = self
-            .peers
-            .load()
-            .map(|p| p.peers.clone())
-            .unwrap_or_default();
-        let live = self.live.lock().unwrap();
-        peers
-            .iter()
-            .filter_map(|peer| {
-                let l = live.get(&peer.node_id).filter(|l| l.reachable())?;
-                let status = l.status.as_ref()?;
-                Some(Member {
-                    node_id: peer.node_id.clone(),
-                    name: peer.name.clone(),
-                    rpc: status.rpc,
-                    free: status.available,
-                })
-            })
-            .collect()
-    }
-
-    /// This box as a member of a split.
-    pub fn head(&self, free: u64) -> Member {
-        Member {
-            node_id: self.identity.node_id.clone(),
-            name: self.box_name(),
-            rpc: None,
-            free,
-        }
-    }
-
     pub fn view(&self) -> PoolView {
         let peers = self
             .peers
