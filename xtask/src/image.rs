@@ -228,7 +228,7 @@ impl Image {
             .chain(self.overlay.clone())
             .collect();
         let keyring = crate::signing::SigningKey::find()?.public_key()?;
-        let cmdline = format!("{} {}", "root=/dev/mapper/root rootfstype=erofs ro", spec.cmdline(profile).join(" "));
+        let cmdline = spec.cmdline(profile).join(" ");
         let mut inputs = Inputs::new("disk")
             .text("recipe", RECIPE)
             .text("rootfs", &rootfs.display().to_string())
@@ -260,7 +260,6 @@ impl Image {
                     overlays: overlays.clone(),
                     context: &context,
                     hellasd: &hellasd,
-                    units: &units(profile_name),
                     models: models.clone(),
                     keyring: &keyring,
                     source_date_epoch: epoch,
@@ -306,18 +305,6 @@ impl Locks {
         tools.check(&tools::package_set())?;
         Ok(Locks { root, tools })
     }
-}
-
-/// Units enabled in every image, and the boot check in the test image.
-fn units(profile: &str) -> Vec<String> {
-    let mut units: Vec<String> =
-        ["hellasd.service", "hellas-claim-code.service", "hellas-settings.service", "hellas-settings.path", "hellas-tune.service", "hellas-seed.service", "hellas-health.service", "hellas-update.service", "hellas-update.path", "systemd-networkd.service", "systemd-resolved.service", "avahi-daemon.service"]
-            .map(String::from)
-            .to_vec();
-    if profile == "qemu-test" {
-        units.push("hellas-bootcheck.service".into());
-    }
-    units
 }
 
 fn source_date_epoch(spec: &Spec) -> Result<u64> {

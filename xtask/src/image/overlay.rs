@@ -3,7 +3,8 @@
 //!
 //! `rootfs-overlay/` is laid over every image and `image/profiles/<profile>/overlay/` over that
 //! profile's; files ending in `.hbs` are rendered with handlebars from the spec (without the
-//! suffix), the rest copied as they are. `/var` is moved out to become the data partition.
+//! suffix), the rest copied as they are. The units the overlays' preset files name are enabled or
+//! disabled as those files say. `/var` is moved out to become the data partition.
 
 use std::ffi::OsString;
 use std::fs;
@@ -27,7 +28,6 @@ pub struct OverlayInputs<'a> {
     pub overlays: Vec<PathBuf>,
     pub context: &'a Value,
     pub hellasd: &'a Path,
-    pub units: &'a [String],
     pub models: Vec<(String, PathBuf)>,
     /// The release signing key's public half: the only key sysupdate trusts.
     pub keyring: &'a [u8],
@@ -50,11 +50,14 @@ pub fn stage(work: &Path, inputs: &OverlayInputs, tools: &ToolsTree, progress: &
 
     // Accounts and enabled units are decided now: /etc is read-only on the device.
     progress.run("systemd-sysusers", tools.command(work, "systemd-sysusers", &["--root=/work/root".into()]))?;
-    let mut enable: Vec<OsString> = vec!["--root=/work/root".into(), "enable".into()];
-    enable.extend(inputs.units.iter().map(OsString::from));
-    progress.run("systemctl enable", tools.command(work, "systemctl", &enable))?;
-    // sshd stays off until the owner gives a key (the web setup turns it on).
-    progress.run("systemctl disable ssh", tools.command(work, "systemctl", &["--root=/work/root".into(), "disable".into(), "ssh.service".into()]))?;
+    // Only the units the overlays' presets name: `preset-all` would also reset every unit of
+    // the Debian packages that no preset names, and enable them all (the default policy).
+    let units = preset_units(&inputs.overlays, &root)?;
+    if !units.is_empty() {
+        let mut preset: Vec<OsString> = vec!["--root=/work/root".into(), "preset".into()];
+        preset.extend(units.iter().map(OsString::from));
+        progress.run("systemctl preset", tools.command(work, "systemctl", &preset))?;
+    }
 
     // systemd-gpt-auto-generator mounts the ESP at /boot (empty in the root partition: the
     // kernel and initrd are in the UKI), where the seed, hellas-tune and sysupdate find it.
@@ -87,6 +90,55 @@ pub fn stage(work: &Path, inputs: &OverlayInputs, tools: &ToolsTree, progress: &
     Ok(Staged { data })
 }
 
+/// Where overlays put systemd preset files.
+const PRESET_DIR: &str = "usr/lib/systemd/system-preset";
+
+/// The units named by the preset files the overlays lay into `root`, read as laid (a later
+/// overlay's file of the same name replaces an earlier one's), each unit once.
+fn preset_units(overlays: &[PathBuf], root: &Path) -> Result<Vec<String>> {
+    let mut names = std::collections::BTreeSet::new();
+    for overlay in overlays {
+        let Ok(entries) = fs::read_dir(overlay.join(PRESET_DIR)) else { continue };
+        for entry in entries {
+            let name = entry?.file_name().to_string_lossy().into_owned();
+            names.insert(name.strip_suffix(".hbs").map(String::from).unwrap_or(name));
+        }
+    }
+    let mut units: Vec<String> = Vec::new();
+    for name in names.iter().filter(|n| n.ends_with(".preset")) {
+        let path = root.join(PRESET_DIR).join(name);
+        let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        for unit in preset_file_units(&text).with_context(|| format!("in {}", path.display()))? {
+            if !units.contains(&unit) {
+                units.push(unit);
+            }
+        }
+    }
+    Ok(units)
+}
+
+/// The units a preset file names (`enable UNIT`, `disable UNIT`, `ignore UNIT`; `#` and `;`
+/// start comments). Patterns are refused: the builder presets the units named, and a pattern
+/// names none.
+fn preset_file_units(text: &str) -> Result<Vec<String>> {
+    let mut units = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        let mut words = line.split_whitespace();
+        let (Some("enable" | "disable" | "ignore"), Some(unit)) = (words.next(), words.next()) else {
+            bail!("line {}: expected 'enable UNIT', 'disable UNIT' or 'ignore UNIT', found {line:?}", n + 1);
+        };
+        if unit.contains(['*', '?', '[']) {
+            bail!("line {}: {unit:?} is a pattern; name each unit", n + 1);
+        }
+        units.push(unit.to_string());
+    }
+    Ok(units)
+}
+
 /// Copies or renders `dir` (below `base`) into `root`.
 fn lay(base: &Path, dir: &Path, root: &Path, handlebars: &handlebars::Handlebars, context: &Value) -> Result<()> {
     for entry in fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
@@ -98,7 +150,7 @@ fn lay(base: &Path, dir: &Path, root: &Path, handlebars: &handlebars::Handlebars
             fs::create_dir_all(root.join(relative)).with_context(|| format!("creating {}", root.join(relative).display()))?;
             lay(base, &path, root, handlebars, context)?;
         } else if kind.is_symlink() {
-            bail!("{}: the overlay holds no symlinks (enable units through the builder instead)", path.display());
+            bail!("{}: the overlay holds no symlinks (enable units with a preset file in {PRESET_DIR} instead)", path.display());
         } else if let Some(stem) = relative.to_str().and_then(|r| r.strip_suffix(".hbs")) {
             let template = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
             let rendered = handlebars.render_template(&template, context).with_context(|| format!("rendering {}", path.display()))?;
@@ -154,4 +206,32 @@ pub(super) fn clamp_mtimes(dir: &Path, made_after: u64, epoch: u64, progress: &P
         cmd!("find", dir, "-newermt", format!("@{made_after}"), "-exec", "touch", "-h", "-d", format!("@{epoch}"), "{}", "+"),
     )?;
     progress.run("setting access times to SOURCE_DATE_EPOCH", cmd!("find", dir, "-exec", "touch", "-h", "-a", "-d", format!("@{epoch}"), "{}", "+"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn preset_files_name_units_not_patterns() {
+        let units = preset_file_units("# c\n; c\n\nenable a.service\ndisable  b.service\nenable getty@.service tty1\n").unwrap();
+        assert_eq!(units, ["a.service", "b.service", "getty@.service"]);
+        assert!(preset_file_units("disable *\n").unwrap_err().to_string().contains("pattern"));
+        assert!(preset_file_units("enable\n").unwrap_err().to_string().contains("line 1"));
+        assert!(preset_file_units("start a.service\n").is_err());
+    }
+
+    /// Every Hellas unit the presets enable is one the overlays ship (a typo would enable nothing:
+    /// systemctl fails on a unit it cannot find, but only in the image build).
+    #[test]
+    fn the_presets_name_units_the_overlays_ship() {
+        let root = crate::workspace::root().unwrap();
+        for overlay in [root.join("rootfs-overlay"), root.join("image/profiles/qemu-test/overlay")] {
+            let units = preset_units(std::slice::from_ref(&overlay), &overlay).unwrap();
+            assert!(!units.is_empty(), "{} has no presets", overlay.display());
+            for unit in units.iter().filter(|u| u.starts_with("hellas")) {
+                assert!(overlay.join("usr/lib/systemd/system").join(unit).is_file(), "{unit} is preset but not in {}", overlay.display());
+            }
+        }
+    }
 }
