@@ -10,6 +10,7 @@
 
 mod facts;
 mod reader;
+pub mod split;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 #[cfg(test)]
