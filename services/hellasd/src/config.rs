@@ -30,6 +30,7 @@ pub struct Config {
     pub web: WebConfig,
     pub update: UpdateConfig,
     pub cluster: ClusterConfig,
+    pub hub: HubConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -76,6 +77,14 @@ pub struct WebConfig {
     pub catalog: PathBuf,
     /// Where this boot's claim code and console text live (a tmpfs).
     pub runtime_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HubConfig {
+    /// The Hugging Face Hub that `hf.co/…` references resolve against (its API and file
+    /// downloads); a mirror speaking the same API may stand in.
+    pub endpoint: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -142,6 +151,7 @@ impl Default for Config {
             web: WebConfig::default(),
             update: UpdateConfig::default(),
             cluster: ClusterConfig::default(),
+            hub: HubConfig::default(),
         }
     }
 }
@@ -180,6 +190,12 @@ impl Default for WebConfig {
             catalog: PathBuf::from("/usr/share/hellas/catalog.toml"),
             runtime_dir: PathBuf::from("/run/hellas"),
         }
+    }
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig { endpoint: "https://huggingface.co".into() }
     }
 }
 

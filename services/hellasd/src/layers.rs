@@ -8,7 +8,7 @@ use std::path::Path;
 /// The layers, lowest first. A module may name modules of its own layer or of a lower one.
 const LAYERS: &[(&str, &[&str])] = &[
     ("domain", &["state_file", "config", "owner", "keys", "library", "admission", "metrics", "memory_budget"]),
-    ("services", &["engine", "cluster", "catalog", "update", "tune", "seed", "system_settings"]),
+    ("services", &["engine", "cluster", "catalog", "hub", "update", "tune", "seed", "system_settings"]),
     ("app", &["app"]),
     ("surfaces", &["api", "web"]),
     ("verbs", &["cli"]),

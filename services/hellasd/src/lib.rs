@@ -24,6 +24,7 @@ pub mod app;
 
 pub mod catalog;
 pub mod cluster;
+pub mod hub;
 pub mod engine;
 pub mod seed;
 pub mod system_settings;
