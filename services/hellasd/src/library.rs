@@ -12,14 +12,13 @@ use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use hellas_model::gguf::GgufFile;
-use crate::state_file::{sync_dir, StateFile};
+use crate::state_file::{sync_dir, unix_now, StateFile};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ModelEntry {
@@ -181,10 +180,6 @@ pub fn validate_name(name: &str) -> Result<()> {
             "invalid model name {name:?}: use lowercase letters, digits, '.', '_' and '-', starting with a letter or digit, optionally ':tag' (e.g. smollm2:135m-q4_1)"
         )
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 #[cfg(test)]
