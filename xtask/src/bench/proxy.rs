@@ -3,6 +3,9 @@
 //! llama-server is started with that engine's exact command line (read from /proc, only the
 //! port changed), so both sides run the same binary with the same flags on the same file.
 //! The two are then measured in alternating rounds, never at once, and always warmed up first.
+//!
+//! hellasd is set up as an owner would set up a box (claimed with `hellasd set-password`, an API
+//! key from `hellasd keys create`), and every port it opens is on loopback; pooling is off.
 
 mod report;
 
@@ -260,26 +263,20 @@ impl Sides {
         llama_server: &Path,
         model: &Path,
     ) -> Result<Sides> {
-        let (hellasd_port, direct_port) = (servers::free_port()?, servers::free_port()?);
+        let (hellasd_port, web_port, direct_port) = (servers::free_port()?, servers::free_port()?, servers::free_port()?);
         let config = dir.join("hellasd.toml");
-        // A JSON string is a valid TOML basic string, quotes and escapes included.
-        let quoted = |path: &Path| Value::from(path.to_string_lossy()).to_string();
-        let toml = format!(
-            "state_dir = {}\n\n[api]\nlisten = \"127.0.0.1:{hellasd_port}\"\nqueue_depth = 256\n\n\
-             [engine]\nllama_server = {}\nctx = {CTX}\nparallel = {PARALLEL}\nthreads = {THREADS}\n",
-            quoted(&dir.join("state")),
-            quoted(llama_server),
-        );
-        fs::write(&config, toml).with_context(|| format!("writing {}", config.display()))?;
-        let cli = |args: &[&str]| hellasd_cli(hellasd, &config, args);
+        fs::write(&config, hellasd_config(dir, llama_server, hellasd_port, web_port)).with_context(|| format!("writing {}", config.display()))?;
+        let cli = |args: &[&str], stdin: Option<&str>| hellasd_cli(hellasd, &config, args, stdin);
         cli(&[
             "models",
             "add",
             &model.to_string_lossy(),
             "--name",
             MODEL_NAME,
-        ])?;
-        let key = cli(&["keys", "create", "bench"])?.trim().to_string();
+        ], None)?;
+        // The API answers no one on a box without an owner: claim it, as an owner would.
+        cli(&["set-password"], Some(&format!("bench-{}\n", std::process::id())))?;
+        let key = cli(&["keys", "create", "bench"], None)?.trim().to_string();
         let endpoints = [
             Endpoint {
                 base: format!("http://127.0.0.1:{direct_port}"),
@@ -352,6 +349,24 @@ impl Sides {
     }
 }
 
+/// hellasd's configuration: state in `dir`, the API and the web pages on loopback ports of their
+/// own, and pooling (its control port, mDNS and the RPC worker) off, so that nothing the bench
+/// starts is reachable from another machine.
+fn hellasd_config(dir: &Path, llama_server: &Path, api_port: u16, web_port: u16) -> String {
+    // A JSON string is a valid TOML basic string, quotes and escapes included.
+    let quoted = |path: &Path| Value::from(path.to_string_lossy()).to_string();
+    format!(
+        "state_dir = {}\n\n[api]\nlisten = \"127.0.0.1:{api_port}\"\nqueue_depth = 256\n\n\
+         [engine]\nllama_server = {}\nctx = {CTX}\nparallel = {PARALLEL}\nthreads = {THREADS}\n\n\
+         [web]\nlisten = \"127.0.0.1:{web_port}\"\nruntime_dir = {}\ncatalog = {}\n\n\
+         [cluster]\nenabled = false\n",
+        quoted(&dir.join("state")),
+        quoted(llama_server),
+        quoted(&dir.join("run")),
+        quoted(&dir.join("no-catalog.toml")),
+    )
+}
+
 /// The request both sides get: greedy, seeded, streamed, and generating exactly `max_tokens`.
 fn request(max_tokens: u64) -> Value {
     json!({
@@ -421,14 +436,18 @@ fn engine_version(output: &str) -> String {
         .to_string()
 }
 
-/// Runs `hellasd --no-system-config --config CONFIG ARGS…` and returns what it printed.
-fn hellasd_cli(hellasd: &Path, config: &Path, args: &[&str]) -> Result<String> {
+/// Runs `hellasd --no-system-config --config CONFIG ARGS…` with `stdin` as its input and
+/// returns what it printed.
+fn hellasd_cli(hellasd: &Path, config: &Path, args: &[&str], stdin: Option<&str>) -> Result<String> {
     let shown = format!("hellasd {}", args.join(" "));
     let mut all: Vec<OsString> = vec!["--no-system-config".into(), "--config".into()];
     all.push(config.into());
     all.extend(args.iter().map(OsString::from));
-    let output = cmd(hellasd, all)
-        .stdin_null()
+    let command = match stdin {
+        Some(text) => cmd(hellasd, all).stdin_bytes(text.as_bytes().to_vec()),
+        None => cmd(hellasd, all).stdin_null(),
+    };
+    let output = command
         .stdout_capture()
         .stderr_capture()
         .unchecked()
@@ -483,6 +502,16 @@ mod tests {
             .map(String::from)
             .collect();
         assert_eq!(flags(&argv), "--model MODEL --port PORT --threads 2");
+    }
+
+    #[test]
+    fn hellasd_listens_on_loopback_only() {
+        let text = hellasd_config(Path::new("/tmp/b \"q\""), Path::new("/e/llama-server"), 1001, 1002);
+        let config: toml::Table = text.parse().unwrap();
+        assert_eq!(config["api"]["listen"].as_str(), Some("127.0.0.1:1001"));
+        assert_eq!(config["web"]["listen"].as_str(), Some("127.0.0.1:1002"));
+        assert_eq!(config["cluster"]["enabled"].as_bool(), Some(false));
+        assert_eq!(config["state_dir"].as_str(), Some("/tmp/b \"q\"/state"));
     }
 
     #[test]
