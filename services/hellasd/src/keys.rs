@@ -5,14 +5,13 @@
 //! (argon2) is for the owner's password, whose entropy is low.
 
 use std::path::PathBuf;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Result};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::state_file::StateFile;
+use crate::state_file::{unix_now, StateFile};
 
 const PREFIX: &str = "hls_";
 
@@ -51,7 +50,7 @@ impl KeyStore {
             id: hex::encode(&Sha256::digest(secret.as_bytes())[..4]),
             name: name.to_string(),
             sha256: hash(&secret),
-            created: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+            created: unix_now(),
         };
         self.file.update(|f| {
             if f.keys.iter().any(|k| k.name == name) {
