@@ -1,6 +1,9 @@
 //! `cargo xtask bench <name>`: measurements recorded in `docs/benchmarks.md`. Each bench owns
 //! one section of that file, between `<!-- bench:NAME:start -->` and `<!-- bench:NAME:end -->`,
 //! and replaces only that one, so the file collects the latest result of every bench.
+//!
+//! Every bench also has a smoke form (`--smoke`): one small round that proves the bench still
+//! works, judges no target and writes nothing. `cargo xtask test` runs them all (`smoke_all`).
 
 mod chat;
 mod cluster;
@@ -11,10 +14,10 @@ mod servers;
 mod setup;
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use std::{fs, thread};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use duct::cmd;
 
 use crate::cache;
@@ -31,6 +34,8 @@ pub enum Bench {
     Flash(flash::FlashBench),
     /// A model split over llama.cpp RPC against the same model on one box.
     Cluster(cluster::ClusterBench),
+    /// Every bench's smoke form, as `cargo xtask test` runs them after the tests.
+    Smoke,
 }
 
 impl Bench {
@@ -41,8 +46,41 @@ impl Bench {
             Bench::Setup(setup) => setup.run(),
             Bench::Flash(flash) => flash.run(),
             Bench::Cluster(cluster) => cluster.run(),
+            Bench::Smoke => {
+                let root = crate::workspace::root()?;
+                smoke_all(crate::image::Image::for_profile("qemu-test", &root).build()?.image)
+            }
         }
     }
+}
+
+/// Runs the smoke form of every bench, each in turn whatever the others did, and fails naming
+/// those that failed. `test_image` is the qemu-test image the caller built, which the image
+/// bench boots.
+pub fn smoke_all(test_image: PathBuf) -> Result<()> {
+    let benches = [
+        ("proxy", Bench::Proxy(proxy::Proxy::smoke())),
+        ("image", Bench::Image(image::ImageBench::smoke(test_image))),
+        ("setup", Bench::Setup(setup::SetupBench { smoke: true })),
+        ("flash", Bench::Flash(flash::FlashBench::smoke())),
+        ("cluster", Bench::Cluster(cluster::ClusterBench::smoke())),
+    ];
+    let mut failed = Vec::new();
+    for (name, bench) in benches {
+        println!("==> test: cargo xtask bench {name} --smoke");
+        let started = Instant::now();
+        match bench.run() {
+            Ok(()) => println!("==> test: bench {name} --smoke passed in {:.0} s", started.elapsed().as_secs_f64()),
+            Err(err) => {
+                eprintln!("==> test: bench {name} --smoke failed: {err:#}");
+                failed.push(name);
+            }
+        }
+    }
+    if !failed.is_empty() {
+        bail!("the smoke form of bench {} failed (the errors are above)", failed.join(", "));
+    }
+    Ok(())
 }
 
 const INTRO: &str = "# Benchmarks
@@ -52,6 +90,11 @@ lists them): it measures on the machine it runs on and replaces only its own sec
 `<!-- bench:<name>:start -->` and `<!-- bench:<name>:end -->`. To refresh a section, run its
 command again on an otherwise idle machine and commit the file; each section names the command,
 the machine and the date it was measured on.
+
+Each bench also has a smoke form, `cargo xtask bench <name> --smoke`: one small round that proves
+the bench still works, judges no target and leaves this file alone. `cargo xtask bench smoke` runs
+them all, and `cargo xtask test` (and so CI) runs them after the tests, so a broken bench fails
+the build.
 ";
 
 /// The machine a bench ran on, as its report states it.

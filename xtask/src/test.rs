@@ -2,14 +2,16 @@
 //! what the tests need (host packages, engine, models) into `$HELLAS_CACHE`, then runs
 //! `cargo test --workspace` with `HELLAS_CACHE` exported so the tests find them, and the
 //! `qemu-test` image built and flashed, seeded, for the system test (`HELLAS_TEST_IMAGE`) with the release channels
-//! its update test serves (`HELLAS_TEST_CHANNELS`). Extra
-//! arguments after `--` go to `cargo test`; one that picks packages (`-p`) drops `--workspace`.
+//! its update test serves (`HELLAS_TEST_CHANNELS`). After the tests it runs the smoke form of
+//! every bench (`cargo xtask bench <name> --smoke`), so that a broken bench fails too. Extra
+//! arguments after `--` go to `cargo test`; one that picks packages (`-p`) drops `--workspace`
+//! and the benches.
 
 use std::ffi::OsString;
 
 use anyhow::{Context, Result};
 
-use crate::{cache, deps, engine, flash, image, models, release, workspace};
+use crate::{bench, cache, deps, engine, flash, image, models, release, workspace};
 
 #[derive(clap::Args)]
 pub struct Test {
@@ -30,8 +32,10 @@ impl Test {
         let mut env: Vec<(&str, OsString)> = vec![("HELLAS_CACHE", cache.clone().into())];
         let system_tests = !selects_packages(&self.cargo_args)
             || self.cargo_args.iter().take_while(|a| *a != "--").any(|a| a.to_string_lossy().contains("hellas-system-tests"));
+        let mut test_image = None;
         if system_tests {
             let built = image::Image::for_profile("qemu-test", &root).build()?;
+            test_image = Some(built.image.clone());
             // The system test boots a stick flashed as an owner would, seeded, so the box must
             // apply the seed.
             let stick = cache.join("test-stick.img");
@@ -61,6 +65,9 @@ impl Test {
         command
             .run()
             .with_context(|| format!("`cargo {}` failed", shown.join(" ")))?;
+        if let (false, Some(test_image)) = (selects_packages(&self.cargo_args), test_image) {
+            bench::smoke_all(test_image)?;
+        }
         Ok(())
     }
 }

@@ -1,8 +1,11 @@
 //! `cargo xtask bench image`: what building and booting the image costs on this machine: a cold
 //! build from empty step caches, a rebuild after touching only hellasd, the image sizes, and the
 //! time from starting QEMU until hellasd's API answers through the forwarded port.
+//! `--smoke` boots the qemu-test image only (the one `cargo xtask test` builds) and reports its
+//! sizes and boot time, without the two builds.
 
 use std::fs;
+use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
@@ -21,11 +24,38 @@ pub struct ImageBench {
     /// Keep the cached steps (skip the cold build): for a quick look at the other numbers.
     #[arg(long)]
     warm: bool,
+    /// Only boot the qemu-test image until the API answers, to prove the bench works (`cargo
+    /// xtask test` runs it): no builds, no targets judged, docs/benchmarks.md left alone.
+    #[arg(long, conflicts_with = "warm")]
+    smoke: bool,
+    /// The qemu-test image to boot, when the caller has built it already.
+    #[arg(skip)]
+    test_image: Option<PathBuf>,
 }
 
 impl ImageBench {
+    /// The smoke form, booting `test_image` (the qemu-test image `cargo xtask test` built).
+    pub fn smoke(test_image: PathBuf) -> ImageBench {
+        ImageBench { warm: false, smoke: true, test_image: Some(test_image) }
+    }
+
     pub fn run(&self) -> Result<()> {
         let ws = crate::workspace::locate()?;
+        if self.smoke {
+            let test_image = match &self.test_image {
+                Some(image) => image.clone(),
+                None => image::Image::for_profile("qemu-test", &ws.root).build()?.image,
+            };
+            let (boot, accel) = boot_to_api(&test_image, &ws)?;
+            let size = fs::metadata(&test_image).with_context(|| format!("reading {}", test_image.display()))?.len();
+            println!(
+                "==> bench image --smoke: works: {} ({:.0} MiB) booted to API ready in {:.0} s ({accel:?}); docs/benchmarks.md left alone",
+                test_image.display(),
+                size as f64 / (1u64 << 20) as f64,
+                boot.as_secs_f64()
+            );
+            return Ok(());
+        }
         let machine = Machine::describe()?;
         let load_before = load_average()?;
         let build = image::Image::for_profile("strix-halo", &ws.root);
@@ -62,21 +92,7 @@ impl ImageBench {
         let zst = size(&built.image.with_extension("img.zst"))?;
 
         let test_image = image::Image::for_profile("qemu-test", &ws.root).build()?;
-        let options = Options { run_dir: ws.target.join("bench-image"), interactive: false, reboots: false, internal_disk_bytes: None };
-        let started = Instant::now();
-        let mut vm = Vm::boot(&test_image.image, &options)?;
-        let health = format!("{}/health", vm.api_url());
-        let agent = ureq::Agent::new_with_defaults();
-        let deadline = started + Duration::from_secs(15 * 60);
-        while agent.get(&health).call().is_err() {
-            if Instant::now() > deadline {
-                anyhow::bail!("hellasd did not answer {health} within 15 minutes:\n{}", vm.diagnostics());
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        }
-        let boot = started.elapsed();
-        let accel = vm.accel();
-        vm.power_off(Duration::from_secs(120))?;
+        let (boot, accel) = boot_to_api(&test_image.image, &ws)?;
 
         let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
         let verdict = |ok: bool| if ok { "PASS" } else { "FAIL" };
@@ -114,4 +130,25 @@ impl ImageBench {
         println!("{body}\n==> bench image: written to {}", path.display());
         Ok(())
     }
+}
+
+/// Boots `image` under QEMU, waits until hellasd's API answers `GET /health` through the
+/// forwarded port, and powers it off: the time that took, and the accelerator used.
+fn boot_to_api(image: &std::path::Path, ws: &crate::workspace::Workspace) -> Result<(Duration, hellas_system_tests::vm::Accel)> {
+    let options = Options { run_dir: ws.target.join("bench-image"), interactive: false, reboots: false, internal_disk_bytes: None };
+    let started = Instant::now();
+    let mut vm = Vm::boot(image, &options)?;
+    let health = format!("{}/health", vm.api_url());
+    let agent = ureq::Agent::new_with_defaults();
+    let deadline = started + Duration::from_secs(15 * 60);
+    while agent.get(&health).call().is_err() {
+        if Instant::now() > deadline {
+            anyhow::bail!("hellasd did not answer {health} within 15 minutes:\n{}", vm.diagnostics());
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let boot = started.elapsed();
+    let accel = vm.accel();
+    vm.power_off(Duration::from_secs(120))?;
+    Ok((boot, accel))
 }

@@ -42,7 +42,7 @@ const SIDES: [&str; 2] = ["direct", "hellasd"];
 const DIRECT: usize = 0;
 const HELLASD: usize = 1;
 
-#[derive(clap::Args)]
+#[derive(clap::Args, Clone, Copy)]
 pub struct Proxy {
     /// Timed rounds of each workload; a round measures one side, then the other.
     #[arg(long, default_value_t = 8)]
@@ -57,10 +57,25 @@ pub struct Proxy {
     /// when the bench fails).
     #[arg(long)]
     keep_logs: bool,
+    /// One small round that proves the bench works (`cargo xtask test` runs it): no request may
+    /// fail, the targets are not judged, and docs/benchmarks.md is left alone.
+    #[arg(long, conflicts_with_all = ["rounds", "requests", "load_requests"])]
+    pub smoke: bool,
 }
 
 impl Proxy {
+    pub fn smoke() -> Proxy {
+        Proxy { rounds: 1, requests: 2, load_requests: 1, keep_logs: false, smoke: true }
+    }
+
     pub fn run(&self) -> Result<()> {
+        if self.smoke {
+            return Proxy::smoke().measure_and_report();
+        }
+        self.measure_and_report()
+    }
+
+    fn measure_and_report(&self) -> Result<()> {
         if self.rounds == 0 || self.requests == 0 || self.load_requests == 0 {
             bail!("--rounds, --requests and --load-requests must be at least 1");
         }
@@ -111,6 +126,14 @@ impl Proxy {
         };
         let text = report.render();
         println!("\n{text}");
+        if self.smoke {
+            let failed: usize = report.measured.sequential.iter().chain(&report.measured.load).map(|s| s.failures).sum();
+            if failed > 0 {
+                bail!("bench proxy --smoke: {failed} request(s) failed (see the report above)");
+            }
+            println!("==> bench proxy --smoke: works; a smoke run judges no target (PASS/FAIL above) and leaves docs/benchmarks.md alone");
+            return Ok(());
+        }
         let doc = super::write_section(&workspace.root, "proxy", &text)?;
         println!("==> bench: wrote {}", doc.display());
         if scratch.keep {
