@@ -135,6 +135,8 @@ impl Spec {
             bail!("image.name may hold only letters, digits and '-'");
         }
         check_version(&self.image.version).context("image.version")?;
+        // The box's first name: the same rule as a name the owner gives it later.
+        hellas_contract::box_name::check(&self.image.hostname).map_err(|e| anyhow::anyhow!("image.hostname: {e}"))?;
         for (group, packages) in &self.packages {
             if let Some(bad) = packages.iter().find(|p| !is_package_name(p)) {
                 bail!("packages.{group}: {bad:?} is not a Debian package name");
