@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 
 use crate::admission::Admission;
-use crate::catalog::{self, Catalog, Downloads};
+use crate::catalog::{self, Catalog, Downloads, Fit, Pull};
+use crate::hub::{Hub, Reference};
 use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::engine::Supervisor;
@@ -30,6 +31,8 @@ pub struct AppState {
     pub catalog: Catalog,
     pub headers: catalog::Headers,
     pub downloads: Arc<Downloads>,
+    /// Hugging Face, for `hf.co/…` references.
+    pub hub: Hub,
     /// The last answers, newest last, for the dashboard's tokens/s.
     pub recent: Mutex<VecDeque<RecentRequest>>,
     pub library: Arc<ModelLibrary>,
@@ -70,6 +73,7 @@ impl AppState {
             claim: ClaimFiles::new(&config.web.runtime_dir),
             guesses: Limiter::new(Duration::from_secs(60), 5, 20),
             headers: catalog::Headers::new(config.state_dir.join("catalog"), downloads_http.clone()),
+            hub: Hub::new(&config.hub.endpoint, downloads_http.clone()),
             downloads: Downloads::new(config.state_dir.join("downloads"), parts.library.clone(), downloads_http),
             catalog,
             budget: parts.budget,
@@ -110,6 +114,32 @@ impl AppState {
         self.claim.ensure(self.owner.load()?.claim_code.as_deref())
     }
 
+    /// What to fetch for `model`: a catalog model by its name, or a Hugging Face reference
+    /// (`hf.co/ORG/REPO:QUANT`) resolved now.
+    pub async fn pull_for(&self, model: &str) -> Result<Pull> {
+        if let Some(entry) = self.catalog.entries.iter().find(|e| e.name == model.to_ascii_lowercase()) {
+            return Ok(entry.pull());
+        }
+        let reference: Reference = model.parse().map_err(|e: String| anyhow::anyhow!("{e}, or the name of a catalog model"))?;
+        let resolved = self.hub.resolve(&reference).await?;
+        Ok(Pull::from_hub(&resolved, resolved.default_name()))
+    }
+
+    /// Whether a model to fetch fits this box (or the pool), from its header read by range
+    /// request before any of its weights are downloaded.
+    pub async fn fit(&self, pull: &Pull) -> Fit {
+        if self.library.get(&pull.name).ok().flatten().is_some_and(|m| m.sha256 == pull.id()) {
+            return Fit::Installed;
+        }
+        let request = self.supervisor.request();
+        let weights_fit = pull.size() <= request.budget;
+        match tokio::time::timeout(Duration::from_secs(20), self.headers.info(pull)).await {
+            Ok(Ok(info)) => catalog::fit(&info, &request, |local| self.supervisor.split_plan(&info, local)),
+            Ok(Err(e)) => Fit::Unknown { reason: format!("{e:#}"), weights_fit },
+            Err(_) => Fit::Unknown { reason: "the model's source did not answer in time".into(), weights_fit },
+        }
+    }
+
     pub fn record_recent(&self, request: RecentRequest) {
         let mut recent = self.recent.lock().unwrap();
         if recent.len() == RECENT {
@@ -134,7 +164,7 @@ pub async fn factory_reset(state: &AppState) -> Result<()> {
         state.supervisor.unload(&engine.model).await;
     }
     for job in state.downloads.all() {
-        state.downloads.cancel(&job.entry.sha256);
+        state.downloads.cancel(job.pull.id());
     }
     for path in state_paths(&state.config.state_dir) {
         let removed = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };

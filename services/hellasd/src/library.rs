@@ -2,7 +2,10 @@
 //!
 //! Layout under the library directory:
 //! - `blobs/<sha256>.gguf`: one file per distinct model file, never modified once in place;
-//! - `manifest.json`: names (`smollm2:135m-q4_1`) mapped to blobs.
+//! - `manifest.json`: names (`smollm2:135m-q4_1`) mapped to blobs;
+//! - `split/<sha256 of the first part>/`: for a model split into several files, links to its
+//!   blobs under the parts' own names, because llama.cpp finds a split's parts by name beside
+//!   the first.
 //!
 //! A blob enters the library only whole: it is copied to a temporary name while being hashed,
 //! checked to be a readable GGUF, fsynced and renamed. Removing the last name of a blob removes
@@ -17,17 +20,55 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use hellas_model::gguf::GgufFile;
+use hellas_model::gguf::{split, GgufFile, ModelInfo};
 use crate::state_file::{sync_dir, unix_now, StateFile};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ModelEntry {
     pub name: String,
-    /// sha256 of the GGUF file, lowercase hex.
+    /// sha256 of the GGUF file (of a split model, its first part), lowercase hex.
     pub sha256: String,
+    /// Bytes, of all its files together.
     pub size: u64,
     /// Seconds since the Unix epoch.
     pub added: u64,
+    /// A split model's parts in order, the first included; empty for a model in one file.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<ModelFile>,
+    /// The vision projector, given to llama-server as `--mmproj`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub projector: Option<ModelFile>,
+    /// Where it came from, pinned: `hf.co/ORG/REPO:QUANT@<commit>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+}
+
+/// One file of a model that has several: a split model's part, or a projector.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ModelFile {
+    /// Its own name, which llama.cpp finds a split's other parts by.
+    pub file: String,
+    pub sha256: String,
+    pub size: u64,
+}
+
+impl ModelEntry {
+    /// The digests of every blob the model uses.
+    pub fn blobs(&self) -> Vec<&str> {
+        let mut blobs: Vec<&str> = std::iter::once(self.sha256.as_str()).chain(self.parts.iter().chain(&self.projector).map(|f| f.sha256.as_str())).collect();
+        blobs.sort();
+        blobs.dedup();
+        blobs
+    }
+}
+
+/// A model to register whose files are all in the library's blobs already.
+pub struct NewModel {
+    pub name: String,
+    /// Its GGUF file, or a split model's parts in order.
+    pub parts: Vec<ModelFile>,
+    pub projector: Option<ModelFile>,
+    pub source: Option<String>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -57,7 +98,9 @@ impl ModelLibrary {
     /// Finds a model by exact name, or by `name:latest` when no tag is given (as Ollama does).
     pub fn get(&self, name: &str) -> Result<Option<ModelEntry>> {
         let manifest = self.manifest.load()?;
-        let found = manifest.models.get(name).or_else(|| {
+        // Names are stored lower-case; clients may ask with the case of a pulled reference.
+        let name = name.to_ascii_lowercase();
+        let found = manifest.models.get(&name).or_else(|| {
             if name.contains(':') {
                 None
             } else {
@@ -71,24 +114,94 @@ impl ModelLibrary {
         self.dir.join("blobs").join(format!("{sha256}.gguf"))
     }
 
+    fn split_dir(&self, first: &str) -> PathBuf {
+        self.dir.join("split").join(first)
+    }
+
+    /// The file llama-server loads: the blob, or for a split model its first part among links
+    /// to all of them under their own names.
+    pub fn model_path(&self, entry: &ModelEntry) -> PathBuf {
+        match entry.parts.first() {
+            Some(first) => self.split_dir(&entry.sha256).join(&first.file),
+            None => self.blob_path(&entry.sha256),
+        }
+    }
+
+    pub fn projector_path(&self, entry: &ModelEntry) -> Option<PathBuf> {
+        entry.projector.as_ref().map(|p| self.blob_path(&p.sha256))
+    }
+
+    /// Links a split model's parts under their own names, beside each other.
+    fn link_split(&self, entry: &ModelEntry) -> Result<()> {
+        if entry.parts.is_empty() {
+            return Ok(());
+        }
+        let dir = self.split_dir(&entry.sha256);
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        for part in &entry.parts {
+            if !split::parse_name(&part.file).is_some_and(|(_, no, count)| count as usize == entry.parts.len() && part.file == entry.parts[no as usize - 1].file) {
+                bail!("'{}' is not a part name of this {}-part split model", part.file, entry.parts.len());
+            }
+            let link = dir.join(&part.file);
+            let _ = fs::remove_file(&link);
+            std::os::unix::fs::symlink(self.blob_path(&part.sha256), &link).with_context(|| format!("linking {}", link.display()))?;
+        }
+        sync_dir(&dir)
+    }
+
+    /// The model's facts from its header (of a split model, from all its parts).
+    pub fn model_info(&self, entry: &ModelEntry) -> Result<ModelInfo> {
+        let open = |sha256: &str| {
+            let path = self.blob_path(sha256);
+            GgufFile::open(&path).with_context(|| format!("reading {}", path.display()))
+        };
+        // A lone file that is a split's first part joins as an incomplete split: refused.
+        let parts = if entry.parts.is_empty() { vec![open(&entry.sha256)?] } else { entry.parts.iter().map(|p| open(&p.sha256)).collect::<Result<Vec<_>>>()? };
+        Ok(GgufFile::join_split(parts)?.model_info()?)
+    }
+
     /// Copies `source` into the library under `name`. The name must be new.
     pub fn add_file(&self, source: &Path, name: &str) -> Result<ModelEntry> {
         self.check_new(source, name)?;
         let (sha256, size) = self.import_blob(source)?;
-        self.insert(name, sha256, size)
+        self.insert(ModelEntry { name: name.to_string(), sha256, size, added: unix_now(), parts: Vec::new(), projector: None, source: None })
     }
 
     /// Moves a file whose sha256 the caller has verified (a finished download on the same file
-    /// system) into the library under `name`, without copying it.
-    pub fn adopt_verified(&self, file: &Path, name: &str, sha256: &str) -> Result<ModelEntry> {
-        self.check_new(file, name)?;
-        let size = fs::metadata(file).with_context(|| format!("reading {}", file.display()))?.len();
+    /// system) into the blobs, without copying it; a model names it with [`Self::add_model`].
+    pub fn adopt_blob(&self, file: &Path, sha256: &str) -> Result<()> {
         let blobs = self.dir.join("blobs");
         fs::create_dir_all(&blobs).with_context(|| format!("creating {}", blobs.display()))?;
         let dest = self.blob_path(sha256);
         fs::rename(file, &dest).with_context(|| format!("renaming {} to {}", file.display(), dest.display()))?;
-        sync_dir(&blobs)?;
-        self.insert(name, sha256.to_string(), size)
+        sync_dir(&blobs)
+    }
+
+    pub fn has_blob(&self, sha256: &str) -> bool {
+        self.blob_path(sha256).is_file()
+    }
+
+    /// Names a model whose files are in the blobs: a split model's parts must read as one
+    /// model (all of them, in order), and the name must be new.
+    pub fn add_model(&self, model: NewModel) -> Result<ModelEntry> {
+        validate_name(&model.name)?;
+        if self.get(&model.name)?.is_some_and(|e| e.name == model.name) {
+            bail!("a model named '{}' is already in the library: remove it first with `hellasd models rm {}`", model.name, model.name);
+        }
+        let first = model.parts.first().context("a model needs at least one file")?.clone();
+        let size = model.parts.iter().chain(&model.projector).map(|f| f.size).sum();
+        let entry = ModelEntry {
+            name: model.name.clone(),
+            sha256: first.sha256.clone(),
+            size,
+            added: unix_now(),
+            parts: if model.parts.len() > 1 { model.parts } else { Vec::new() },
+            projector: model.projector,
+            source: model.source,
+        };
+        self.model_info(&entry).with_context(|| format!("'{}' is not a usable GGUF model", entry.name))?;
+        self.link_split(&entry)?;
+        self.insert(entry)
     }
 
     fn check_new(&self, source: &Path, name: &str) -> Result<()> {
@@ -101,8 +214,8 @@ impl ModelLibrary {
         Ok(())
     }
 
-    fn insert(&self, name: &str, sha256: String, size: u64) -> Result<ModelEntry> {
-        let entry = ModelEntry { name: name.to_string(), sha256, size, added: unix_now() };
+    fn insert(&self, entry: ModelEntry) -> Result<ModelEntry> {
+        let name = entry.name.as_str();
         self.manifest.update(|m| {
             if m.models.contains_key(name) {
                 bail!("a model named '{name}' was added meanwhile");
@@ -146,23 +259,43 @@ impl ModelLibrary {
         result
     }
 
+    /// Removes those of `sha256s`' blobs that no model uses (what a cancelled download kept).
+    pub fn remove_unused(&self, sha256s: &[&str]) -> Result<()> {
+        let manifest = self.manifest.load()?;
+        let used: Vec<&str> = manifest.models.values().flat_map(|e| e.blobs()).collect();
+        for sha256 in sha256s.iter().filter(|s| !used.contains(s)) {
+            let blob = self.blob_path(sha256);
+            match fs::remove_file(&blob) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e).with_context(|| format!("removing {}", blob.display())),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
     /// Removes a name; the blob goes too when no other name uses it.
     pub fn remove(&self, name: &str) -> Result<ModelEntry> {
         let (entry, orphaned) = self.manifest.update(|m| {
             let entry = m.models.remove(name).with_context(|| format!("no model named '{name}' in the library"))?;
-            let orphaned = !m.models.values().any(|e| e.sha256 == entry.sha256);
+            let used: Vec<&str> = m.models.values().flat_map(|e| e.blobs()).collect();
+            let orphaned: Vec<String> = entry.blobs().into_iter().filter(|b| !used.contains(b)).map(str::to_string).collect();
             Ok((entry, orphaned))
         })?;
-        if orphaned {
-            let blob = self.blob_path(&entry.sha256);
+        if !entry.parts.is_empty() && orphaned.contains(&entry.sha256) {
+            let links = self.split_dir(&entry.sha256);
+            fs::remove_dir_all(&links).with_context(|| format!("removing {}", links.display()))?;
+        }
+        for blob in orphaned {
+            let blob = self.blob_path(&blob);
             fs::remove_file(&blob).with_context(|| format!("removing {}", blob.display()))?;
         }
         Ok(entry)
     }
 }
 
-/// Model names are `name[:tag]` of lowercase letters, digits, `.`, `_` and `-`, so a name can
-/// never be a path (`../`, `/etc/x`, NUL) or clash with the library's own files.
+/// Model names are `name[:tag]` of lowercase letters, digits, `.`, `_` and `-` (the name may be
+/// up to three such words joined by `/`, as `hf.co/org/repo`), so a name can never be a path
+/// that leaves the library (`../`, `/etc/x`, NUL) or clash with the library's own files.
 pub fn validate_name(name: &str) -> Result<()> {
     let ok_part = |p: &str| {
         !p.is_empty()
@@ -173,11 +306,13 @@ pub fn validate_name(name: &str) -> Result<()> {
     let mut parts = name.splitn(2, ':');
     let base = parts.next().unwrap_or("");
     let tag_ok = parts.next().is_none_or(ok_part);
-    if ok_part(base) && tag_ok {
+    // A model pulled from Hugging Face is named as Ollama names it: `hf.co/org/repo:quant`.
+    let base_ok = base.split('/').count() <= 3 && base.split('/').all(ok_part);
+    if base_ok && tag_ok {
         Ok(())
     } else {
         bail!(
-            "invalid model name {name:?}: use lowercase letters, digits, '.', '_' and '-', starting with a letter or digit, optionally ':tag' (e.g. smollm2:135m-q4_1)"
+            "invalid model name {name:?}: use lowercase letters, digits, '.', '_' and '-', starting with a letter or digit, optionally ':tag' (e.g. smollm2:135m-q4_1, or hf.co/org/repo:q4_k_m)"
         )
     }
 }
@@ -191,7 +326,10 @@ mod tests {
         for good in ["smollm2:135m-q4_1", "gemma3", "a.b_c-d:1"] {
             validate_name(good).unwrap();
         }
-        for bad in ["", "../x", "/etc/passwd", "a\0b", "A", "x:", ":x", "a:b:c", "a/b", ".hidden", "a b"] {
+        for good in ["hf.co/unsloth/qwen3-30b-a3b-gguf:q4_k_m", "org/repo"] {
+            validate_name(good).unwrap();
+        }
+        for bad in ["", "../x", "/etc/passwd", "a\0b", "A", "x:", ":x", "a:b:c", "a//b", "a/../b", "a/b/c/d", "hf.co/Org/repo", ".hidden", "a b"] {
             assert!(validate_name(bad).is_err(), "{bad:?} accepted");
         }
     }
@@ -206,5 +344,61 @@ mod tests {
         assert!(err.contains("junk.gguf"), "{err}");
         assert!(lib.list().unwrap().is_empty());
         assert!(!dir.path().join("lib/blobs").exists() || fs::read_dir(dir.path().join("lib/blobs")).unwrap().count() == 0);
+    }
+
+    /// A two-part split model, its parts as blobs in `lib`.
+    fn split_model(lib: &ModelLibrary, dir: &Path) -> Vec<ModelFile> {
+        use hellas_model::testing::GgufBuilder;
+        let part = |no: u32, tensors: &[&str]| {
+            let mut builder = GgufBuilder::new().u32("split.no", no).u32("split.count", 2).u32("split.tensors.count", 3);
+            if no == 0 {
+                builder = builder
+                    .str("general.architecture", "llama")
+                    .u32("llama.block_count", 1)
+                    .u32("llama.context_length", 2048)
+                    .u32("llama.embedding_length", 64)
+                    .u32("llama.attention.head_count", 4)
+                    .u32("llama.attention.head_count_kv", 4)
+                    .u32("llama.feed_forward_length", 128);
+            }
+            for name in tensors {
+                builder = builder.tensor(name, &[64, 64], 0, 64 * 64 * 4);
+            }
+            builder.build()
+        };
+        [part(0, &["token_embd.weight", "blk.0.attn_q.weight"]), part(1, &["output.weight"])]
+            .iter()
+            .enumerate()
+            .map(|(i, bytes)| {
+                let file = split::part_name("Tiny-Q8_0", i as u32 + 1, 2);
+                let path = dir.join(&file);
+                fs::write(&path, bytes).unwrap();
+                let sha256 = hex::encode(Sha256::digest(bytes));
+                lib.adopt_blob(&path, &sha256).unwrap();
+                ModelFile { file, sha256, size: bytes.len() as u64 }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_split_model_is_one_model_loaded_from_its_first_part() {
+        let dir = tempfile::tempdir().unwrap();
+        let lib = ModelLibrary::open(dir.path().join("lib"));
+        let parts = split_model(&lib, dir.path());
+        let incomplete = NewModel { name: "tiny".into(), parts: parts[..1].to_vec(), projector: None, source: None };
+        let err = format!("{:#}", lib.add_model(incomplete).unwrap_err());
+        assert!(err.contains("is 2, but 1 parts were given"), "{err}");
+        assert!(lib.list().unwrap().is_empty(), "nothing registered");
+
+        let entry = lib.add_model(NewModel { name: "tiny".into(), parts: parts.clone(), projector: None, source: Some("hf.co/o/r:Q8_0@abc".into()) }).unwrap();
+        assert_eq!(entry.size, parts.iter().map(|p| p.size).sum::<u64>());
+        assert_eq!(lib.model_info(&entry).unwrap().tensor_bytes, 3 * 64 * 64 * 4, "every part's tensors count");
+        let first = lib.model_path(&entry);
+        assert!(first.ends_with("Tiny-Q8_0-00001-of-00002.gguf"), "{}", first.display());
+        let second = first.with_file_name("Tiny-Q8_0-00002-of-00002.gguf");
+        assert_eq!(fs::read(&second).unwrap().len() as u64, parts[1].size, "the parts lie beside each other under their names");
+
+        lib.remove("tiny").unwrap();
+        assert!(!lib.has_blob(&parts[0].sha256) && !lib.has_blob(&parts[1].sha256) && !first.exists());
     }
 }

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use support::hub_server::{smollm_repo, REPO};
 use support::model_server::{Fault, ModelServer};
 use support::webdriver::Browser;
 use support::{Daemon, Setup, Visitor, SMOLLM};
@@ -62,8 +63,9 @@ context = 131072
     path
 }
 
-fn unclaimed(catalog: Option<PathBuf>) -> Daemon {
+fn unclaimed(catalog: Option<PathBuf>, hub: Option<String>) -> Daemon {
     Daemon::start(Setup {
+        hub,
         models: vec![],
         create_key: false,
         claimed: false,
@@ -93,7 +95,8 @@ fn a_person_sets_up_the_box_in_a_browser() {
     let booted = Instant::now();
     // About 20 MB/s, so the page shows a download in progress.
     let server = ModelServer::start(support::model(SMOLLM), 20 << 20);
-    let daemon = unclaimed(Some(catalog(&shots, &server)));
+    let (_repo, hub) = smollm_repo();
+    let daemon = unclaimed(Some(catalog(&shots, &server)), Some(hub.endpoint.clone()));
     let browser = Browser::start(&shots.join("chromedriver.log"));
     let shot = |name: &str| browser.screenshot(&shots.join(format!("{name}.png")));
 
@@ -198,6 +201,15 @@ fn a_person_sets_up_the_box_in_a_browser() {
     assert!(browser.text("#keys").contains("first key"));
     shot("10-dashboard");
 
+    // 7. Any model on Hugging Face: a reference pasted on the models page, checked to fit from
+    // its header first, fetched part by part (a split model here) and served under its name.
+    browser.goto(&format!("{}/models", daemon.web_url));
+    browser.find("#reference").type_text(&format!("hf.co/{REPO}:Q4_1"));
+    browser.follow("#pull");
+    browser.wait_text("#status", Duration::from_secs(180), |t| t.contains("is ready"));
+    shot("11-pulled");
+    assert!(library_names(&daemon).contains("hf.co/test/smollm2-135m-instruct-gguf:q4_1"), "{}", library_names(&daemon));
+
     let timing = json!({ "booted_to_first_answer_secs": first_answer.as_secs_f64() });
     std::fs::write(shots.join("timing.json"), timing.to_string()).unwrap();
     println!("from start to the first answer in the browser: {:.1} s; screenshots in {}", first_answer.as_secs_f64(), shots.display());
@@ -205,7 +217,7 @@ fn a_person_sets_up_the_box_in_a_browser() {
 
 #[test]
 fn the_setup_refuses_what_it_must() {
-    let daemon = unclaimed(None);
+    let daemon = unclaimed(None, None);
     let api = daemon.client();
 
     // Before the claim the API serves nothing, with or without a key.

@@ -44,6 +44,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/show", post(ollama::show))
         .route("/api/ps", get(ollama::ps))
         .route("/api/version", get(ollama::version))
+        .route("/api/pull", post(ollama::pull))
         .route("/api/chat", post(ollama::chat))
         .route("/api/generate", post(ollama::generate))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
@@ -152,7 +153,7 @@ pub struct Dispatched {
 impl AppState {
     /// Admits a request for `model` and sends `body` to `path` on its engine.
     async fn dispatch(&self, key: &ClientKey, model: &str, path: &str, body: Bytes, started: Instant) -> Result<Dispatched, ApiError> {
-        crate::library::validate_name(model).map_err(|e| ApiError::bad_request(format!("{e:#}")))?;
+        crate::library::validate_name(&model.to_ascii_lowercase()).map_err(|e| ApiError::bad_request(format!("{e:#}")))?;
         let entry = self.library.get(model).map_err(internal)?.ok_or_else(|| {
             let available: Vec<String> = self.library.list().unwrap_or_default().into_iter().map(|e| e.name).collect();
             ApiError::new(

@@ -18,6 +18,7 @@ use serde_json::{json, Map, Value};
 use super::error::OllamaError;
 use super::relay::{self, Relay, SseReader};
 use super::{internal, read_json, ApiError, AppState, ClientKey};
+use crate::catalog::{Fit, Progress};
 use crate::library::ModelEntry;
 
 /// The Ollama API version this compatibility layer follows.
@@ -412,4 +413,62 @@ pub async fn ps(State(state): State<Arc<AppState>>) -> Result<Json<Value>, Ollam
 
 pub async fn version() -> Json<Value> {
     Json(json!({ "version": OLLAMA_VERSION }))
+}
+
+#[derive(Deserialize)]
+struct PullRequest {
+    #[serde(alias = "name")]
+    model: String,
+    stream: Option<bool>,
+}
+
+/// `POST /api/pull`: fetches a catalog model by name, or a Hugging Face model by its
+/// `hf.co/ORG/REPO:QUANT` reference, into the library, with Ollama's progress lines: "pulling
+/// manifest", "pulling <file>" with the bytes done of all files, "verifying sha256 digest",
+/// "writing manifest", "success". A model that does not fit this box (nor the pool) is refused
+/// before anything is downloaded.
+pub async fn pull(State(state): State<Arc<AppState>>, body: Body) -> Result<Response, OllamaError> {
+    let (_, request): (_, PullRequest) = read_json(&state, body).await?;
+    let pull = state.pull_for(&request.model).await.map_err(|e| ApiError::new(StatusCode::NOT_FOUND, "model_not_found", format!("{e:#}")))?;
+    let fit = state.fit(&pull).await;
+    if !fit.downloadable() && !matches!(fit, Fit::Installed) {
+        return Err(ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "model_too_large", format!("{} is not downloaded: {}", request.model, fit.describe())).into());
+    }
+    let files: Vec<(String, String)> = pull.parts.iter().chain(&pull.projector).map(|f| (f.file_name().to_string(), format!("sha256:{}", f.sha256))).collect();
+    let job = state.downloads.start(pull);
+    let mut progress = job.watch();
+    if request.stream == Some(false) {
+        let outcome = progress.wait_for(|p| p.finished()).await.map(|p| p.clone());
+        return match outcome {
+            Ok(Progress::Done { .. }) => Ok(Json(json!({ "status": "success" })).into_response()),
+            Ok(Progress::Failed { error }) => Err(ApiError::new(StatusCode::BAD_GATEWAY, "pull_failed", error).into()),
+            _ => Err(ApiError::new(StatusCode::CONFLICT, "pull_cancelled", "the download was cancelled").into()),
+        };
+    }
+    let lines = futures_util::stream::unfold((progress, true, false), move |(mut rx, first, ended)| {
+        let files = files.clone();
+        async move {
+            if ended || (!first && rx.changed().await.is_err()) {
+                return None;
+            }
+            let now = rx.borrow_and_update().clone();
+            let mut out = match &now {
+                Progress::Starting => vec![json!({ "status": "pulling manifest" })],
+                Progress::Downloading { file, done, total, .. } => {
+                    let digest = files.iter().find(|(name, _)| name == file).map_or_else(|| files[0].1.clone(), |(_, d)| d.clone());
+                    vec![json!({ "status": format!("pulling {}", &digest["sha256:".len()..][..12]), "digest": digest, "total": total, "completed": done })]
+                }
+                // The connection broke and the download resumes: Ollama has no word for it, so
+                // the progress stands still.
+                Progress::Retrying { done, total, .. } => vec![json!({ "status": "pulling", "total": total, "completed": done })],
+                Progress::Verifying { .. } => vec![json!({ "status": "verifying sha256 digest" })],
+                Progress::Done { .. } => vec![json!({ "status": "writing manifest" }), json!({ "status": "success" })],
+                Progress::Failed { error } => vec![json!({ "error": error })],
+                Progress::Cancelled => vec![json!({ "error": "the download was cancelled" })],
+            };
+            let text: String = out.iter_mut().map(|line| line.to_string() + "\n").collect();
+            Some((Ok::<_, std::io::Error>(Bytes::from(text)), (rx, false, now.finished())))
+        }
+    });
+    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], Body::from_stream(lines)).into_response())
 }

@@ -1,11 +1,14 @@
-//! Model downloads from the catalog: resumable, verified, cancellable, and all-or-nothing.
+//! Model downloads (a catalog model, or a model pulled from Hugging Face): resumable, verified,
+//! cancellable, and all-or-nothing.
 //!
-//! A download writes `downloads/<sha256>.partial` on the data partition. After an interruption it
+//! A model is one file or several (a split model's parts, a vision projector). Each file is
+//! written to `downloads/<sha256>.partial` on the data partition. After an interruption it
 //! continues with an HTTP range request from where the file ends (also after a reboot: partial
 //! files of catalog models are resumed at start-up). The sha256 is computed on the way and
-//! checked against the catalog at the end; only then is the file fsynced and renamed into the
-//! library, so a model in the library is always whole and verified. A mismatch deletes the
-//! partial file.
+//! checked against the sha256 the catalog or the Hub gives at the end; only then is the file
+//! fsynced and moved into the library's blobs. The model gets its name only once every file is
+//! there, so a model in the library is always whole and verified. A mismatch deletes the
+//! partial file; files already verified are kept, so a retry fetches only what is missing.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -21,7 +24,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
 use super::CatalogEntry;
-use crate::library::ModelLibrary;
+use crate::hub::RemoteFile;
+use crate::library::{ModelFile, ModelLibrary, NewModel};
 use hellas_model::plan::format_bytes;
 
 /// Free space left over after a download, for logs and the system.
@@ -33,7 +37,8 @@ const MAX_FAILURES: u32 = 6;
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum Progress {
     Starting,
-    Downloading { done: u64, total: u64, bytes_per_sec: u64 },
+    /// `file`: the one being fetched now; `done` and `total` count all of the model's files.
+    Downloading { file: String, done: u64, total: u64, bytes_per_sec: u64 },
     /// The connection broke; it continues from `done` after a pause.
     Retrying { done: u64, total: u64, attempt: u32, error: String },
     Verifying { total: u64 },
@@ -48,8 +53,60 @@ impl Progress {
     }
 }
 
+/// A model to fetch: its files, each checked against its sha256, then named in the library.
+#[derive(Clone, Debug)]
+pub struct Pull {
+    /// The name it gets in the library.
+    pub name: String,
+    pub title: String,
+    /// Its GGUF file, or a split model's parts in order.
+    pub parts: Vec<RemoteFile>,
+    pub projector: Option<RemoteFile>,
+    /// Where it comes from, pinned, for the library.
+    pub source: Option<String>,
+}
+
+impl Pull {
+    /// The first file's sha256, which names the download.
+    pub fn id(&self) -> &str {
+        &self.parts[0].sha256
+    }
+
+    pub fn size(&self) -> u64 {
+        self.files().map(|f| f.size).sum()
+    }
+
+    fn files(&self) -> impl Iterator<Item = &RemoteFile> {
+        self.parts.iter().chain(&self.projector)
+    }
+
+    /// A model resolved on Hugging Face, to be named `name` in the library.
+    pub fn from_hub(resolved: &crate::hub::Resolved, name: String) -> Pull {
+        Pull {
+            name,
+            title: resolved.reference.to_string(),
+            parts: resolved.parts.clone(),
+            projector: resolved.projector.clone(),
+            source: Some(resolved.pinned()),
+        }
+    }
+}
+
+impl CatalogEntry {
+    pub fn pull(&self) -> Pull {
+        let file = self.url.rsplit('/').next().unwrap_or("model.gguf").to_string();
+        Pull {
+            name: self.name.clone(),
+            title: self.title.clone(),
+            parts: vec![RemoteFile { path: file, url: self.url.clone(), size: self.size, sha256: self.sha256.clone() }],
+            projector: None,
+            source: None,
+        }
+    }
+}
+
 pub struct Job {
-    pub entry: CatalogEntry,
+    pub pull: Pull,
     progress: watch::Sender<Progress>,
     cancel: watch::Sender<bool>,
 }
@@ -80,16 +137,17 @@ impl Downloads {
         self.dir.join(format!("{sha256}.partial"))
     }
 
-    /// Starts downloading `entry`, or returns the download already under way.
-    pub fn start(self: &Arc<Self>, entry: &CatalogEntry) -> Arc<Job> {
+    /// Starts fetching `pull`, or returns the download of it already under way.
+    pub fn start(self: &Arc<Self>, pull: Pull) -> Arc<Job> {
         let mut jobs = self.jobs.lock().unwrap();
-        if let Some(job) = jobs.get(&entry.sha256) {
+        if let Some(job) = jobs.get(pull.id()) {
             if !job.progress().finished() {
                 return job.clone();
             }
         }
-        let job = Arc::new(Job { entry: entry.clone(), progress: watch::Sender::new(Progress::Starting), cancel: watch::Sender::new(false) });
-        jobs.insert(entry.sha256.clone(), job.clone());
+        let id = pull.id().to_string();
+        let job = Arc::new(Job { pull, progress: watch::Sender::new(Progress::Starting), cancel: watch::Sender::new(false) });
+        jobs.insert(id, job.clone());
         let downloads = self.clone();
         let running = job.clone();
         tokio::spawn(async move { downloads.run(running).await });
@@ -102,7 +160,7 @@ impl Downloads {
 
     pub fn all(&self) -> Vec<Arc<Job>> {
         let mut jobs: Vec<_> = self.jobs.lock().unwrap().values().cloned().collect();
-        jobs.sort_by(|a, b| a.entry.name.cmp(&b.entry.name));
+        jobs.sort_by(|a, b| a.pull.name.cmp(&b.pull.name));
         jobs
     }
 
@@ -122,7 +180,7 @@ impl Downloads {
         for entry in catalog {
             if self.partial_path(&entry.sha256).exists() {
                 tracing::info!(model = %entry.name, "resuming an interrupted download");
-                self.start(entry);
+                self.start(entry.pull());
             }
         }
     }
@@ -133,15 +191,20 @@ impl Downloads {
             result = self.fetch(&job) => result,
             _ = cancel.wait_for(|c| *c) => Err(anyhow::anyhow!("cancelled")),
         };
-        let partial = self.partial_path(&job.entry.sha256);
         let progress = match outcome {
-            Ok(()) => Progress::Done { name: job.entry.name.clone() },
+            Ok(()) => Progress::Done { name: job.pull.name.clone() },
             Err(_) if *job.cancel.borrow() => {
-                let _ = std::fs::remove_file(&partial);
+                for file in job.pull.files() {
+                    let _ = std::fs::remove_file(self.partial_path(&file.sha256));
+                }
+                let fetched: Vec<&str> = job.pull.files().map(|f| f.sha256.as_str()).collect();
+                if let Err(e) = self.library.remove_unused(&fetched) {
+                    tracing::warn!(model = %job.pull.name, "removing the files of a cancelled download: {e:#}");
+                }
                 Progress::Cancelled
             }
             Err(e) => {
-                tracing::warn!(model = %job.entry.name, "download failed: {e:#}");
+                tracing::warn!(model = %job.pull.name, "download failed: {e:#}");
                 Progress::Failed { error: format!("{e:#}") }
             }
         };
@@ -149,25 +212,48 @@ impl Downloads {
     }
 
     async fn fetch(&self, job: &Job) -> Result<()> {
-        let entry = &job.entry;
-        if self.library.get(&entry.name)?.is_some_and(|e| e.sha256 == entry.sha256) {
+        let pull = &job.pull;
+        if self.library.get(&pull.name)?.is_some_and(|e| e.sha256 == pull.id()) {
             return Ok(());
         }
         std::fs::create_dir_all(&self.dir).with_context(|| format!("creating {}", self.dir.display()))?;
-        let partial = self.partial_path(&entry.sha256);
-        let mut done = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
-        if done > entry.size {
-            done = 0;
-        }
+        let missing: Vec<&RemoteFile> = pull.files().filter(|f| !self.library.has_blob(&f.sha256)).collect();
+        let partial_bytes: u64 = missing.iter().map(|f| std::fs::metadata(self.partial_path(&f.sha256)).map_or(0, |m| m.len().min(f.size))).sum();
         let free = free_bytes(&self.dir)?;
-        let needed = entry.size - done + SPARE;
+        let needed = missing.iter().map(|f| f.size).sum::<u64>() - partial_bytes + SPARE;
         if free < needed {
             bail!(
                 "{} needs {} free on the data partition and {} is free: remove a model from the library first",
-                entry.name,
+                pull.name,
                 format_bytes(needed),
                 format_bytes(free)
             );
+        }
+        let total = pull.size();
+        let mut base = total - missing.iter().map(|f| f.size).sum::<u64>();
+        for file in missing {
+            self.fetch_file(job, file, base, total).await?;
+            base += file.size;
+        }
+        let model_file = |f: &RemoteFile| ModelFile { file: f.file_name().to_string(), sha256: f.sha256.clone(), size: f.size };
+        let model = NewModel {
+            name: pull.name.clone(),
+            parts: pull.parts.iter().map(model_file).collect(),
+            projector: pull.projector.as_ref().map(model_file),
+            source: pull.source.clone(),
+        };
+        let library = self.library.clone();
+        tokio::task::spawn_blocking(move || library.add_model(model)).await.context("adding the model")??;
+        Ok(())
+    }
+
+    /// Fetches one file into the library's blobs, resuming a partial one; `base` bytes of the
+    /// model's `total` are fetched already.
+    async fn fetch_file(&self, job: &Job, remote: &RemoteFile, base: u64, total: u64) -> Result<()> {
+        let partial = self.partial_path(&remote.sha256);
+        let mut done = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+        if done > remote.size {
+            done = 0;
         }
         let mut hasher = hash_prefix(&partial, done).await?;
         let file = tokio::fs::OpenOptions::new()
@@ -183,35 +269,36 @@ impl Downloads {
         file.seek(std::io::SeekFrom::Start(done)).await?;
 
         let mut failures = 0;
-        while done < entry.size {
+        while done < remote.size {
             let before = done;
-            let attempt = self.fetch_from(job, &mut file, &mut hasher, &mut done).await;
+            let attempt = self.fetch_from(job, remote, &mut file, &mut hasher, &mut done, (base, total)).await;
             file.flush().await.with_context(|| format!("writing {}", partial.display()))?;
             if let Err(e) = attempt {
                 failures = if done > before { 1 } else { failures + 1 };
                 if failures >= MAX_FAILURES {
-                    return Err(e.context(format!("gave up after {failures} attempts; start the download again to continue from {}", format_bytes(done))));
+                    return Err(e.context(format!("gave up after {failures} attempts; start the download again to continue from {}", format_bytes(base + done))));
                 }
-                tracing::info!(model = %entry.name, done, "download interrupted, resuming: {e:#}");
-                job.progress.send_replace(Progress::Retrying { done, total: entry.size, attempt: failures, error: format!("{e:#}") });
+                tracing::info!(model = %job.pull.name, file = %remote.path, done, "download interrupted, resuming: {e:#}");
+                job.progress.send_replace(Progress::Retrying { done: base + done, total, attempt: failures, error: format!("{e:#}") });
                 tokio::time::sleep(Duration::from_millis(500 << failures.min(6))).await;
             }
         }
-        job.progress.send_replace(Progress::Verifying { total: entry.size });
+        job.progress.send_replace(Progress::Verifying { total });
         let file = file.into_inner();
         file.sync_all().await.with_context(|| format!("syncing {}", partial.display()))?;
         drop(file);
         let digest = hex::encode(hasher.finalize());
-        if digest != entry.sha256 {
+        if digest != remote.sha256 {
             let _ = std::fs::remove_file(&partial);
             bail!(
-                "the downloaded file's sha256 is {digest}, not the catalog's {}: it was damaged on the way or changed at the source; nothing was added to the library, and the download can be started again",
-                entry.sha256
+                "{}: the downloaded file's sha256 is {digest}, not the {} its source records: it was damaged on the way or changed at the source; nothing was added to the library, and the download can be started again",
+                remote.path,
+                remote.sha256
             );
         }
         let library = self.library.clone();
-        let (name, sha256) = (entry.name.clone(), entry.sha256.clone());
-        tokio::task::spawn_blocking(move || library.adopt_verified(&partial, &name, &sha256)).await.context("adding the model")??;
+        let sha256 = remote.sha256.clone();
+        tokio::task::spawn_blocking(move || library.adopt_blob(&partial, &sha256)).await.context("keeping the downloaded file")??;
         Ok(())
     }
 
@@ -219,11 +306,12 @@ impl Downloads {
     async fn fetch_from(
         &self,
         job: &Job,
+        entry: &RemoteFile,
         file: &mut tokio::io::BufWriter<tokio::fs::File>,
         hasher: &mut Sha256,
         done: &mut u64,
+        (base, total): (u64, u64),
     ) -> Result<()> {
-        let entry = &job.entry;
         let mut request = self.http.get(&entry.url).timeout(Duration::from_secs(24 * 3600));
         if *done > 0 {
             request = request.header(header::RANGE, format!("bytes={done}-"));
@@ -255,7 +343,7 @@ impl Downloads {
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.with_context(|| format!("reading {}", entry.url))?;
             if *done + chunk.len() as u64 > entry.size {
-                bail!("{} sends more than the catalog's {} bytes: the catalog entry is wrong or the file changed", entry.url, entry.size);
+                bail!("{} sends more than the {} bytes its source records: the file changed at the source", entry.url, entry.size);
             }
             file.write_all(&chunk).await.context("writing the download")?;
             hasher.update(&chunk);
@@ -266,7 +354,7 @@ impl Downloads {
                     rate = ((*done - rate_bytes) as f64 / window.as_secs_f64()) as u64;
                     (rate_from, rate_bytes) = (Instant::now(), *done);
                 }
-                job.progress.send_replace(Progress::Downloading { done: *done, total: entry.size, bytes_per_sec: rate });
+                job.progress.send_replace(Progress::Downloading { file: entry.file_name().to_string(), done: base + *done, total, bytes_per_sec: rate });
                 last_report = Instant::now();
             }
         }

@@ -15,11 +15,12 @@ use reqwest::header;
 use serde::{Deserialize, Serialize};
 
 use hellas_model::gguf::{GgufFile, ModelInfo};
+use crate::hub::RemoteFile;
 use crate::library::validate_name;
 use hellas_model::plan::{self as planner, Plan, PlanRequest, Verdict};
 use crate::state_file::write_atomically;
 
-pub use download::{Downloads, Progress};
+pub use download::{Downloads, Progress, Pull};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -161,35 +162,43 @@ impl Headers {
         Headers { dir, http }
     }
 
-    /// The model's shape from its header, fetched (and kept) when not known yet.
-    pub async fn info(&self, entry: &CatalogEntry) -> Result<ModelInfo> {
-        let kept = self.dir.join(format!("{}.head", entry.sha256));
+    /// The model's shape from its header (of a split model, every part's), fetched and kept
+    /// when not known yet.
+    pub async fn info(&self, pull: &Pull) -> Result<ModelInfo> {
+        let mut parts = Vec::new();
+        for file in &pull.parts {
+            parts.push(self.header(file).await?);
+        }
+        Ok(GgufFile::join_split(parts).and_then(|file| file.model_info()).with_context(|| format!("reading the GGUF header of {}", pull.parts[0].url))?)
+    }
+
+    async fn header(&self, file: &RemoteFile) -> Result<GgufFile> {
+        let kept = self.dir.join(format!("{}.head", file.sha256));
         if let Ok(bytes) = fs::read(&kept) {
-            if let Ok(file) = GgufFile::parse(bytes.as_slice(), entry.size) {
-                return Ok(file.model_info()?);
+            if let Ok(header) = GgufFile::parse(bytes.as_slice(), file.size) {
+                return Ok(header);
             }
         }
         let mut last_error = None;
-        for prefix in PREFIXES.into_iter().map(|p| p.min(entry.size)) {
-            let bytes = self.fetch_prefix(entry, prefix).await?;
-            match GgufFile::parse(bytes.as_slice(), entry.size) {
-                Ok(file) => {
-                    let info = file.model_info()?;
+        for prefix in PREFIXES.into_iter().map(|p| p.min(file.size)) {
+            let bytes = self.fetch_prefix(file, prefix).await?;
+            match GgufFile::parse(bytes.as_slice(), file.size) {
+                Ok(header) => {
                     fs::create_dir_all(&self.dir).with_context(|| format!("creating {}", self.dir.display()))?;
                     write_atomically(&kept, &bytes)?;
-                    return Ok(info);
+                    return Ok(header);
                 }
                 Err(e) => last_error = Some(e),
             }
-            if prefix == entry.size {
+            if prefix == file.size {
                 break;
             }
         }
         Err(last_error.map(anyhow::Error::from).unwrap_or_else(|| anyhow::anyhow!("empty header")))
-            .with_context(|| format!("reading the GGUF header of {}", entry.url))
+            .with_context(|| format!("reading the GGUF header of {}: is it a GGUF file?", file.url))
     }
 
-    async fn fetch_prefix(&self, entry: &CatalogEntry, len: u64) -> Result<Vec<u8>> {
+    async fn fetch_prefix(&self, entry: &RemoteFile, len: u64) -> Result<Vec<u8>> {
         let response = self
             .http
             .get(&entry.url)

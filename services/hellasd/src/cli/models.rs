@@ -1,11 +1,17 @@
 //! `hellasd models`: the model library from the command line.
 
-use anyhow::Result;
-use clap::Subcommand;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use anyhow::{bail, Context, Result};
+use clap::Subcommand;
+use hellas_model::plan::{self, format_bytes, PlanRequest, Verdict};
+
+use crate::catalog::{Downloads, Headers, Progress, Pull};
 use crate::config::Config;
+use crate::hub::{Hub, Reference};
 use crate::library::ModelLibrary;
+use crate::memory_budget;
 
 #[derive(Subcommand)]
 pub enum ModelsCommand {
@@ -14,6 +20,17 @@ pub enum ModelsCommand {
         file: PathBuf,
         #[arg(long)]
         name: String,
+    },
+    /// Download a GGUF model from Hugging Face into the library: `hf.co/ORG/REPO:QUANT`, or
+    /// `hf.co/ORG/REPO:FILE.gguf`, optionally pinned with `@REVISION`.
+    Pull {
+        reference: String,
+        /// The name in the library (default: the reference as Ollama names it, `hf.co/org/repo:quant`).
+        #[arg(long)]
+        name: Option<String>,
+        /// Download even when the model does not fit this box's memory budget.
+        #[arg(long)]
+        anyway: bool,
     },
     List,
     Rm { name: String },
@@ -26,6 +43,10 @@ pub fn run(config: &Config, command: ModelsCommand) -> Result<()> {
             let entry = library.add_file(&file, &name)?;
             println!("added {} ({} bytes, sha256 {})", entry.name, entry.size, entry.sha256);
         }
+        ModelsCommand::Pull { reference, name, anyway } => {
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            runtime.block_on(pull(config, library, &reference, name, anyway))?;
+        }
         ModelsCommand::List => {
             for entry in library.list()? {
                 println!("{:<32} {:>14} {}", entry.name, entry.size, &entry.sha256[..12]);
@@ -37,4 +58,66 @@ pub fn run(config: &Config, command: ModelsCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Resolves `reference`, says whether the model fits this box, and downloads it, printing the
+/// progress; only a whole, verified model is named in the library.
+async fn pull(config: &Config, library: ModelLibrary, reference: &str, name: Option<String>, anyway: bool) -> Result<()> {
+    let reference: Reference = reference.parse().map_err(anyhow::Error::msg)?;
+    let http = reqwest::Client::builder().no_proxy().build().context("building the HTTP client")?;
+    let resolved = Hub::new(&config.hub.endpoint, http.clone()).resolve(&reference).await?;
+    let name = name.unwrap_or_else(|| resolved.default_name());
+    let pull = Pull::from_hub(&resolved, name.to_ascii_lowercase());
+    println!("{}: {} file(s), {}", resolved.pinned(), pull.parts.len() + usize::from(pull.projector.is_some()), format_bytes(pull.size()));
+
+    let info = Headers::new(config.state_dir.join("catalog"), http.clone()).info(&pull).await?;
+    let budget = match config.memory.budget_bytes {
+        Some(bytes) => memory_budget::configured(bytes),
+        None => memory_budget::detect(Path::new("/"), config.memory.os_reserve_bytes).context("detecting the memory budget")?,
+    };
+    let engine = &config.engine;
+    let planned = plan::plan(&info, &PlanRequest { ctx: engine.ctx, parallel: engine.parallel, cache_type: engine.cache_type, budget: budget.usable });
+    match planned.verdict {
+        Verdict::Fits => println!("fits this box at context {} (needs {} of {})", planned.ctx, format_bytes(planned.total), format_bytes(budget.usable)),
+        Verdict::FitsSmallerContext { max_ctx } => println!("fits this box only at a smaller context: {max_ctx}"),
+        Verdict::DoesNotFit { short_by } if !anyway => bail!(
+            "{} does not fit this box: {} short of its {} budget; nothing was downloaded (pass --anyway to fetch it for a pool of boxes)",
+            resolved.reference,
+            format_bytes(short_by),
+            format_bytes(budget.usable)
+        ),
+        Verdict::DoesNotFit { short_by } => println!("does not fit this box alone ({} short); downloading anyway", format_bytes(short_by)),
+    }
+
+    if library.get(&pull.name)?.is_some_and(|e| e.sha256 == pull.id()) {
+        println!("{} is in the library already, at that revision: nothing to download", pull.name);
+        return Ok(());
+    }
+    let downloads = Downloads::new(config.state_dir.join("downloads"), Arc::new(library), http);
+    let job = downloads.start(pull);
+    let mut progress = job.watch();
+    let mut last = String::new();
+    loop {
+        let now = progress.borrow_and_update().clone();
+        let line = match &now {
+            Progress::Starting => "starting".to_string(),
+            // Every tenth of the whole, not every chunk.
+            Progress::Downloading { file, done, total, .. } => format!("{file}: {}% of {}", done * 10 / (*total).max(1) * 10, format_bytes(*total)),
+            Progress::Retrying { error, .. } => format!("interrupted ({error}); resuming"),
+            Progress::Verifying { .. } => "verifying".to_string(),
+            Progress::Done { name } => {
+                println!("added {name}");
+                return Ok(());
+            }
+            Progress::Failed { error } => bail!("{error}"),
+            Progress::Cancelled => bail!("cancelled"),
+        };
+        if line != last {
+            println!("{line}");
+            last = line;
+        }
+        if progress.changed().await.is_err() {
+            bail!("the download stopped without an outcome");
+        }
+    }
 }

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
-use hellas_model::gguf::{GgufFile, ModelInfo};
+use hellas_model::gguf::ModelInfo;
 use hellas_model::plan::{self as planner, Plan, PlanRequest, Verdict};
 
 use crate::config::EngineConfig;
@@ -144,12 +144,7 @@ impl Supervisor {
         if let Some(info) = self.model_info.lock().unwrap().get(&entry.sha256) {
             return Ok(info.clone());
         }
-        let path = self.library.blob_path(&entry.sha256);
-        let info = Arc::new(
-            GgufFile::open(&path)
-                .and_then(|f| f.model_info())
-                .with_context(|| format!("reading model '{}' ({})", entry.name, path.display()))?,
-        );
+        let info = Arc::new(self.library.model_info(entry).with_context(|| format!("reading model '{}'", entry.name))?);
         self.model_info.lock().unwrap().insert(entry.sha256.clone(), info.clone());
         Ok(info)
     }

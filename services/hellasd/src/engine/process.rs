@@ -3,7 +3,6 @@
 
 use std::collections::VecDeque;
 use std::ops::Deref;
-use std::path::Path;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -140,8 +139,7 @@ impl Supervisor {
 
     pub(super) async fn start(self: &Arc<Self>, entry: ModelEntry, plan: Plan) -> anyhow::Result<()> {
         let port = free_loopback_port()?;
-        let blob = self.library.blob_path(&entry.sha256);
-        let mut command = self.command(&blob, &entry.name, port, &plan);
+        let mut command = self.command(&entry, port, &plan);
         let mut child = command
             .spawn()
             .with_context(|| format!("starting {} (set engine.llama_server)", self.config.llama_server.display()))?;
@@ -180,11 +178,15 @@ impl Supervisor {
         Ok(())
     }
 
-    fn command(&self, blob: &Path, name: &str, port: u16, plan: &Plan) -> tokio::process::Command {
+    fn command(&self, entry: &ModelEntry, port: u16, plan: &Plan) -> tokio::process::Command {
         let c = &self.config;
         let mut cmd = tokio::process::Command::new(&c.llama_server);
-        cmd.arg("--model").arg(blob);
-        cmd.args(["--alias", name, "--host", "127.0.0.1", "--port", &port.to_string()]);
+        // A split model loads from its first part; llama.cpp finds the others beside it.
+        cmd.arg("--model").arg(self.library.model_path(entry));
+        if let Some(projector) = self.library.projector_path(entry) {
+            cmd.arg("--mmproj").arg(projector);
+        }
+        cmd.args(["--alias", &entry.name, "--host", "127.0.0.1", "--port", &port.to_string()]);
         // -c is the context of all slots together; the plan's context is per slot.
         cmd.args(["--ctx-size", &(u64::from(plan.ctx) * u64::from(plan.parallel)).to_string()]);
         cmd.args(["--parallel", &plan.parallel.to_string()]);

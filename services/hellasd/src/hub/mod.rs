@@ -46,6 +46,20 @@ pub struct Resolved {
 }
 
 impl Resolved {
+    /// The library name Ollama gives such a model: `hf.co/org/repo:quant`, lower-cased, with
+    /// `latest` for the repository's default.
+    pub fn default_name(&self) -> String {
+        let tag = match &self.reference.selector {
+            Selector::Default => "latest".to_string(),
+            Selector::Quant(quant) => quant.clone(),
+            Selector::File(file) => {
+                let name = file.rsplit('/').next().unwrap_or(file);
+                name[..name.len() - ".gguf".len()].to_string()
+            }
+        };
+        format!("hf.co/{}:{tag}", self.reference.repo).to_ascii_lowercase()
+    }
+
     /// `hf.co/ORG/REPO:…@<commit>`: exactly what was fetched.
     pub fn pinned(&self) -> String {
         Reference { revision: Some(self.revision.clone()), ..self.reference.clone() }.to_string()

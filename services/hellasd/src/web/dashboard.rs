@@ -34,7 +34,7 @@ pub async fn dashboard(State(state): St, Owner(session): Owner) -> Response {
         .downloads
         .all()
         .iter()
-        .map(|job| json!({ "sha256": job.entry.sha256, "name": job.entry.title, "state": describe_progress(&job.progress()) }))
+        .map(|job| json!({ "sha256": job.pull.id(), "name": job.pull.title, "state": describe_progress(&job.progress()) }))
         .collect();
     let keys = guard!(state.keys.list().map_err(internal));
     let recent = recent_rows(&state.recent.lock().unwrap());

@@ -1,7 +1,5 @@
 //! Picking a catalog model with the planner's verdict, its download, and removing models.
 
-use std::time::Duration;
-
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -12,22 +10,7 @@ use serde_json::{json, Value};
 
 use super::extract::{csrf_forms, Owner, OwnerForm};
 use super::page::{guard, redirect, setup_done, CsrfOnly, Page, St};
-use crate::app::AppState;
-use crate::catalog::{self, CatalogEntry, Fit};
-
-/// The model's fit on this box, fetching its header when needed.
-async fn entry_fit(state: &AppState, entry: &CatalogEntry) -> Fit {
-    if state.library.get(&entry.name).ok().flatten().is_some_and(|m| m.sha256 == entry.sha256) {
-        return Fit::Installed;
-    }
-    let request = state.supervisor.request();
-    let budget = request.budget;
-    match tokio::time::timeout(Duration::from_secs(20), state.headers.info(entry)).await {
-        Ok(Ok(info)) => catalog::fit(&info, &request, |local| state.supervisor.split_plan(&info, local)),
-        Ok(Err(e)) => Fit::Unknown { reason: format!("{e:#}"), weights_fit: entry.size <= budget },
-        Err(_) => Fit::Unknown { reason: "the model's source did not answer in time".into(), weights_fit: entry.size <= budget },
-    }
-}
+use crate::catalog::Fit;
 
 fn fit_kind(fit: &Fit) -> &'static str {
     match fit {
@@ -42,7 +25,8 @@ fn fit_kind(fit: &Fit) -> &'static str {
 
 pub async fn models_page(State(state): St, Owner(session): Owner) -> Response {
     let done = guard!(setup_done(&state));
-    let fits = futures_util::future::join_all(state.catalog.entries.iter().map(|e| entry_fit(&state, e))).await;
+    let pulls: Vec<_> = state.catalog.entries.iter().map(|e| e.pull()).collect();
+    let fits = futures_util::future::join_all(pulls.iter().map(|p| state.fit(p))).await;
     let models: Vec<Value> = state
         .catalog
         .entries
@@ -75,22 +59,46 @@ pub async fn start_download(State(state): St, OwnerForm(session, form): OwnerFor
     let Some(entry) = state.catalog.get(&form.sha256).cloned() else {
         return (StatusCode::NOT_FOUND, "no such model in the catalog").into_response();
     };
-    let fit = entry_fit(&state, &entry).await;
+    let fit = state.fit(&entry.pull()).await;
     if !fit.downloadable() && !matches!(fit, Fit::Installed) {
         let message = format!("{} is not downloaded: {}", entry.title, fit.describe());
         return Page::new("message", "Not downloaded", json!({ "back": "/models" })).error(StatusCode::CONFLICT, message).render(&session);
     }
-    state.downloads.start(&entry);
+    state.downloads.start(entry.pull());
     redirect(&format!("/downloads/{}", entry.sha256))
 }
 
+#[derive(Deserialize)]
+pub struct PullForm {
+    csrf: String,
+    reference: String,
+}
+
+/// "Download" for a model named by its Hugging Face reference: the same fit verdict, from its
+/// header, before anything is downloaded.
+pub async fn start_pull(State(state): St, OwnerForm(session, form): OwnerForm<PullForm>) -> Response {
+    let refuse = |status, message: String| Page::new("message", "Not downloaded", json!({ "back": "/models" })).error(status, message).render(&session);
+    let pull = match state.pull_for(form.reference.trim()).await {
+        Ok(pull) => pull,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("{e:#}")),
+    };
+    let fit = state.fit(&pull).await;
+    if !fit.downloadable() && !matches!(fit, Fit::Installed) {
+        return refuse(StatusCode::CONFLICT, format!("{} is not downloaded: {}", pull.title, fit.describe()));
+    }
+    let id = pull.id().to_string();
+    state.downloads.start(pull);
+    redirect(&format!("/downloads/{id}"))
+}
+
 pub async fn download_page(State(state): St, Owner(session): Owner, Path(sha256): Path<String>) -> Response {
-    let Some(entry) = state.catalog.get(&sha256).cloned() else {
-        return (StatusCode::NOT_FOUND, "no such model in the catalog").into_response();
+    let pull = state.downloads.get(&sha256).map(|job| job.pull.clone()).or_else(|| state.catalog.get(&sha256).map(|e| e.pull()));
+    let Some(pull) = pull else {
+        return (StatusCode::NOT_FOUND, "no download of that model").into_response();
     };
     let next = if guard!(setup_done(&state)) { "/dashboard" } else { "/setup/key" };
-    let data = json!({ "sha256": entry.sha256, "name": entry.title, "size": format_bytes(entry.size), "next": next });
-    Page::new("download", format!("Downloading {}", entry.title), data).render(&session)
+    let data = json!({ "sha256": sha256, "name": pull.title, "size": format_bytes(pull.size()), "next": next });
+    Page::new("download", format!("Downloading {}", pull.title), data).render(&session)
 }
 
 /// Server-sent events: the download's progress, one JSON object per change, until it ends.
@@ -116,6 +124,16 @@ pub async fn download_events(State(state): St, Owner(_session): Owner, Path(sha2
     (headers, Body::from_stream(stream)).into_response()
 }
 
+/// "Try again" after a failed or cancelled download: the same files, from where they stopped.
+pub async fn retry_download(State(state): St, Path(sha256): Path<String>, OwnerForm(_session, _form): OwnerForm<CsrfOnly>) -> Response {
+    let pull = state.downloads.get(&sha256).map(|job| job.pull.clone()).or_else(|| state.catalog.get(&sha256).map(|e| e.pull()));
+    let Some(pull) = pull else {
+        return (StatusCode::NOT_FOUND, "no download of that model").into_response();
+    };
+    state.downloads.start(pull);
+    redirect(&format!("/downloads/{sha256}"))
+}
+
 pub async fn cancel_download(State(state): St, Path(sha256): Path<String>, OwnerForm(_session, _form): OwnerForm<CsrfOnly>) -> Response {
     state.downloads.cancel(&sha256);
     redirect(&format!("/downloads/{sha256}"))
@@ -135,4 +153,4 @@ pub async fn remove_model(State(state): St, OwnerForm(session, form): OwnerForm<
     }
 }
 
-csrf_forms!(DownloadForm, RemoveForm);
+csrf_forms!(DownloadForm, PullForm, RemoveForm);

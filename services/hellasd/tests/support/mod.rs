@@ -4,6 +4,7 @@
 //! `$HELLAS_CACHE` (default `~/.cache/hellas`).
 #![allow(dead_code)]
 
+pub mod hub_server;
 pub mod model_server;
 pub mod netns;
 pub mod webdriver;
@@ -66,6 +67,8 @@ pub struct Setup {
     pub netns: Option<String>,
     /// The `[cluster]` table; none turns pooling off.
     pub cluster: Option<String>,
+    /// `hub.endpoint`: where `hf.co/…` references resolve.
+    pub hub: Option<String>,
 }
 
 pub const OWNER_PASSWORD: &str = "correct horse battery staple";
@@ -84,6 +87,7 @@ impl Default for Setup {
             catalog: None,
             netns: None,
             cluster: None,
+            hub: None,
         }
     }
 }
@@ -125,6 +129,9 @@ impl Daemon {
         match &setup.cluster {
             Some(cluster) => text.push_str(&format!("[cluster]\n{cluster}\n")),
             None => text.push_str("[cluster]\nenabled = false\n"),
+        }
+        if let Some(endpoint) = &setup.hub {
+            text.push_str(&format!("[hub]\nendpoint = {endpoint:?}\n"));
         }
         if let Some(budget) = setup.budget_bytes {
             text.push_str(&format!("[memory]\nbudget_bytes = {budget}\n"));
