@@ -6,7 +6,7 @@
 //! know gets 401, as on the Hub. It can cut the next download of a file part-way.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 
+use super::model_server::read_request;
 use super::{cache_dir, model, run, SMOLLM};
 
 /// The test repository: SmolLM2 split into three parts, beside files that must be refused.
@@ -88,21 +89,7 @@ fn respond(out: &mut TcpStream, status: &str, headers: &str, body: &[u8]) -> std
 }
 
 fn serve(stream: TcpStream, state: &Mutex<Shared>) -> std::io::Result<()> {
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    let target = line.split_whitespace().nth(1).unwrap_or_default().to_string();
-    let mut range = None;
-    loop {
-        let mut header = String::new();
-        if reader.read_line(&mut header)? == 0 || header == "\r\n" {
-            break;
-        }
-        if let Some(value) = header.to_ascii_lowercase().strip_prefix("range: bytes=") {
-            let (start, end) = value.trim().split_once('-').unwrap_or(("0", ""));
-            range = Some((start.parse::<u64>().unwrap_or(0), end.parse::<u64>().ok()));
-        }
-    }
+    let (target, range) = read_request(&stream)?;
     let mut out = stream;
     let (path, query) = target.split_once('?').unwrap_or((&target, ""));
     let not_found = |out: &mut TcpStream| respond(out, "401 Unauthorized", "Content-Type: application/json\r\n", br#"{"error":"Repository not found"}"#);

@@ -60,22 +60,8 @@ impl ModelServer {
 }
 
 fn serve(stream: TcpStream, path: &PathBuf, state: &Mutex<Shared>, bytes_per_sec: u64) -> std::io::Result<()> {
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut range = None;
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
+    let (wanted, range) = read_request(&stream)?;
     let name = path.file_name().unwrap().to_string_lossy();
-    let wanted = line.split_whitespace().nth(1).unwrap_or_default().to_string();
-    loop {
-        let mut header = String::new();
-        if reader.read_line(&mut header)? == 0 || header == "\r\n" {
-            break;
-        }
-        if let Some(value) = header.to_ascii_lowercase().strip_prefix("range: bytes=") {
-            let (start, end) = value.trim().split_once('-').unwrap_or(("0", ""));
-            range = Some((start.parse::<u64>().unwrap_or(0), end.parse::<u64>().ok()));
-        }
-    }
     let mut out = stream;
     if wanted != format!("/{name}") {
         return out.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
@@ -125,4 +111,24 @@ fn serve(stream: TcpStream, path: &PathBuf, state: &Mutex<Shared>, bytes_per_sec
         std::thread::sleep(pause);
     }
     Ok(())
+}
+
+/// The target of an HTTP request on `stream` and its `Range: bytes=START-[END]`, if any.
+pub fn read_request(stream: &TcpStream) -> std::io::Result<(String, Option<(u64, Option<u64>)>)> {
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let target = line.split_whitespace().nth(1).unwrap_or_default().to_string();
+    let mut range = None;
+    loop {
+        let mut header = String::new();
+        if reader.read_line(&mut header)? == 0 || header == "\r\n" {
+            break;
+        }
+        if let Some(value) = header.to_ascii_lowercase().strip_prefix("range: bytes=") {
+            let (start, end) = value.trim().split_once('-').unwrap_or(("0", ""));
+            range = Some((start.parse::<u64>().unwrap_or(0), end.parse::<u64>().ok()));
+        }
+    }
+    Ok((target, range))
 }
