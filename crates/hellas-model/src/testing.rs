@@ -33,6 +33,7 @@ pub fn model() -> ModelInfo {
         parameter_count: 135_000_000,
         file_type: Some("Q4_1".into()),
         chat_template: None,
+        embedding: false,
     }
 }
 

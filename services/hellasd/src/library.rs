@@ -62,6 +62,23 @@ impl ModelEntry {
     }
 }
 
+/// What a model can be asked for, as Ollama's `/api/show` names it: an embedding model makes
+/// embeddings only; a generative one completes text, calls tools when its chat template takes
+/// them, and sees images when it has a projector.
+pub fn capabilities(entry: &ModelEntry, info: &ModelInfo) -> Vec<&'static str> {
+    if info.embedding {
+        return vec!["embedding"];
+    }
+    let mut capabilities = vec!["completion"];
+    if info.chat_template.as_deref().is_some_and(|t| t.contains("tools")) {
+        capabilities.push("tools");
+    }
+    if entry.projector.is_some() {
+        capabilities.push("vision");
+    }
+    capabilities
+}
+
 /// A model to register whose files are all in the library's blobs already.
 pub struct NewModel {
     pub name: String,

@@ -120,6 +120,7 @@ fn ollama_api_works() {
     let show: Value = daemon.post("/api/show", &json!({"model": SMOL})).json().unwrap();
     assert_eq!(show["model_info"]["general.architecture"], "llama");
     assert!(show["template"].as_str().unwrap().contains("im_start"), "{show}");
+    assert_eq!(show["capabilities"], json!(["completion"]), "{show}");
     let ps: Value = daemon.get("/api/ps").json().unwrap();
     assert_eq!(ps["models"][0]["name"], SMOL);
     assert!(ps["models"][0]["size"].as_u64().unwrap() > 50_000_000);
@@ -226,6 +227,14 @@ fn bad_requests_get_clear_errors_and_the_daemon_lives_on() {
     assert_eq!(unknown.status(), 404);
     let unknown: Value = unknown.json().unwrap();
     assert_eq!(unknown["error"]["available"], json!([SMOL]), "{unknown}");
+
+    // A chat model asked for embeddings: what to use instead, not the engine's bare 501.
+    let embeddings = daemon.post("/v1/embeddings", &json!({"model": SMOL, "input": "hello"}));
+    assert_eq!(embeddings.status(), 400);
+    let embeddings: Value = embeddings.json().unwrap();
+    let message = embeddings["error"]["message"].as_str().unwrap();
+    assert!(message.contains("makes no embeddings") && message.contains("there is none in the library"), "{embeddings}");
+    assert!(loaded(&daemon).is_empty(), "nothing was started for it");
 
     let anonymous = client.post(url("/v1/chat/completions")).json(&greedy_chat(SMOL, false)).send().unwrap();
     assert_eq!(anonymous.status(), 401);

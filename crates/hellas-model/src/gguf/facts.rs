@@ -100,6 +100,9 @@ impl GgufFile {
             parameter_count,
             file_type,
             chat_template: self.get_str("tokenizer.chat_template").map(str::to_string),
+            // llama.cpp's LLAMA_POOLING_TYPE_NONE is 0; mean, CLS, last and rank pool the
+            // output into one vector per input, which is what an embedding model is for.
+            embedding: self.get_u32(&key("pooling_type"))?.is_some_and(|pooling| pooling != 0),
         })
     }
 
@@ -229,6 +232,8 @@ pub struct ModelInfo {
     /// e.g. "Q4_K_M", from `general.file_type`.
     pub file_type: Option<String>,
     pub chat_template: Option<String>,
+    /// An embedding model: it pools its output into one vector per input (`{arch}.pooling_type`).
+    pub embedding: bool,
 }
 
 impl ModelInfo {

@@ -228,3 +228,14 @@ fn real_models_if_present() {
         assert_eq!(info.swa_layers.iter().filter(|s| !**s).count(), 3);
     }
 }
+
+#[test]
+fn a_pooling_model_is_an_embedding_model() {
+    let info = |builder: GgufBuilder| {
+        let bytes = builder.build();
+        GgufFile::parse(&bytes[..], bytes.len() as u64).unwrap().model_info().unwrap()
+    };
+    assert!(!info(small_model()).embedding);
+    assert!(!info(small_model().u32("llama.pooling_type", 0)).embedding, "pooling none: a generative model");
+    assert!(info(small_model().u32("llama.pooling_type", 1)).embedding, "mean pooling: an embedding model");
+}

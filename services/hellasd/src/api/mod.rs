@@ -28,6 +28,7 @@ pub use error::ApiError;
 use crate::admission::{AdmissionError, Permit};
 use crate::app::AppState;
 use crate::engine::{EngineLease, EngineStatus};
+use crate::library::ModelEntry;
 use crate::metrics::Metrics;
 
 /// The API key a request was made with (its public id).
@@ -151,6 +152,25 @@ pub struct Dispatched {
 }
 
 impl AppState {
+    /// Refuses what the model's kind cannot answer (embeddings from a chat model, chat from an
+    /// embedding model) with what to use instead, rather than the engine's bare 501.
+    fn check_kind(&self, entry: &ModelEntry, path: &str) -> Result<(), ApiError> {
+        let embedding = |entry: &ModelEntry| self.supervisor.model_info(entry).is_ok_and(|info| info.embedding);
+        let wants_embeddings = path == "/v1/embeddings";
+        if wants_embeddings == embedding(entry) {
+            return Ok(());
+        }
+        if !wants_embeddings {
+            return Err(ApiError::bad_request(format!("model '{}' is an embedding model: ask it through /v1/embeddings", entry.name)));
+        }
+        let models: Vec<String> = self.library.list().unwrap_or_default().into_iter().filter(|e| embedding(e)).map(|e| e.name).collect();
+        let instead = match models.as_slice() {
+            [] => "there is none in the library: pull one, e.g. `hellasd models pull hf.co/ORG/REPO:QUANT` of an embedding GGUF".to_string(),
+            models => format!("use {}", models.join(" or ")),
+        };
+        Err(ApiError::new(StatusCode::BAD_REQUEST, "model_not_embedding", format!("model '{}' makes no embeddings (it generates text); {instead}", entry.name)))
+    }
+
     /// Admits a request for `model` and sends `body` to `path` on its engine.
     async fn dispatch(&self, key: &ClientKey, model: &str, path: &str, body: Bytes, started: Instant) -> Result<Dispatched, ApiError> {
         crate::library::validate_name(&model.to_ascii_lowercase()).map_err(|e| ApiError::bad_request(format!("{e:#}")))?;
@@ -163,6 +183,7 @@ impl AppState {
             )
             .with_details(json!({ "available": available }))
         })?;
+        self.check_kind(&entry, path)?;
         let queue = self.metrics.queue_depth.get_or_create(&Metrics::model(&entry.name)).clone();
         queue.inc();
         let admitted = self.admission.acquire(&entry.name, self.config.engine.parallel as usize, &key.0).await;

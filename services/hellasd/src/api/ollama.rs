@@ -379,10 +379,7 @@ pub async fn show(State(state): State<Arc<AppState>>, body: Body) -> Result<Json
         format!("{arch}.context_length"): info.context_length,
         format!("{arch}.embedding_length"): info.n_embd,
     });
-    let mut capabilities = vec!["completion"];
-    if info.chat_template.as_deref().is_some_and(|t| t.contains("tools")) {
-        capabilities.push("tools");
-    }
+    let capabilities = crate::library::capabilities(&entry, &info);
     Ok(Json(json!({
         "modelfile": "",
         "parameters": "",

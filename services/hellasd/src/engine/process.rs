@@ -186,6 +186,9 @@ impl Supervisor {
         if let Some(projector) = self.library.projector_path(entry) {
             cmd.arg("--mmproj").arg(projector);
         }
+        if self.model_info(entry).is_ok_and(|info| info.embedding) {
+            cmd.arg("--embeddings");
+        }
         cmd.args(["--alias", &entry.name, "--host", "127.0.0.1", "--port", &port.to_string()]);
         // -c is the context of all slots together; the plan's context is per slot.
         cmd.args(["--ctx-size", &(u64::from(plan.ctx) * u64::from(plan.parallel)).to_string()]);
