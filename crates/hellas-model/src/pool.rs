@@ -111,7 +111,7 @@ pub fn plan_split(
     })
 }
 
-/// The split at the largest context (a multiple of [`crate::planner::CTX_STEP`], at least [`MIN_CTX`], at most
+/// The split at the largest context (a multiple of [`crate::plan::CTX_STEP`], at least [`MIN_CTX`], at most
 /// `req.ctx`) that the pool holds. Meant for a model the head cannot hold alone at any context
 /// (the supervisor plans it locally otherwise), which keeps "fits" monotonic in the context.
 pub fn plan_split_largest(

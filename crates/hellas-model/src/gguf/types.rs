@@ -20,7 +20,7 @@ pub enum MetaValue {
     Array(MetaArray),
 }
 
-/// A metadata array. Values are kept for arrays of at most [`MAX_KEPT_ARRAY_LEN`] elements
+/// A metadata array. Values are kept for arrays of at most [`super::MAX_KEPT_ARRAY_LEN`] elements
 /// (while a per-file budget of a million kept elements lasts); for longer ones only the length
 /// and element type are recorded.
 #[derive(Clone, Debug, PartialEq)]
@@ -251,7 +251,7 @@ pub struct TensorInfo {
     /// ggml order: `dims[0]` is the contiguous (row) dimension.
     pub dims: Vec<u64>,
     pub ggml_type: GgmlType,
-    /// Relative to [`GgufFile::data_offset`].
+    /// Relative to [`super::GgufFile::data_offset`].
     pub offset: u64,
     pub n_bytes: u64,
 }

@@ -10,7 +10,7 @@
 //! * `memory`: what this box lends its peers; `health`: their status probes and who is gone.
 //! * [`fleet`]: rollouts of a release over the paired boxes, one at a time, and re-imaging.
 //!
-//! The head box plans a split with [`crate::pool_plan`], holds the memory on each peer, and
+//! The head box plans a split with `hellas_model::pool`, holds the memory on each peer, and
 //! starts llama-server with `--rpc`; the engine supervisor watches the peers of every split model.
 
 pub mod control;
@@ -88,7 +88,7 @@ pub struct Cluster {
     announced: Mutex<Option<discovery::Announcement>>,
     join_code: Mutex<Option<JoinCode>>,
     live: Mutex<HashMap<String, Live>>,
-    /// Memory held on this box for peers' models, by "<peer node id>/<key>".
+    /// Memory held on this box for peers' models, by `<peer node id>/<key>`.
     holds: Mutex<HashMap<String, Hold>>,
     supervisor: Arc<Supervisor>,
     /// The factory reset a peer's re-image without the data asks for, given at start.

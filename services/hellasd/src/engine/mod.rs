@@ -7,8 +7,8 @@
 //! fail (their connections break), and the next request starts it again, after a growing delay
 //! when it keeps crashing. Idle models are unloaded after `idle_unload_secs`.
 //!
-//! * [`process`]: one engine's child process, its start, health and exit.
-//! * [`pool`]: models split across paired boxes, through the [`Pool`] the cluster provides.
+//! * `process`: one engine's child process, its start, health and exit.
+//! * `pool`: models split across paired boxes, through the [`Pool`] the cluster provides.
 
 mod pool;
 mod process;

@@ -8,7 +8,7 @@
 //!   state directory); `hellas-update.path` starts `hellasd update run` as root, which carries
 //!   it out and writes the [`Status`] (`update/status.json`) that the daemon shows.
 //! - A release installed and rebooted into stays `pending` until the boot's health check
-//!   ([`crate::health`]) passes. A boot of any other version while one is pending means the
+//!   ([`health`]) passes. A boot of any other version while one is pending means the
 //!   pending release used up its tries and systemd-boot went back: it is remembered as rejected
 //!   and not offered again, so a bad release is never re-applied in a loop; a newer one is.
 
