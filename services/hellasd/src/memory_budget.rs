@@ -59,6 +59,15 @@ impl MemoryBudget {
     }
 }
 
+/// The budget models get here: `fixed` bytes when set (configuration, a flag), else what this
+/// machine has less `os_reserve`.
+pub fn of(fixed: Option<u64>, os_reserve: u64) -> anyhow::Result<MemoryBudget> {
+    match fixed {
+        Some(bytes) => Ok(configured(bytes)),
+        None => detect(Path::new("/"), os_reserve).context("detecting the memory budget"),
+    }
+}
+
 /// A budget of exactly `bytes`, from configuration.
 pub fn configured(bytes: u64) -> MemoryBudget {
     MemoryBudget { source: BudgetSource::Configured, total: bytes, os_reserve: 0, usable: bytes }

@@ -51,7 +51,7 @@ fn a_split_model_is_pulled_whole_verified_resumed_and_served() {
     hub.cut_next(&part(2), 1 << 20);
     let out = pull(&format!("hf.co/{REPO}:Q4_1"));
     assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("fits this box") && text(&out).contains("added hf.co/test/smollm2-135m-instruct-gguf:q4_1"), "{}", text(&out));
+    assert!(text(&out).contains("on this box: fits at context 2048") && text(&out).contains("added hf.co/test/smollm2-135m-instruct-gguf:q4_1"), "{}", text(&out));
     assert!(hub.requests(&part(2)).ends_with(&[0, 1 << 20]), "resumed from the cut: {:?}", hub.requests(&part(2)));
     assert!(library().contains("hf.co/test/smollm2-135m-instruct-gguf:q4_1"), "{}", library());
 

@@ -1,13 +1,13 @@
 //! `hellasd models`: the model library from the command line.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
-use hellas_model::plan::{self, format_bytes, PlanRequest, Verdict};
+use hellas_model::plan::{format_bytes, PlanRequest};
 
-use crate::catalog::{Downloads, Headers, Progress, Pull};
+use crate::catalog::{self, Downloads, Headers, Progress, Pull};
 use crate::config::Config;
 use crate::hub::{Hub, Reference};
 use crate::library::ModelLibrary;
@@ -70,28 +70,22 @@ async fn pull(config: &Config, library: ModelLibrary, reference: &str, name: Opt
     let pull = Pull::from_hub(&resolved, name.to_ascii_lowercase());
     println!("{}: {} file(s), {}", resolved.pinned(), pull.parts.len() + usize::from(pull.projector.is_some()), format_bytes(pull.size()));
 
-    let info = Headers::new(config.state_dir.join("catalog"), http.clone()).info(&pull).await?;
-    let budget = match config.memory.budget_bytes {
-        Some(bytes) => memory_budget::configured(bytes),
-        None => memory_budget::detect(Path::new("/"), config.memory.os_reserve_bytes).context("detecting the memory budget")?,
-    };
-    let engine = &config.engine;
-    let planned = plan::plan(&info, &PlanRequest { ctx: engine.ctx, parallel: engine.parallel, cache_type: engine.cache_type, budget: budget.usable });
-    match planned.verdict {
-        Verdict::Fits => println!("fits this box at context {} (needs {} of {})", planned.ctx, format_bytes(planned.total), format_bytes(budget.usable)),
-        Verdict::FitsSmallerContext { max_ctx } => println!("fits this box only at a smaller context: {max_ctx}"),
-        Verdict::DoesNotFit { short_by } if !anyway => bail!(
-            "{} does not fit this box: {} short of its {} budget; nothing was downloaded (pass --anyway to fetch it for a pool of boxes)",
-            resolved.reference,
-            format_bytes(short_by),
-            format_bytes(budget.usable)
-        ),
-        Verdict::DoesNotFit { short_by } => println!("does not fit this box alone ({} short); downloading anyway", format_bytes(short_by)),
-    }
-
     if library.get(&pull.name)?.is_some_and(|e| e.sha256 == pull.id()) {
         println!("{} is in the library already, at that revision: nothing to download", pull.name);
         return Ok(());
+    }
+    let info = Headers::new(config.state_dir.join("catalog"), http.clone()).info(&pull).await?;
+    let budget = memory_budget::of(config.memory.budget_bytes, config.memory.os_reserve_bytes)?;
+    let engine = &config.engine;
+    let request = PlanRequest { ctx: engine.ctx, parallel: engine.parallel, cache_type: engine.cache_type, budget: budget.usable };
+    // The pool is the daemon's to ask; from here the verdict is this box's alone.
+    let fit = catalog::fit(&info, &request, |_| None);
+    println!("on this box: {}", fit.describe());
+    if !fit.downloadable() {
+        if !anyway {
+            bail!("{} is not downloaded: {}; pass --anyway to fetch it for a pool of boxes", resolved.reference, fit.describe());
+        }
+        println!("downloading anyway");
     }
     let downloads = Downloads::new(config.state_dir.join("downloads"), Arc::new(library), http);
     let job = downloads.start(pull);

@@ -36,10 +36,7 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<()> {
     let info = GgufFile::open(&args.file)
         .and_then(|f| f.model_info())
         .with_context(|| format!("reading model {}", args.file.display()))?;
-    let budget = match args.budget {
-        Some(bytes) => memory_budget::configured(bytes),
-        None => memory_budget::detect(Path::new("/"), args.os_reserve).context("detecting the memory budget")?,
-    };
+    let budget = memory_budget::of(args.budget, args.os_reserve)?;
     let request =
         PlanRequest { ctx: args.ctx, parallel: args.parallel, cache_type: args.cache_type, budget: budget.usable };
     let plan = planner::plan(&info, &request);

@@ -1,6 +1,5 @@
 //! `hellasd serve`: assembles the daemon from its configuration and runs the API until SIGTERM.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -41,10 +40,7 @@ impl ServeArgs {
 }
 
 pub async fn run(config: Config) -> Result<()> {
-    let budget = match config.memory.budget_bytes {
-        Some(bytes) => memory_budget::configured(bytes),
-        None => memory_budget::detect(Path::new("/"), config.memory.os_reserve_bytes).context("detecting the memory budget")?,
-    };
+    let budget = memory_budget::of(config.memory.budget_bytes, config.memory.os_reserve_bytes)?;
     tracing::info!(usable_bytes = budget.usable, source = ?budget.source, "memory budget");
     let metrics = Arc::new(Metrics::new());
     let library = Arc::new(ModelLibrary::open(config.state_dir.join("models")));
