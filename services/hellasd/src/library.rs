@@ -201,10 +201,7 @@ impl ModelLibrary {
     /// Names a model whose files are in the blobs: a split model's parts must read as one
     /// model (all of them, in order), and the name must be new.
     pub fn add_model(&self, model: NewModel) -> Result<ModelEntry> {
-        validate_name(&model.name)?;
-        if self.get(&model.name)?.is_some_and(|e| e.name == model.name) {
-            bail!("a model named '{}' is already in the library: remove it first with `hellasd models rm {}`", model.name, model.name);
-        }
+        self.check_name_is_new(&model.name)?;
         let first = model.parts.first().context("a model needs at least one file")?.clone();
         let size = model.parts.iter().chain(&model.projector).map(|f| f.size).sum();
         let entry = ModelEntry {
@@ -221,11 +218,17 @@ impl ModelLibrary {
         self.insert(entry)
     }
 
-    fn check_new(&self, source: &Path, name: &str) -> Result<()> {
+    /// A valid name no model has yet.
+    fn check_name_is_new(&self, name: &str) -> Result<()> {
         validate_name(name)?;
         if self.get(name)?.is_some_and(|e| e.name == name) {
             bail!("a model named '{name}' is already in the library: remove it first with `hellasd models rm {name}`");
         }
+        Ok(())
+    }
+
+    fn check_new(&self, source: &Path, name: &str) -> Result<()> {
+        self.check_name_is_new(name)?;
         // Refuse what is not a readable GGUF before copying gigabytes.
         GgufFile::open(source).with_context(|| format!("{} is not a usable GGUF model", source.display()))?;
         Ok(())
