@@ -219,8 +219,9 @@ impl Downloads {
         std::fs::create_dir_all(&self.dir).with_context(|| format!("creating {}", self.dir.display()))?;
         let missing: Vec<&RemoteFile> = pull.files().filter(|f| !self.library.has_blob(&f.sha256)).collect();
         let partial_bytes: u64 = missing.iter().map(|f| std::fs::metadata(self.partial_path(&f.sha256)).map_or(0, |m| m.len().min(f.size))).sum();
+        let missing_bytes: u64 = missing.iter().map(|f| f.size).sum();
         let free = free_bytes(&self.dir)?;
-        let needed = missing.iter().map(|f| f.size).sum::<u64>() - partial_bytes + SPARE;
+        let needed = missing_bytes - partial_bytes + SPARE;
         if free < needed {
             bail!(
                 "{} needs {} free on the data partition and {} is free: remove a model from the library first",
@@ -230,7 +231,7 @@ impl Downloads {
             );
         }
         let total = pull.size();
-        let mut base = total - missing.iter().map(|f| f.size).sum::<u64>();
+        let mut base = total - missing_bytes;
         for file in missing {
             self.fetch_file(job, file, base, total).await?;
             base += file.size;
