@@ -8,6 +8,7 @@ mod engine;
 mod flash;
 mod image;
 mod models;
+mod python;
 mod qemu;
 mod release;
 mod signing;

