@@ -105,7 +105,7 @@ impl AppState {
         } else {
             self.claim.claimed(&file.settings.box_name)?;
         }
-        self.downloads.resume_interrupted(&self.catalog.entries);
+        self.downloads.resume_interrupted();
         Ok(())
     }
 
@@ -114,15 +114,42 @@ impl AppState {
         self.claim.ensure(self.owner.load()?.claim_code.as_deref())
     }
 
-    /// What to fetch for `model`: a catalog model by its name, or a Hugging Face reference
+    /// What to fetch for `model`: a catalog model by its name (the best quantisation that fits)
+    /// or by a library name it gives (`smollm2:135m-q4_1`), or a Hugging Face reference
     /// (`hf.co/ORG/REPO:QUANT`) resolved now.
     pub async fn pull_for(&self, model: &str) -> Result<Pull> {
-        if let Some(entry) = self.catalog.entries.iter().find(|e| e.name == model.to_ascii_lowercase()) {
-            return Ok(entry.pull());
+        if let Some((entry, quant)) = self.catalog.find(model) {
+            let chosen = match quant {
+                Some(quant) => self.candidate(entry, quant).await,
+                None => self.offer(entry).await.chosen,
+            };
+            return chosen.pull.map_err(anyhow::Error::msg);
         }
         let reference: Reference = model.parse().map_err(|e: String| anyhow::anyhow!("{e}, or the name of a catalog model"))?;
         let resolved = self.hub.resolve(&reference).await?;
         Ok(Pull::from_hub(&resolved, resolved.default_name()))
+    }
+
+    /// What the catalog offers of `entry` on this box: every quantisation listed on the Hub and
+    /// planned from its header, the best that fits chosen.
+    pub async fn offer(&self, entry: &catalog::CatalogEntry) -> catalog::Offer {
+        let candidates = futures_util::future::join_all(entry.quantisations.iter().map(|q| self.candidate(entry, q))).await;
+        catalog::Offer::choose(candidates)
+    }
+
+    async fn candidate(&self, entry: &catalog::CatalogEntry, quant: &str) -> catalog::Candidate {
+        let pull = match entry.reference(quant) {
+            Ok(reference) => self.hub.resolve(&reference).await.map(|resolved| Pull { title: entry.title.clone(), ..Pull::from_hub(&resolved, entry.library_name(quant)) }),
+            Err(e) => Err(e),
+        };
+        let (pull, fit) = match pull {
+            Ok(pull) => {
+                let fit = self.fit(&pull).await;
+                (Ok(pull), fit)
+            }
+            Err(e) => (Err(format!("{e:#}")), Fit::Unavailable { reason: format!("{e:#}") }),
+        };
+        catalog::Candidate { quant: quant.to_string(), pull, fit }
     }
 
     /// Whether a model to fetch fits this box (or the pool), from its header read by range

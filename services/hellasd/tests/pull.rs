@@ -2,7 +2,7 @@
 //! that speaks the part of its API the box uses: a split model (SmolLM2 cut into three parts by
 //! llama.cpp's own gguf-split) is pulled whole, verified, resumed after a cut connection, and
 //! answers through the daemon as the unsplit file does directly; every failure says what to do
-//! and leaves nothing in the library.
+//! and leaves nothing in the library, a full disk included.
 
 mod support;
 
@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::Output;
 
 use serde_json::{json, Value};
-use support::hub_server::{part_name, smollm_repo, REPO};
+use support::hub_server::{part_name, smollm_repo, Fault, REPO};
 use support::{model, run, Daemon, DirectEngine, Setup, SMOLLM};
 
 fn text(out: &Output) -> String {
@@ -48,9 +48,17 @@ fn a_split_model_is_pulled_whole_verified_resumed_and_served() {
     assert!(partials.is_empty(), "a file that failed its sha256 is deleted: {partials:?}");
 
     // The connection breaks in the middle of the second part: the download resumes from there.
-    hub.cut_next(&part(2), 1 << 20);
+    // The third arrives corrupt: refused by its sha256, nothing named; the retry fetches only it.
+    hub.fault_next(&part(2), Fault::Cut(1 << 20));
+    hub.fault_next(&part(3), Fault::Corrupt(4096));
+    let out = pull(&format!("hf.co/{REPO}:Q4_1"));
+    assert!(!out.status.success() && text(&out).contains(&format!("{}: the downloaded file's sha256", part(3))), "{}", text(&out));
+    assert_eq!(library().trim(), "");
+    let before: Vec<usize> = (1..=3).map(|n| hub.requests(&part(n)).len()).collect();
     let out = pull(&format!("hf.co/{REPO}:Q4_1"));
     assert!(out.status.success(), "{}", text(&out));
+    let after: Vec<usize> = (1..=3).map(|n| hub.requests(&part(n)).len()).collect();
+    assert_eq!((after[0], after[1]), (before[0], before[1]), "verified parts are kept: {before:?} → {after:?}");
     assert!(text(&out).contains("on this box: fits at context 2048") && text(&out).contains("added hf.co/test/smollm2-135m-instruct-gguf:q4_1"), "{}", text(&out));
     assert!(hub.requests(&part(2)).ends_with(&[0, 1 << 20]), "resumed from the cut: {:?}", hub.requests(&part(2)));
     assert!(library().contains("hf.co/test/smollm2-135m-instruct-gguf:q4_1"), "{}", library());
@@ -94,4 +102,74 @@ fn ollama_pull_streams_its_progress_and_refuses_what_does_not_fit() {
     let unknown = small.post("/api/pull", &json!({ "model": "llama3" }));
     assert_eq!(unknown.status(), 404);
     assert!(unknown.text().unwrap().contains("hf.co/ORG/REPO:QUANT"));
+}
+
+/// A tmpfs mounted for one test (the tests run as root, as CI does), unmounted however it ends.
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    fn mount(size: &str) -> Tmpfs {
+        let dir = tempfile::tempdir().unwrap();
+        let out = run(std::process::Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(dir.path()));
+        assert!(out.status.success(), "mounting a tmpfs (the test needs root): {}", text(&out));
+        Tmpfs(dir)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("--lazy").arg(self.0.path()).status();
+    }
+}
+
+#[test]
+fn a_full_disk_is_said_before_and_during_a_download_and_a_retry_continues() {
+    let (_dir, hub) = smollm_repo();
+    let daemon = Daemon::start(Setup { models: vec![], budget_bytes: Some(4 << 30), hub: Some(hub.endpoint.clone()), ..Setup::default() });
+    // The CLI pulls into a state directory on a small file system of its own.
+    let disk = Tmpfs::mount("200m");
+    let state = disk.0.path().join("state");
+    let config_text = std::fs::read_to_string(&daemon.config).unwrap();
+    let config = daemon.dir.path().join("small-disk.toml");
+    std::fs::write(&config, format!("state_dir = {state:?}\n{}", config_text.split_once('\n').unwrap().1)).unwrap();
+    let reference = format!("hf.co/{REPO}:Q4_1");
+    let pull = || support::hellasd().arg("--config").arg(&config).args(["models", "pull", &reference]).stdin(std::process::Stdio::null()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let list = || text(&run(support::hellasd().arg("--config").arg(&config).args(["models", "list"])));
+
+    // Too little room from the start: refused before a byte is fetched.
+    let out = pull().wait_with_output().unwrap();
+    assert!(!out.status.success() && text(&out).contains("free on the data partition") && text(&out).contains("remove a model"), "{}", text(&out));
+    assert!(hub.requests(&part_name(1)).iter().all(|start| *start == 0), "{:?}", hub.requests(&part_name(1)));
+
+    // Room at the start, then something else fills the disk mid-download.
+    let out = run(std::process::Command::new("mount").args(["-o", "remount,size=400m"]).arg(disk.0.path()));
+    assert!(out.status.success(), "{}", text(&out));
+    hub.throttle(8 << 20);
+    let running = pull();
+    let fetched = || -> u64 {
+        let partials = state.join("downloads").read_dir().into_iter().flatten().flatten().filter(|e| e.path().extension().is_some_and(|x| x == "partial"));
+        partials.map(|e| e.metadata().map_or(0, |m| m.len())).sum()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while fetched() < 4 << 20 {
+        assert!(std::time::Instant::now() < deadline, "the download did not start");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let filler = disk.0.path().join("filler");
+    {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&filler).unwrap();
+        while file.write_all(&[0u8; 1 << 20]).is_ok() {}
+    }
+    let out = running.wait_with_output().unwrap();
+    assert!(!out.status.success() && text(&out).contains("the data partition is full") && text(&out).contains("start the download again"), "{}", text(&out));
+    assert!(!list().contains("smollm2"), "a half-fetched model is never named: {}", list());
+
+    // Room again: the retry continues from what was kept.
+    std::fs::remove_file(&filler).unwrap();
+    hub.throttle(0);
+    let out = pull().wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(hub.requests(&part_name(1)).iter().any(|start| *start > 0), "resumed, not started over: {:?}", hub.requests(&part_name(1)));
+    assert!(list().contains("hf.co/test/smollm2-135m-instruct-gguf:q4_1"), "{}", list());
 }

@@ -1,7 +1,8 @@
 //! The first-boot setup in a real browser (Debian's headless chromium through chromedriver)
 //! against a real hellasd with the real engine: claim code, owner password, settings, a model
-//! from the catalog downloaded from a local server that corrupts one download and cuts the
-//! next, the first API key, and a chat answer through the API from the "try it" box.
+//! from the catalog (the best quantisation that fits) downloaded from a local stand-in for Hugging
+//! Face that corrupts one download and cuts the next, the first API key, a chat answer through
+//! the API from the "try it" box, and a model pasted as an hf.co reference.
 //! Screenshots of every step go to `target/tmp/web-setup/`.
 //!
 //! Then the refusals, over plain HTTP: the API before the claim, wrong claim codes, forms without
@@ -13,12 +14,13 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::hub_server::{smollm_repo, REPO};
-use support::model_server::{Fault, ModelServer};
+use support::hub_server::{huge_model, smollm_repo, Fault, HubFile, HubServer, REPO};
 use support::webdriver::Browser;
 use support::{Daemon, Setup, Visitor, SMOLLM};
 
-const SMOLLM_SHA256: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
+/// The catalog's SmolLM2 repository: the real Q4_1 and a Q8_0 too big for the test budget.
+const CATALOG_REPO: &str = "test/SmolLM2-135M-Instruct-Catalog-GGUF";
+const Q4_1: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 const PASSWORD: &str = "a long and private phrase";
 
 fn artefacts(name: &str) -> PathBuf {
@@ -28,35 +30,37 @@ fn artefacts(name: &str) -> PathBuf {
     dir
 }
 
-/// A catalog with SmolLM2 from `server` and a model far too big for the test budget.
-fn catalog(dir: &Path, server: &ModelServer) -> PathBuf {
-    let size = std::fs::metadata(support::model(SMOLLM)).unwrap().len();
+/// A catalog whose models are on `hub`: SmolLM2, whose better quantisation does not fit the
+/// test budget and its smaller does, and a model far too big in any.
+fn catalog(dir: &Path, hub: &HubServer) -> PathBuf {
+    let (q8, huge) = (dir.join("q8_0.gguf"), dir.join("huge.gguf"));
+    huge_model(&q8, 3 << 30);
+    huge_model(&huge, 42 << 30);
+    let unchecked = |path: &str, source: PathBuf| HubFile { path: path.into(), source, sha256: Some("cd".repeat(32)) };
+    hub.add_repo(CATALOG_REPO, vec![HubFile::lfs(Q4_1, support::model(SMOLLM)), unchecked("SmolLM2-135M-Instruct.Q8_0.gguf", q8)]);
+    hub.add_repo("test/Huge-70B-GGUF", vec![unchecked("Huge-70B-Q4_K_M.gguf", huge)]);
     let text = format!(
         r#"[[model]]
-name = "smollm2:135m-q4_1"
+name = "smollm2:135m"
 title = "SmolLM2 135M Instruct"
 description = "A tiny model for trying things out."
-url = "{url}"
-sha256 = "{SMOLLM_SHA256}"
-size = {size}
+repository = "{CATALOG_REPO}"
+quantisations = ["Q8_0", "Q4_1"]
 parameters = "135M"
 architecture = "llama"
 licence = "Apache-2.0"
 context = 8192
 
 [[model]]
-name = "huge:70b-q4_k_m"
+name = "huge:70b"
 title = "Huge 70B"
-url = "{url}.missing"
-sha256 = "{zeros}"
-size = 42000000000
+repository = "test/Huge-70B-GGUF"
+quantisations = ["Q4_K_M"]
 parameters = "70B"
 architecture = "llama"
 licence = "Llama 3.3"
 context = 131072
-"#,
-        url = server.url,
-        zeros = "0".repeat(64),
+"#
     );
     let path = dir.join("catalog.toml");
     std::fs::write(&path, text).unwrap();
@@ -93,10 +97,10 @@ fn library_names(daemon: &Daemon) -> String {
 fn a_person_sets_up_the_box_in_a_browser() {
     let shots = artefacts("web-setup");
     let booted = Instant::now();
-    // About 20 MB/s, so the page shows a download in progress.
-    let server = ModelServer::start(support::model(SMOLLM), 20 << 20);
     let (_repo, hub) = smollm_repo();
-    let daemon = unclaimed(Some(catalog(&shots, &server)), Some(hub.endpoint.clone()));
+    // About 20 MB/s, so the page shows a download in progress.
+    hub.throttle(20 << 20);
+    let daemon = unclaimed(Some(catalog(&shots, &hub)), Some(hub.endpoint.clone()));
     let browser = Browser::start(&shots.join("chromedriver.log"));
     let shot = |name: &str| browser.screenshot(&shots.join(format!("{name}.png")));
 
@@ -135,19 +139,22 @@ fn a_person_sets_up_the_box_in_a_browser() {
     browser.find("#timezone").type_text("Europe/Athens");
     browser.follow("#save-settings");
 
-    // 4. The catalog with this box's verdicts.
+    // 4. The catalog with this box's verdicts: of SmolLM2 the best quantisation that fits.
     assert!(browser.url().ends_with("/models"), "{}", browser.url());
     shot("04-models");
     let small = browser.text("tr[data-model='smollm2:135m-q4_1'] .verdict");
     assert!(small.starts_with("fits at context 2048"), "{small}");
+    let quant = browser.text("tr[data-model='smollm2:135m-q4_1'] .quant");
+    assert!(quant.starts_with("Q4_1") && quant.contains("Q8_0: does not fit"), "{quant}");
+    assert!(browser.text("tr[data-model='smollm2:135m-q4_1'] .files").contains(Q4_1));
     let huge = browser.text("tr[data-model='huge:70b-q4_k_m'] .verdict");
     assert!(huge.starts_with("does not fit"), "{huge}");
     assert!(browser.try_find("tr[data-model='huge:70b-q4_k_m'] button").is_none(), "a model that cannot fit is not offered");
 
     // 5. The download: the first is corrupted (refused, nothing kept), the second is cut
     // part-way and resumes.
-    server.fault_next(Fault::Corrupt(50_000_000));
-    server.fault_next(Fault::Cut(30_000_000));
+    hub.fault_next(Q4_1, Fault::Corrupt(50_000_000));
+    hub.fault_next(Q4_1, Fault::Cut(30_000_000));
     browser.follow("tr[data-model='smollm2:135m-q4_1'] button");
     browser.wait_text("#status", Duration::from_secs(60), |t| t.contains('%'));
     shot("05-downloading");
@@ -160,8 +167,8 @@ fn a_person_sets_up_the_box_in_a_browser() {
     browser.follow("#retry");
     browser.wait_text("#status", Duration::from_secs(120), |t| t.contains("is ready"));
     shot("07-downloaded");
-    let resumed: Vec<_> = server.requests().into_iter().filter(|(start, end)| *start > 0 && end.is_none()).collect();
-    assert_eq!(resumed, vec![(30_000_000, None)], "the cut download resumes where it broke: {:?}", server.requests());
+    let resumed: Vec<u64> = hub.requests(Q4_1).into_iter().filter(|start| *start > 0).collect();
+    assert_eq!(resumed, vec![30_000_000], "the cut download resumes where it broke: {:?}", hub.requests(Q4_1));
     assert!(library_names(&daemon).contains("smollm2:135m-q4_1"));
     browser.follow("#continue");
 

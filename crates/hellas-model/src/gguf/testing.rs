@@ -81,6 +81,14 @@ impl GgufBuilder {
     }
 
     pub fn build(&self) -> Vec<u8> {
+        let mut out = self.build_header();
+        out.resize(out.len() + self.data_bytes() as usize, 0);
+        out
+    }
+
+    /// The header and tensor table only, padded to where the data starts: for a file whose data
+    /// is a hole (`set_len` to the header's length plus [`GgufBuilder::data_bytes`]).
+    pub fn build_header(&self) -> Vec<u8> {
         let mut out = b"GGUF".to_vec();
         out.extend(3u32.to_le_bytes());
         out.extend((self.tensors.len() as u64).to_le_bytes());
@@ -99,7 +107,11 @@ impl GgufBuilder {
             offset += n_bytes.div_ceil(32) * 32;
         }
         out.resize(out.len().div_ceil(32) * 32, 0);
-        out.resize(out.len() + offset as usize, 0);
         out
+    }
+
+    /// The bytes of tensor data the header describes, padded as laid out.
+    pub fn data_bytes(&self) -> u64 {
+        self.tensors.iter().map(|t| t.3.div_ceil(32) * 32).sum()
     }
 }

@@ -18,12 +18,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use futures_util::StreamExt;
 use reqwest::{header, StatusCode};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
-use super::CatalogEntry;
 use crate::hub::RemoteFile;
 use crate::library::{ModelFile, ModelLibrary, NewModel};
 use hellas_model::plan::format_bytes;
@@ -54,7 +53,7 @@ impl Progress {
 }
 
 /// A model to fetch: its files, each checked against its sha256, then named in the library.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Pull {
     /// The name it gets in the library.
     pub name: String,
@@ -92,19 +91,6 @@ impl Pull {
     }
 }
 
-impl CatalogEntry {
-    pub fn pull(&self) -> Pull {
-        let file = self.url.rsplit('/').next().unwrap_or("model.gguf").to_string();
-        Pull {
-            name: self.name.clone(),
-            title: self.title.clone(),
-            parts: vec![RemoteFile { path: file, url: self.url.clone(), size: self.size, sha256: self.sha256.clone() }],
-            projector: None,
-            source: None,
-        }
-    }
-}
-
 pub struct Job {
     pub pull: Pull,
     progress: watch::Sender<Progress>,
@@ -137,6 +123,11 @@ impl Downloads {
         self.dir.join(format!("{sha256}.partial"))
     }
 
+    /// What a download under way is fetching, kept until it ends so that a restart resumes it.
+    fn pull_path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.pull.json"))
+    }
+
     /// Starts fetching `pull`, or returns the download of it already under way.
     pub fn start(self: &Arc<Self>, pull: Pull) -> Arc<Job> {
         let mut jobs = self.jobs.lock().unwrap();
@@ -146,6 +137,9 @@ impl Downloads {
             }
         }
         let id = pull.id().to_string();
+        if let Err(e) = self.remember(&pull) {
+            tracing::warn!(model = %pull.name, "a restart will not resume this download: {e:#}");
+        }
         let job = Arc::new(Job { pull, progress: watch::Sender::new(Progress::Starting), cancel: watch::Sender::new(false) });
         jobs.insert(id, job.clone());
         let downloads = self.clone();
@@ -175,12 +169,25 @@ impl Downloads {
         }
     }
 
-    /// Continues the downloads a restart or reboot interrupted.
-    pub fn resume_interrupted(self: &Arc<Self>, catalog: &[CatalogEntry]) {
-        for entry in catalog {
-            if self.partial_path(&entry.sha256).exists() {
-                tracing::info!(model = %entry.name, "resuming an interrupted download");
-                self.start(entry.pull());
+    fn remember(&self, pull: &Pull) -> Result<()> {
+        std::fs::create_dir_all(&self.dir).with_context(|| format!("creating {}", self.dir.display()))?;
+        crate::state_file::write_atomically(&self.pull_path(pull.id()), &serde_json::to_vec(pull)?)
+    }
+
+    /// Continues the downloads a restart or reboot interrupted: those whose pull file is still
+    /// there (it goes when a download ends, however it ends).
+    pub fn resume_interrupted(self: &Arc<Self>) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else { return };
+        for path in entries.flatten().map(|e| e.path()).filter(|p| p.to_string_lossy().ends_with(".pull.json")) {
+            match std::fs::read(&path).map_err(anyhow::Error::from).and_then(|bytes| Ok(serde_json::from_slice::<Pull>(&bytes)?)) {
+                Ok(pull) => {
+                    tracing::info!(model = %pull.name, "resuming an interrupted download");
+                    self.start(pull);
+                }
+                Err(e) => {
+                    tracing::warn!("dropping {}, which does not say what to download: {e:#}", path.display());
+                    let _ = std::fs::remove_file(&path);
+                }
             }
         }
     }
@@ -208,6 +215,7 @@ impl Downloads {
                 Progress::Failed { error: format!("{e:#}") }
             }
         };
+        let _ = std::fs::remove_file(self.pull_path(job.pull.id()));
         job.progress.send_replace(progress);
     }
 
@@ -273,8 +281,14 @@ impl Downloads {
         while done < remote.size {
             let before = done;
             let attempt = self.fetch_from(job, remote, &mut file, &mut hasher, &mut done, (base, total)).await;
-            file.flush().await.with_context(|| format!("writing {}", partial.display()))?;
+            let attempt = match attempt {
+                Ok(()) => file.flush().await.with_context(|| format!("writing {}", partial.display())),
+                Err(e) => Err(e),
+            };
             if let Err(e) = attempt {
+                if is_disk_full(&e) {
+                    bail!("the data partition is full after {} of {}: remove a model from the library (or other files) and start the download again; it continues from there", format_bytes(base + done), format_bytes(total));
+                }
                 failures = if done > before { 1 } else { failures + 1 };
                 if failures >= MAX_FAILURES {
                     return Err(e.context(format!("gave up after {failures} attempts; start the download again to continue from {}", format_bytes(base + done))));
@@ -364,6 +378,11 @@ impl Downloads {
         }
         Ok(())
     }
+}
+
+/// Whether an error comes from a full file system (no retry helps).
+fn is_disk_full(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| cause.downcast_ref::<std::io::Error>().is_some_and(|io| io.raw_os_error() == Some(libc::ENOSPC) || io.kind() == std::io::ErrorKind::StorageFull))
 }
 
 /// The digest state after the first `len` bytes of a partial file.

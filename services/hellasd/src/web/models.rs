@@ -1,4 +1,5 @@
-//! Picking a catalog model with the planner's verdict, its download, and removing models.
+//! Picking a catalog model (the best quantisation that fits, with the planner's verdict) or
+//! any model on Hugging Face, its download, and removing models.
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
@@ -20,24 +21,30 @@ fn fit_kind(fit: &Fit) -> &'static str {
         Fit::FitsAcross { .. } => "fits_across",
         Fit::DoesNotFit { .. } => "does_not_fit",
         Fit::Unknown { .. } => "unknown",
+        Fit::Unavailable { .. } => "unavailable",
     }
 }
 
 pub async fn models_page(State(state): St, Owner(session): Owner) -> Response {
     let done = guard!(setup_done(&state));
-    let pulls: Vec<_> = state.catalog.entries.iter().map(|e| e.pull()).collect();
-    let fits = futures_util::future::join_all(pulls.iter().map(|p| state.fit(p))).await;
+    let offers = futures_util::future::join_all(state.catalog.entries.iter().map(|e| state.offer(e))).await;
     let models: Vec<Value> = state
         .catalog
         .entries
         .iter()
-        .zip(&fits)
-        .map(|(entry, fit)| {
+        .zip(&offers)
+        .map(|(entry, offer)| {
+            let chosen = &offer.chosen;
+            let files: Vec<&str> = chosen.pull.iter().flat_map(|p| p.parts.iter().chain(&p.projector)).map(|f| f.file_name()).collect();
+            let others: Vec<String> = offer.others.iter().map(|c| format!("{}: {}", c.quant, c.fit.describe())).collect();
             json!({
-                "name": entry.name, "title": entry.title, "description": entry.description, "sha256": entry.sha256,
-                "size": format_bytes(entry.size), "parameters": entry.parameters, "architecture": entry.architecture,
-                "licence": entry.licence, "context": entry.context, "verdict": fit.describe(), "fit_kind": fit_kind(fit),
-                "downloadable": fit.downloadable(),
+                "entry": entry.name, "name": entry.library_name(&chosen.quant), "title": entry.title, "description": entry.description,
+                "repository": entry.repository, "quant": chosen.quant, "files": files,
+                "size": chosen.pull.as_ref().map(|p| format_bytes(p.size())).unwrap_or_default(),
+                "vision": chosen.pull.as_ref().is_ok_and(|p| p.projector.is_some()),
+                "parameters": entry.parameters, "architecture": entry.architecture,
+                "licence": entry.licence, "context": entry.context, "verdict": chosen.fit.describe(), "fit_kind": fit_kind(&chosen.fit),
+                "downloadable": offer.downloadable(), "others": others,
             })
         })
         .collect();
@@ -50,32 +57,14 @@ pub async fn models_page(State(state): St, Owner(session): Owner) -> Response {
 }
 
 #[derive(Deserialize)]
-pub struct DownloadForm {
-    csrf: String,
-    sha256: String,
-}
-
-pub async fn start_download(State(state): St, OwnerForm(session, form): OwnerForm<DownloadForm>) -> Response {
-    let Some(entry) = state.catalog.get(&form.sha256).cloned() else {
-        return (StatusCode::NOT_FOUND, "no such model in the catalog").into_response();
-    };
-    let fit = state.fit(&entry.pull()).await;
-    if !fit.downloadable() && !matches!(fit, Fit::Installed) {
-        let message = format!("{} is not downloaded: {}", entry.title, fit.describe());
-        return Page::new("message", "Not downloaded", json!({ "back": "/models" })).error(StatusCode::CONFLICT, message).render(&session);
-    }
-    state.downloads.start(entry.pull());
-    redirect(&format!("/downloads/{}", entry.sha256))
-}
-
-#[derive(Deserialize)]
 pub struct PullForm {
     csrf: String,
+    /// A catalog model's library name (`smollm2:135m-q4_1`) or a Hugging Face reference.
     reference: String,
 }
 
-/// "Download" for a model named by its Hugging Face reference: the same fit verdict, from its
-/// header, before anything is downloaded.
+/// "Download" for a catalog model or a model named by its Hugging Face reference: the fit
+/// verdict, from its header, decides before anything is downloaded.
 pub async fn start_pull(State(state): St, OwnerForm(session, form): OwnerForm<PullForm>) -> Response {
     let refuse = |status, message: String| Page::new("message", "Not downloaded", json!({ "back": "/models" })).error(status, message).render(&session);
     let pull = match state.pull_for(form.reference.trim()).await {
@@ -92,8 +81,7 @@ pub async fn start_pull(State(state): St, OwnerForm(session, form): OwnerForm<Pu
 }
 
 pub async fn download_page(State(state): St, Owner(session): Owner, Path(sha256): Path<String>) -> Response {
-    let pull = state.downloads.get(&sha256).map(|job| job.pull.clone()).or_else(|| state.catalog.get(&sha256).map(|e| e.pull()));
-    let Some(pull) = pull else {
+    let Some(pull) = state.downloads.get(&sha256).map(|job| job.pull.clone()) else {
         return (StatusCode::NOT_FOUND, "no download of that model").into_response();
     };
     let next = if guard!(setup_done(&state)) { "/dashboard" } else { "/setup/key" };
@@ -126,8 +114,7 @@ pub async fn download_events(State(state): St, Owner(_session): Owner, Path(sha2
 
 /// "Try again" after a failed or cancelled download: the same files, from where they stopped.
 pub async fn retry_download(State(state): St, Path(sha256): Path<String>, OwnerForm(_session, _form): OwnerForm<CsrfOnly>) -> Response {
-    let pull = state.downloads.get(&sha256).map(|job| job.pull.clone()).or_else(|| state.catalog.get(&sha256).map(|e| e.pull()));
-    let Some(pull) = pull else {
+    let Some(pull) = state.downloads.get(&sha256).map(|job| job.pull.clone()) else {
         return (StatusCode::NOT_FOUND, "no download of that model").into_response();
     };
     state.downloads.start(pull);
@@ -153,4 +140,4 @@ pub async fn remove_model(State(state): St, OwnerForm(session, form): OwnerForm<
     }
 }
 
-csrf_forms!(DownloadForm, PullForm, RemoveForm);
+csrf_forms!(PullForm, RemoveForm);

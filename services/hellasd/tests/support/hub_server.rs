@@ -3,19 +3,28 @@
 //! `GET /api/models/{repo}/tree/{sha}?recursive=true` lists the files (two to a page, linked by
 //! `Link: rel="next"`) with their Git LFS sha256 and size, and `GET /{repo}/resolve/{sha}/{path}`
 //! redirects to `/cdn/…`, which serves the bytes and honours ranges. A repository it does not
-//! know gets 401, as on the Hub. It can cut the next download of a file part-way.
+//! know gets 401, as on the Hub. It can be slowed down, and told to break the next downloads of a
+//! file (cut the connection part-way, or flip a byte) to prove resume and verification.
 
-use std::collections::HashMap;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::collections::{HashMap, VecDeque};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use super::model_server::read_request;
 use super::{cache_dir, model, run, SMOLLM};
+
+#[derive(Clone, Copy, Debug)]
+pub enum Fault {
+    /// Close the connection after sending this many bytes of the body.
+    Cut(u64),
+    /// Flip the byte at this file offset.
+    Corrupt(u64),
+}
 
 /// The test repository: SmolLM2 split into three parts, beside files that must be refused.
 pub const REPO: &str = "test/SmolLM2-135M-Instruct-GGUF";
@@ -41,10 +50,12 @@ impl HubFile {
 #[derive(Default)]
 struct Shared {
     repos: HashMap<String, Vec<HubFile>>,
-    /// Cut the next download of this file (by path) after this many bytes.
-    cut: Option<(String, u64)>,
+    /// Faults for the next downloads of a file (by path), in order.
+    faults: VecDeque<(String, Fault)>,
     /// Byte ranges asked of each file, in order.
     requests: Vec<(String, u64)>,
+    /// Bytes per second the CDN sends at most; 0 for as fast as it can.
+    rate: u64,
 }
 
 pub struct HubServer {
@@ -73,8 +84,15 @@ impl HubServer {
         self.shared.lock().unwrap().repos.insert(repo.to_string(), files);
     }
 
-    pub fn cut_next(&self, path: &str, after: u64) {
-        self.shared.lock().unwrap().cut = Some((path.to_string(), after));
+    /// Breaks the next download of `path` that reads to the end of the file (header reads ask
+    /// for a bounded range and are left alone).
+    pub fn fault_next(&self, path: &str, fault: Fault) {
+        self.shared.lock().unwrap().faults.push_back((path.to_string(), fault));
+    }
+
+    /// Sends files at most this fast, so that a page can show a download under way.
+    pub fn throttle(&self, bytes_per_sec: u64) {
+        self.shared.lock().unwrap().rate = bytes_per_sec;
     }
 
     /// The starts of the byte ranges asked of `path` (0 for a whole file).
@@ -130,44 +148,21 @@ fn serve(stream: TcpStream, state: &Mutex<Shared>) -> std::io::Result<()> {
     }
     if let Some(rest) = path.strip_prefix("/cdn/") {
         let (repo, file) = rest.split_once("/-/").unwrap_or((rest, ""));
-        let (source, cut) = {
+        let (source, fault, rate) = {
             let mut shared = state.lock().unwrap();
             let Some(found) = shared.repos.get(repo).and_then(|files| files.iter().find(|f| f.path == file)) else {
                 return respond(&mut out, "404 Not Found", "", b"");
             };
             let source = found.source.clone();
             shared.requests.push((file.to_string(), range.map_or(0, |r| r.0)));
-            // Only downloads (open-ended reads) are cut; header reads ask for a bounded range.
-            let cut = match &shared.cut {
-                Some((p, after)) if p == file && range.is_none_or(|r| r.1.is_none()) => Some(*after),
+            let download = range.is_none_or(|r| r.1.is_none());
+            let fault = match shared.faults.iter().position(|(p, _)| p == file) {
+                Some(at) if download => shared.faults.remove(at).map(|(_, f)| f),
                 _ => None,
             };
-            if cut.is_some() {
-                shared.cut = None;
-            }
-            (source, cut)
+            (source, fault, shared.rate)
         };
-        let mut data = std::fs::File::open(&source)?;
-        let size = data.metadata()?.len();
-        let (start, end) = match range {
-            Some((start, end)) => (start, end.unwrap_or(size - 1).min(size - 1)),
-            None => (0, size - 1),
-        };
-        let head = if range.is_some() {
-            format!("HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {start}-{end}/{size}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", end - start + 1)
-        } else {
-            format!("HTTP/1.1 200 OK\r\nContent-Length: {size}\r\nAccept-Ranges: bytes\r\nConnection: close\r\n\r\n")
-        };
-        out.write_all(head.as_bytes())?;
-        data.seek(SeekFrom::Start(start))?;
-        let mut body = data.take(end - start + 1);
-        if let Some(after) = cut {
-            let mut part = (&mut body).take(after);
-            std::io::copy(&mut part, &mut out)?;
-            return Ok(()); // dropping the stream cuts the connection
-        }
-        std::io::copy(&mut body, &mut out)?;
-        return Ok(());
+        return send_file(out, &source, range, fault, rate);
     }
     // /{org}/{repo}/resolve/{sha}/{path}: a redirect to the CDN, as the Hub does.
     let shared = state.lock().unwrap();
@@ -179,6 +174,90 @@ fn serve(stream: TcpStream, state: &Mutex<Shared>) -> std::io::Result<()> {
         }
         None => not_found(&mut out),
     }
+}
+
+/// The bytes of `path` asked for by `range`, at most `rate` bytes a second, broken by `fault`.
+fn send_file(mut out: TcpStream, path: &Path, range: Option<(u64, Option<u64>)>, fault: Option<Fault>, rate: u64) -> std::io::Result<()> {
+    let mut data = std::fs::File::open(path)?;
+    let size = data.metadata()?.len();
+    let (start, end) = match range {
+        Some((start, end)) => (start, end.unwrap_or(size - 1).min(size - 1)),
+        None => (0, size - 1),
+    };
+    let head = if range.is_some() {
+        format!("HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {start}-{end}/{size}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", end - start + 1)
+    } else {
+        format!("HTTP/1.1 200 OK\r\nContent-Length: {size}\r\nAccept-Ranges: bytes\r\nConnection: close\r\n\r\n")
+    };
+    out.write_all(head.as_bytes())?;
+    data.seek(SeekFrom::Start(start))?;
+    let (mut left, mut sent) = (end - start + 1, 0u64);
+    let mut buf = vec![0u8; 256 << 10];
+    while left > 0 {
+        let want = left.min(buf.len() as u64) as usize;
+        let n = data.read(&mut buf[..want])?;
+        let chunk = &mut buf[..n];
+        if let Some(Fault::Corrupt(at)) = fault {
+            let offset = start + sent;
+            if (offset..offset + n as u64).contains(&at) {
+                chunk[(at - offset) as usize] ^= 0xff;
+            }
+        }
+        if let Some(Fault::Cut(after)) = fault {
+            if sent + n as u64 >= after {
+                out.write_all(&chunk[..(after - sent) as usize])?;
+                return Ok(()); // dropping the stream cuts the connection
+            }
+        }
+        out.write_all(chunk)?;
+        (sent, left) = (sent + n as u64, left - n as u64);
+        if rate > 0 {
+            std::thread::sleep(Duration::from_secs_f64(n as f64 / rate as f64));
+        }
+    }
+    Ok(())
+}
+
+/// The target of an HTTP request on `stream` and its `Range: bytes=START-[END]`, if any.
+fn read_request(stream: &TcpStream) -> std::io::Result<(String, Option<(u64, Option<u64>)>)> {
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let target = line.split_whitespace().nth(1).unwrap_or_default().to_string();
+    let mut range = None;
+    loop {
+        let mut header = String::new();
+        if reader.read_line(&mut header)? == 0 || header == "\r\n" {
+            break;
+        }
+        if let Some(value) = header.to_ascii_lowercase().strip_prefix("range: bytes=") {
+            let (start, end) = value.trim().split_once('-').unwrap_or(("0", ""));
+            range = Some((start.parse::<u64>().unwrap_or(0), end.parse::<u64>().ok()));
+        }
+    }
+    Ok((target, range))
+}
+
+/// A GGUF whose header describes a model of `weights` bytes (70B-like shapes) and whose data is
+/// a hole: the planner sees a huge model, the disk holds a few bytes.
+pub fn huge_model(path: &Path, weights: u64) {
+    use hellas_model::testing::GgufBuilder;
+    let builder = GgufBuilder::new()
+        .str("general.architecture", "llama")
+        .str("general.name", "Huge")
+        .u32("llama.block_count", 80)
+        .u32("llama.context_length", 131072)
+        .u32("llama.embedding_length", 8192)
+        .u32("llama.feed_forward_length", 28672)
+        .u32("llama.attention.head_count", 64)
+        .u32("llama.attention.head_count_kv", 8)
+        .u32("llama.vocab_size", 128256)
+        // Q4_K: 144 bytes for each block of 256 weights.
+        .tensor("blk.0.ffn_up.weight", &[8192, weights / 144 * 256 / 8192], 12, weights);
+    let header = builder.build_header();
+    let file = std::fs::File::create(path).unwrap();
+    (&file).write_all(&header).unwrap();
+    file.set_len(header.len() as u64 + builder.data_bytes()).unwrap();
 }
 
 /// llama.cpp's gguf-split from the engine tree, run through the tree's own loader.

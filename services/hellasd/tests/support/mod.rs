@@ -5,7 +5,6 @@
 #![allow(dead_code)]
 
 pub mod hub_server;
-pub mod model_server;
 pub mod netns;
 pub mod webdriver;
 
