@@ -61,6 +61,7 @@ fn models_add_list_rm() {
 
     let list = String::from_utf8(run(hellasd().args(state_args(&state)).args(["models", "list"])).stdout).unwrap();
     assert!(list.contains("smollm2:135m-q4_1") && list.contains("smol:alias"), "{list}");
+    assert!(list.lines().all(|l| l.ends_with(" completion")), "each says what it can do: {list}");
 
     let blob = state.join("models/blobs/b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53.gguf");
     assert!(run(hellasd().args(state_args(&state)).args(["models", "rm", "smol:alias"])).status.success());

@@ -49,7 +49,8 @@ pub fn run(config: &Config, command: ModelsCommand) -> Result<()> {
         }
         ModelsCommand::List => {
             for entry in library.list()? {
-                println!("{:<32} {:>14} {}", entry.name, entry.size, &entry.sha256[..12]);
+                let kind = library.model_info(&entry).map(|info| crate::library::capabilities(&entry, &info).join(",")).unwrap_or_else(|_| "unreadable".into());
+                println!("{:<40} {:>14} {} {kind}", entry.name, entry.size, &entry.sha256[..12]);
             }
         }
         ModelsCommand::Rm { name } => {
