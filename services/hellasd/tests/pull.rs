@@ -95,6 +95,20 @@ fn ollama_pull_streams_its_progress_and_refuses_what_does_not_fit() {
     let chat = daemon.post("/api/chat", &json!({"model": reference, "messages": [{"role": "user", "content": "Hi"}], "stream": false, "options": {"num_predict": 4}}));
     assert_eq!(chat.status(), 200, "the pulled model answers under the name it was pulled by");
 
+    // A catalog name pulls the best of its quantisations that fits: here the Q8_0 is not a GGUF
+    // at all, so the Q4_1.
+    let catalog = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        catalog.path(),
+        format!("[[model]]\nname = \"smollm2:135m\"\ntitle = \"SmolLM2\"\nrepository = \"{REPO}\"\nquantisations = [\"Q8_0\", \"Q4_1\"]\nparameters = \"135M\"\narchitecture = \"llama\"\nlicence = \"Apache-2.0\"\ncontext = 8192\n"),
+    )
+    .unwrap();
+    let with_catalog = Daemon::start(Setup { models: vec![], catalog: Some(catalog.path().into()), hub: Some(hub.endpoint.clone()), ..Setup::default() });
+    let pulled = with_catalog.post("/api/pull", &json!({ "model": "smollm2:135m", "stream": false }));
+    assert_eq!(pulled.status(), 200, "{}", pulled.text().unwrap());
+    let tags: Value = with_catalog.get("/api/tags").json().unwrap();
+    assert!(tags.to_string().contains("\"smollm2:135m-q4_1\""), "{tags}");
+
     let small = Daemon::start(Setup { models: vec![], budget_bytes: Some(64 << 20), hub: Some(hub.endpoint.clone()), ..Setup::default() });
     let refused = small.post("/api/pull", &json!({ "model": reference, "stream": false }));
     assert_eq!(refused.status(), 507);
