@@ -60,6 +60,9 @@ pub struct EngineConfig {
     pub threads: Option<u32>,
     /// Layers offloaded to the GPU (`-ngl`); unset lets llama-server decide.
     pub gpu_layers: Option<i32>,
+    /// Whether engines must run on the GPU, so that one on the CPU is an error the owner sees;
+    /// unset: when the box has an AMD GPU (and `gpu_layers` is not 0).
+    pub expect_gpu: Option<bool>,
     /// Extra arguments appended to every llama-server command line.
     pub extra_args: Vec<String>,
     /// A model with no request for this long is unloaded.
@@ -176,6 +179,7 @@ impl Default for EngineConfig {
             cache_type: CacheType::F16,
             threads: None,
             gpu_layers: None,
+            expect_gpu: None,
             extra_args: Vec::new(),
             idle_unload_secs: 30 * 60,
             startup_timeout_secs: 300,

@@ -97,6 +97,11 @@ pub fn detect(root: &Path, os_reserve: u64) -> anyhow::Result<MemoryBudget> {
     }
 }
 
+/// Whether the machine whose filesystem is at `root` has an amdgpu device with its memory files.
+pub fn has_amd_gpu(root: &Path) -> bool {
+    best_amd_gpu(root).is_some()
+}
+
 struct AmdGpu {
     card: String,
     gtt_total: u64,

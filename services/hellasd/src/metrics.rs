@@ -37,6 +37,8 @@ pub struct Metrics {
     pub memory_budget_bytes: Gauge,
     pub memory_planned_bytes: Family<ModelLabels, Gauge>,
     pub memory_used_bytes: Family<ModelLabels, Gauge>,
+    pub memory_gpu_bytes: Family<ModelLabels, Gauge>,
+    pub placement_problem: Family<ModelLabels, Gauge>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -58,6 +60,8 @@ impl Metrics {
         let memory_budget_bytes = Gauge::default();
         let memory_planned_bytes = Family::<ModelLabels, Gauge>::default();
         let memory_used_bytes = Family::<ModelLabels, Gauge>::default();
+        let memory_gpu_bytes = Family::<ModelLabels, Gauge>::default();
+        let placement_problem = Family::<ModelLabels, Gauge>::default();
         registry.register("requests", "API requests by route, model and status", requests.clone());
         registry.register("tokens", "Tokens processed (in: prompt, out: generated)", tokens.clone());
         registry.register("time_to_first_token_seconds", "Time from request to first streamed byte", time_to_first_token.clone());
@@ -68,6 +72,8 @@ impl Metrics {
         registry.register("memory_budget_bytes", "Memory available to models", memory_budget_bytes.clone());
         registry.register("memory_planned_bytes", "Memory the planner reserved per loaded model", memory_planned_bytes.clone());
         registry.register("memory_used_bytes", "Resident memory of each engine process", memory_used_bytes.clone());
+        registry.register("memory_gpu_bytes", "What each engine holds on the GPU (model, KV cache, compute), from its load log", memory_gpu_bytes.clone());
+        registry.register("placement_problem", "1 when an engine runs on the CPU, or offloaded fewer layers than planned, on a box with a GPU", placement_problem.clone());
         Metrics {
             registry,
             requests,
@@ -80,6 +86,8 @@ impl Metrics {
             memory_budget_bytes,
             memory_planned_bytes,
             memory_used_bytes,
+            memory_gpu_bytes,
+            placement_problem,
         }
     }
 

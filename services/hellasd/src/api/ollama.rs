@@ -401,7 +401,8 @@ pub async fn ps(State(state): State<Arc<AppState>>) -> Result<Json<Value>, Ollam
             "name": engine.model, "model": engine.model, "size": engine.plan.total, "digest": engine.sha256,
             "details": details(&state, &entry),
             "expires_at": humantime::format_rfc3339_seconds(expires).to_string(),
-            "size_vram": engine.plan.total,
+            // What really sits on the GPU, from the engine's load log (0 on the CPU), as Ollama means it.
+            "size_vram": engine.placement().gpu_bytes(),
             "context_length": engine.plan.ctx,
         }));
     }

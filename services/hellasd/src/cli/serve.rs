@@ -44,7 +44,8 @@ pub async fn run(config: Config) -> Result<()> {
     tracing::info!(usable_bytes = budget.usable, source = ?budget.source, "memory budget");
     let metrics = Arc::new(Metrics::new());
     let library = Arc::new(ModelLibrary::open(config.state_dir.join("models")));
-    let supervisor = Supervisor::new(config.engine.clone(), budget.usable, library.clone(), metrics.clone());
+    let on_gpu = config.engine.expect_gpu.unwrap_or_else(|| crate::memory_budget::has_amd_gpu(std::path::Path::new("/")));
+    let supervisor = Supervisor::new(config.engine.clone(), budget.usable, on_gpu, library.clone(), metrics.clone());
     supervisor.spawn_idle_reaper();
     let cluster = if config.cluster.enabled {
         let cluster = Cluster::new(&config, owner_store(&config.state_dir), supervisor.clone()).context("setting up the pool")?;

@@ -8,11 +8,14 @@
 //! when it keeps crashing. Idle models are unloaded after `idle_unload_secs`.
 //!
 //! * `process`: one engine's child process, its start, health and exit.
+//! * `placement`: where its model really sits (GPU, CPU, peers), from llama-server's load log.
 //! * `pool`: models split across paired boxes, through the [`Pool`] the cluster provides.
 
+mod placement;
 mod pool;
 mod process;
 
+pub use placement::Placement;
 pub use pool::{Pool, PoolFuture};
 pub use process::{resident_bytes, Engine, EngineLease};
 
@@ -91,6 +94,8 @@ struct State {
 pub struct Supervisor {
     config: EngineConfig,
     budget: u64,
+    /// This box has a GPU its engines must run on (an AMD GPU, and offloading not turned off).
+    expect_gpu: bool,
     library: Arc<ModelLibrary>,
     metrics: Arc<Metrics>,
     state: Mutex<State>,
@@ -103,9 +108,10 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    pub fn new(config: EngineConfig, budget: u64, library: Arc<ModelLibrary>, metrics: Arc<Metrics>) -> Arc<Supervisor> {
+    pub fn new(config: EngineConfig, budget: u64, expect_gpu: bool, library: Arc<ModelLibrary>, metrics: Arc<Metrics>) -> Arc<Supervisor> {
         metrics.memory_budget_bytes.set(budget as i64);
         Arc::new(Supervisor {
+            expect_gpu: expect_gpu && config.gpu_layers != Some(0),
             config,
             budget,
             library,
@@ -131,6 +137,11 @@ impl Supervisor {
     /// ones hold makes way when needed.
     pub fn busy_bytes(&self) -> u64 {
         self.state.lock().unwrap().engines.values().filter(|e| e.in_flight() > 0).map(|e| e.plan.local_bytes()).sum()
+    }
+
+    /// What is wrong with where an engine's model sits, on a box whose engines belong on its GPU.
+    pub fn placement_problem(&self, engine: &Engine) -> Option<String> {
+        self.expect_gpu.then(|| engine.placement().problem()).flatten()
     }
 
     pub fn loaded(&self) -> Vec<Arc<Engine>> {
@@ -305,6 +316,11 @@ impl Supervisor {
             self.metrics.memory_planned_bytes.get_or_create(&labels).set(engine.plan.local_bytes() as i64);
             if let Some(rss) = resident_bytes(engine.pid) {
                 self.metrics.memory_used_bytes.get_or_create(&labels).set(rss as i64);
+            }
+            let placement = engine.placement();
+            if placement.known() {
+                self.metrics.memory_gpu_bytes.get_or_create(&labels).set(placement.gpu_bytes() as i64);
+                self.metrics.placement_problem.get_or_create(&labels).set(i64::from(self.placement_problem(&engine).is_some()));
             }
         }
     }

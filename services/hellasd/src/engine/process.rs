@@ -13,7 +13,7 @@ use hellas_model::plan::Plan;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::sync::watch;
 
-use super::{EngineStatus, Supervisor, CRASH_MEMORY, RECENT_OUTPUT_LINES, STOP_GRACE};
+use super::{EngineStatus, Placement, Supervisor, CRASH_MEMORY, RECENT_OUTPUT_LINES, STOP_GRACE};
 use crate::library::ModelEntry;
 use crate::metrics::Metrics;
 
@@ -32,9 +32,15 @@ pub struct Engine {
     /// Why hellasd killed it, when it did so because of a failure.
     failure: Mutex<Option<String>>,
     recent_output: Mutex<VecDeque<String>>,
+    placement: Mutex<Placement>,
 }
 
 impl Engine {
+    /// Where its model sits, as llama-server's load log says (empty until it has loaded).
+    pub fn placement(&self) -> Placement {
+        self.placement.lock().unwrap().clone()
+    }
+
     pub fn base_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
@@ -159,6 +165,7 @@ impl Supervisor {
             stopping: AtomicBool::new(false),
             failure: Mutex::new(None),
             recent_output: Mutex::new(VecDeque::new()),
+            placement: Mutex::new(Placement::default()),
         });
         if let Some(out) = child.stdout.take() {
             tokio::spawn(keep_output(engine.clone(), out));
@@ -190,6 +197,9 @@ impl Supervisor {
             cmd.arg("--embeddings");
         }
         cmd.args(["--alias", &entry.name, "--host", "127.0.0.1", "--port", &port.to_string()]);
+        // Level 4 makes llama-server log its devices and buffers as it loads, which is how
+        // hellasd learns where the model sits; see `keep_output` for what reaches the journal.
+        cmd.args(["--log-verbosity", "4"]);
         // -c is the context of all slots together; the plan's context is per slot.
         cmd.args(["--ctx-size", &(u64::from(plan.ctx) * u64::from(plan.parallel)).to_string()]);
         cmd.args(["--parallel", &plan.parallel.to_string()]);
@@ -244,7 +254,12 @@ impl Supervisor {
                     }
                     starting
                 });
-                tracing::info!(model = %engine.model, secs = engine.started.elapsed().as_secs_f64(), "engine ready");
+                let placement = engine.placement();
+                tracing::info!(model = %engine.model, secs = engine.started.elapsed().as_secs_f64(), placement = %placement.describe(), "engine ready");
+                if let Some(problem) = self.placement_problem(&engine) {
+                    tracing::error!(model = %engine.model, "{problem}");
+                }
+                self.update_gauges();
                 return;
             }
             if Instant::now() > deadline {
@@ -313,11 +328,20 @@ impl Supervisor {
     }
 }
 
-/// Copies a child's output lines to the journal (through our log) and keeps the last few.
+/// Reads a child's output: what it says about where the model sits, the last lines (to explain
+/// a failure), and the journal: everything while it loads, then only its warnings and errors
+/// (at level 4 it logs some thirty lines of slot bookkeeping per request).
 async fn keep_output(engine: Arc<Engine>, stream: impl AsyncRead + Unpin) {
     let mut lines = BufReader::new(stream).lines();
     while let Ok(Some(line)) = lines.next_line().await {
-        tracing::info!(target: "engine", model = %engine.model, "{line}");
+        let loading = engine.status() == EngineStatus::Starting;
+        if loading {
+            engine.placement.lock().unwrap().observe(&line);
+        }
+        // Lines read `<time> <level> <message>`, the level one of D I W E.
+        if loading || matches!(line.split_whitespace().nth(1), Some("W" | "E")) {
+            tracing::info!(target: "engine", model = %engine.model, "{line}");
+        }
         let mut recent = engine.recent_output.lock().unwrap();
         if recent.len() == RECENT_OUTPUT_LINES {
             recent.pop_front();

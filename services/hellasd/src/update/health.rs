@@ -1,6 +1,8 @@
 //! The boot's health check (`hellasd health`, run by hellas-health.service before
 //! boot-complete.target): a boot is good only when hellasd answers on its API port and the engine
-//! starts (llama-server loads its backends and lists the devices it would run on).
+//! starts (llama-server loads its backends and lists the devices it would run on), and, on a box
+//! whose engines belong on its GPU (`engine.expect_gpu`, by default when it has an AMD GPU), when
+//! one of those devices is a GPU: a release whose GPU stack is broken rolls back by itself.
 //!
 //! systemd-bless-boot marks the booted UKI good only after boot-complete.target, so a release
 //! that fails here keeps its boot-counting tries running down; on a boot that is on trial the
@@ -50,7 +52,26 @@ pub fn run(args: &HealthArgs, config: &Config) -> Result<()> {
 
 fn check(config: &Config) -> Result<()> {
     wait_for_api(config)?;
-    engine_starts(&config.engine.llama_server)
+    let devices = engine_starts(&config.engine.llama_server)?;
+    let expect_gpu = config.engine.expect_gpu.unwrap_or_else(|| crate::memory_budget::has_amd_gpu(Path::new("/"))) && config.engine.gpu_layers != Some(0);
+    if expect_gpu && gpu_devices(&devices).is_empty() {
+        bail!("this box has a GPU but the engine lists none (it would run on the CPU, ten times slower): `{} --list-devices` printed {:?}", config.engine.llama_server.display(), devices.trim());
+    }
+    Ok(())
+}
+
+/// The GPU devices in `llama-server --list-devices` output, whose lines read
+/// `  Vulkan0: Radeon 8060S Graphics (RADV GFX1151) (98304 MiB, 97000 MiB free)`.
+fn gpu_devices(listing: &str) -> Vec<&str> {
+    listing
+        .lines()
+        .filter_map(|line| line.trim().split_once(':'))
+        .filter(|(name, _)| {
+            let backend = name.trim_end_matches(|c: char| c.is_ascii_digit());
+            backend.len() < name.len() && ["Vulkan", "ROCm", "CUDA", "Metal", "SYCL"].contains(&backend)
+        })
+        .map(|(_, description)| description.trim())
+        .collect()
 }
 
 fn wait_for_api(config: &Config) -> Result<()> {
@@ -81,7 +102,8 @@ fn get_health(address: std::net::SocketAddr) -> Result<()> {
     Ok(())
 }
 
-fn engine_starts(llama_server: &Path) -> Result<()> {
+/// Runs `llama-server --list-devices`; returns what it printed.
+fn engine_starts(llama_server: &Path) -> Result<String> {
     let mut child = Command::new(llama_server)
         .arg("--list-devices")
         .stdin(Stdio::null())
@@ -96,13 +118,29 @@ fn engine_starts(llama_server: &Path) -> Result<()> {
             if !status.success() {
                 bail!("`{} --list-devices` failed ({status}): {}", llama_server.display(), String::from_utf8_lossy(&output.stderr).trim());
             }
-            print!("{}", String::from_utf8_lossy(&output.stdout));
-            return Ok(());
+            let listing = String::from_utf8_lossy(&output.stdout).into_owned();
+            print!("{listing}");
+            return Ok(listing);
         }
         if Instant::now() >= deadline {
             let _ = child.kill();
             bail!("`{} --list-devices` did not finish in {} s", llama_server.display(), ENGINE_TIMEOUT.as_secs());
         }
         std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gpus_are_found_in_the_device_listing() {
+        // Forky's llama-server on a machine without a GPU, and with Strix Halo's Radeon (the
+        // device line as llama.cpp prints it: name, description, total and free MiB).
+        assert!(gpu_devices("Available devices:\n  (none)\n").is_empty());
+        let strix = "Available devices:\n  Vulkan0: Radeon 8060S Graphics (RADV GFX1151) (98304 MiB, 97000 MiB free)\n";
+        assert_eq!(gpu_devices(strix), ["Radeon 8060S Graphics (RADV GFX1151) (98304 MiB, 97000 MiB free)"]);
+        assert!(gpu_devices("Available devices:\n  RPC0: 10.0.0.2:50052 (1024 MiB, 1024 MiB free)\n").is_empty());
     }
 }

@@ -27,6 +27,8 @@ pub async fn dashboard(State(state): St, Owner(session): Owner) -> Response {
                 "name": m.name, "size": format_bytes(m.size), "kind": kind,
                 "state": engine.map(|e| format!("{:?}", e.status()).to_lowercase()).unwrap_or_else(|| "not loaded".into()),
                 "memory": engine.map(|e| format_bytes(e.plan.local_bytes())).unwrap_or_default(),
+                "placement": engine.map(|e| e.placement().describe()).unwrap_or_default(),
+                "problem": engine.and_then(|e| state.supervisor.placement_problem(e)),
             })
         })
         .collect();

@@ -14,6 +14,13 @@ use std::time::{Duration, Instant};
 
 pub const SMOLLM: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 pub const GEMMA: &str = "gemma-3-270m-q4_k_m.gguf";
+/// all-MiniLM-L6-v2, converted by `cargo xtask models` (xtask/scripts/minilm_gguf.py).
+pub const MINILM: &str = "all-MiniLM-L6-v2-F16.gguf";
+/// sentence-transformers' embeddings of a few sentences, written beside [`MINILM`].
+pub const MINILM_REFERENCE: &str = "all-MiniLM-L6-v2.reference.json";
+/// A Gemma 3 vision projector for [`GEMMA`], with pseudo-random weights
+/// (xtask/scripts/gemma3_projector.py).
+pub const GEMMA_PROJECTOR: &str = "mmproj-gemma-3-270m-test-F16.gguf";
 
 pub fn cache_dir() -> PathBuf {
     match std::env::var_os("HELLAS_CACHE") {
@@ -68,6 +75,8 @@ pub struct Setup {
     pub cluster: Option<String>,
     /// `hub.endpoint`: where `hf.co/…` references resolve.
     pub hub: Option<String>,
+    /// `engine.expect_gpu`: unset detects an AMD GPU (there is none here).
+    pub expect_gpu: Option<bool>,
 }
 
 pub const OWNER_PASSWORD: &str = "correct horse battery staple";
@@ -87,6 +96,7 @@ impl Default for Setup {
             netns: None,
             cluster: None,
             hub: None,
+            expect_gpu: None,
         }
     }
 }
@@ -120,6 +130,9 @@ impl Daemon {
             parallel = setup.parallel,
             idle = setup.idle_unload_secs,
         );
+        if let Some(expect) = setup.expect_gpu {
+            text.push_str(&format!("expect_gpu = {expect}\n"));
+        }
         text.push_str(&format!(
             "[web]\nlisten = \"127.0.0.1:{web_port}\"\nruntime_dir = {:?}\ncatalog = {:?}\n",
             dir.path().join("run"),
@@ -307,10 +320,16 @@ pub struct DirectEngine {
 
 impl DirectEngine {
     pub fn start(model_file: &Path, ctx: u32, parallel: u32) -> DirectEngine {
+        DirectEngine::start_with(model_file, ctx, parallel, &[])
+    }
+
+    /// Started with `extra` arguments too (`--mmproj FILE`, `--embeddings`).
+    pub fn start_with(model_file: &Path, ctx: u32, parallel: u32, extra: &[&std::ffi::OsStr]) -> DirectEngine {
         let port = free_port();
         let child = Command::new(llama_server())
             .arg("--model")
             .arg(model_file)
+            .args(extra)
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
             .args(["--ctx-size", &(ctx * parallel).to_string(), "--parallel", &parallel.to_string()])
             .args(["--load-mode", "none", "--flash-attn", "on", "--no-webui", "--cache-ram", "0", "--cache-type-k", "f16", "--cache-type-v", "f16", "--threads", "2"])
