@@ -17,13 +17,21 @@ use sha2::{Digest, Sha256};
 use crate::{cache, deps};
 
 const SUITE: &str = "forky";
+/// The image's engine packages: llama.cpp with its RPC and Vulkan backends, and Mesa's Vulkan
+/// drivers, whose software device (lavapipe) lets the tests see llama.cpp place a model on a
+/// Vulkan device. The Vulkan loader looks for drivers on the host, not in the tree, so a test
+/// that wants that device names the tree's `usr/share/vulkan/icd.d/lvp_icd.json` in
+/// `VK_DRIVER_FILES` and sets `GGML_VK_VISIBLE_DEVICES=0` (ggml skips CPU-type devices unless
+/// told); without them the Vulkan backend finds no device and llama-server runs on the CPU.
 const PACKAGES: &[&str] = &[
     "llama.cpp-tools",
     "llama.cpp-tools-extra",
     "libggml0-backend-rpc",
+    "libggml0-backend-vulkan",
+    "mesa-vulkan-drivers",
 ];
 /// Bump when a change to this file changes what ends up in the tree, to rebuild old trees.
-const RECIPE_VERSION: u32 = 1;
+const RECIPE_VERSION: u32 = 2;
 
 /// Launcher name and the binary it runs, relative to the tree.
 const LAUNCHERS: &[(&str, &str)] = &[
@@ -245,6 +253,7 @@ fn write_launchers(dir: &Path, engine: &Path, variant: &str) -> Result<bool> {
     let wanted = [
         format!("libggml-cpu-{variant}.so"),
         "libggml-rpc.so".to_string(),
+        "libggml-vulkan.so".to_string(),
     ];
     for name in &wanted {
         let target = Path::new("../tree")

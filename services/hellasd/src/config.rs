@@ -65,6 +65,8 @@ pub struct EngineConfig {
     pub expect_gpu: Option<bool>,
     /// Extra arguments appended to every llama-server command line.
     pub extra_args: Vec<String>,
+    /// Environment variables every llama-server gets, e.g. `GGML_VK_VISIBLE_DEVICES`.
+    pub env: std::collections::BTreeMap<String, String>,
     /// A model with no request for this long is unloaded.
     pub idle_unload_secs: u64,
     /// A child that is not healthy after this long is killed and reported as failed.
@@ -181,6 +183,7 @@ impl Default for EngineConfig {
             gpu_layers: None,
             expect_gpu: None,
             extra_args: Vec::new(),
+            env: Default::default(),
             idle_unload_secs: 30 * 60,
             startup_timeout_secs: 300,
         }

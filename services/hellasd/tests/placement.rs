@@ -1,16 +1,24 @@
-//! Where an engine's model really sits, read from the real llama-server's load log: here on the
-//! CPU (the only device this machine has), which `/api/ps` reports as nothing in VRAM, and which
-//! on a box that should run its engines on the GPU is an error the owner sees on the dashboard,
-//! in `/metrics` and in the journal, while the model still answers.
+//! Where an engine's model really sits, read from the real llama-server's load log. On the CPU,
+//! `/api/ps` reports nothing in VRAM, and on a box that should run its engines on the GPU that
+//! is an error the owner sees on the dashboard, in `/metrics` and in the journal, while the model
+//! still answers. On a Vulkan device (Mesa's software one, lavapipe, the only one this machine
+//! has) every layer and buffer is seen there, and the answer is the one llama-server gives on
+//! that device directly.
 
 mod support;
 
 use serde_json::{json, Value};
-use support::{Daemon, Setup, Visitor};
+use support::{lavapipe, model, Daemon, DirectEngine, Setup, Visitor, SMOLLM};
 
-fn ask(daemon: &Daemon) {
-    let body = json!({"model": "smollm2:135m-q4_1", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4});
-    assert_eq!(daemon.post("/v1/chat/completions", &body).status(), 200);
+fn greedy() -> Value {
+    json!({"model": "smollm2:135m-q4_1", "messages": [{"role": "user", "content": "What is the capital of France?"}], "temperature": 0, "seed": 42, "max_tokens": 8})
+}
+
+fn ask(daemon: &Daemon) -> String {
+    let response = daemon.post("/v1/chat/completions", &greedy());
+    assert_eq!(response.status(), 200);
+    let answer: Value = response.json().unwrap();
+    answer["choices"][0]["message"]["content"].as_str().unwrap_or_else(|| panic!("no answer: {answer}")).to_string()
 }
 
 fn metric(daemon: &Daemon, name: &str) -> Option<f64> {
@@ -42,4 +50,23 @@ fn the_engine_says_where_it_runs_and_a_cpu_engine_on_a_gpu_box_is_an_error() {
     let dashboard = Visitor::login(&gpu_box).get("/dashboard").text().unwrap();
     assert!(dashboard.contains("class=\"warning\">the engine runs on the CPU, about ten times slower"), "{dashboard}");
     assert!(gpu_box.log().contains("the engine runs on the CPU"), "the journal has the error too");
+}
+
+#[test]
+fn a_model_on_a_vulkan_device_is_seen_there_and_answers_as_llama_server_does_on_it() {
+    let vulkan = Daemon::start(Setup { expect_gpu: Some(true), parallel: 1, engine_env: lavapipe(), ..Setup::default() });
+    let answer = ask(&vulkan);
+    let ps: Value = vulkan.get("/api/ps").json().unwrap();
+    let (size, vram) = (ps["models"][0]["size"].as_u64().unwrap(), ps["models"][0]["size_vram"].as_u64().unwrap());
+    // Weights (92 MiB), KV cache (45 MiB) and compute on Vulkan0; only staging buffers on the host.
+    assert!(vram > 140 << 20 && vram < size, "size_vram {vram} of {size}: {ps}");
+    assert_eq!(metric(&vulkan, "hellas_placement_problem"), Some(0.0));
+    assert_eq!(metric(&vulkan, "hellas_memory_gpu_bytes"), Some(vram as f64));
+    let dashboard = Visitor::login(&vulkan).get("/dashboard").text().unwrap();
+    assert!(dashboard.contains("GPU Vulkan0 (llvmpipe") && dashboard.contains("31/31 layers"), "{dashboard}");
+    assert!(!dashboard.contains("class=\"warning\">"), "{dashboard}");
+
+    let direct = DirectEngine::start_in(&model(SMOLLM), 2048, 1, &[], &lavapipe());
+    let expected: Value = direct.post("/v1/chat/completions", &greedy()).json().unwrap();
+    assert_eq!(Some(answer.as_str()), expected["choices"][0]["message"]["content"].as_str(), "the same greedy answer as llama-server on the same device");
 }

@@ -225,7 +225,7 @@ impl Supervisor {
                 }
             }
         }
-        cmd.args(&c.extra_args);
+        cmd.args(&c.extra_args).envs(&c.env);
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
         // SAFETY: prctl is async-signal-safe. The child dies with the thread that spawned it
         // (a runtime worker, alive as long as hellasd), so no engine outlives the daemon.

@@ -22,6 +22,14 @@ pub const MINILM_REFERENCE: &str = "all-MiniLM-L6-v2.reference.json";
 /// (xtask/scripts/gemma3_projector.py).
 pub const GEMMA_PROJECTOR: &str = "mmproj-gemma-3-270m-test-F16.gguf";
 
+/// The environment that puts llama.cpp on Mesa's software Vulkan device (lavapipe) from the
+/// engine tree: the Vulkan loader looks for drivers on the host, so it is told the tree's, and
+/// ggml skips CPU-type Vulkan devices unless told which to use.
+pub fn lavapipe() -> Vec<(&'static str, String)> {
+    let icd = required(cache_dir().join("engine/tree/usr/share/vulkan/icd.d/lvp_icd.json"));
+    vec![("GGML_VK_VISIBLE_DEVICES", "0".into()), ("VK_DRIVER_FILES", icd.display().to_string())]
+}
+
 pub fn cache_dir() -> PathBuf {
     match std::env::var_os("HELLAS_CACHE") {
         Some(dir) => PathBuf::from(dir),
@@ -77,6 +85,8 @@ pub struct Setup {
     pub hub: Option<String>,
     /// `engine.expect_gpu`: unset detects an AMD GPU (there is none here).
     pub expect_gpu: Option<bool>,
+    /// `engine.env`, e.g. [`lavapipe`] to run the engines on the software Vulkan device.
+    pub engine_env: Vec<(&'static str, String)>,
 }
 
 pub const OWNER_PASSWORD: &str = "correct horse battery staple";
@@ -97,6 +107,7 @@ impl Default for Setup {
             cluster: None,
             hub: None,
             expect_gpu: None,
+            engine_env: Vec::new(),
         }
     }
 }
@@ -132,6 +143,12 @@ impl Daemon {
         );
         if let Some(expect) = setup.expect_gpu {
             text.push_str(&format!("expect_gpu = {expect}\n"));
+        }
+        if !setup.engine_env.is_empty() {
+            text.push_str("[engine.env]\n");
+            for (name, value) in &setup.engine_env {
+                text.push_str(&format!("{name} = {value:?}\n"));
+            }
         }
         text.push_str(&format!(
             "[web]\nlisten = \"127.0.0.1:{web_port}\"\nruntime_dir = {:?}\ncatalog = {:?}\n",
@@ -325,8 +342,14 @@ impl DirectEngine {
 
     /// Started with `extra` arguments too (`--mmproj FILE`, `--embeddings`).
     pub fn start_with(model_file: &Path, ctx: u32, parallel: u32, extra: &[&std::ffi::OsStr]) -> DirectEngine {
+        DirectEngine::start_in(model_file, ctx, parallel, extra, &[])
+    }
+
+    /// Started with `extra` arguments and `env` (e.g. [`lavapipe`]).
+    pub fn start_in(model_file: &Path, ctx: u32, parallel: u32, extra: &[&std::ffi::OsStr], env: &[(&str, String)]) -> DirectEngine {
         let port = free_port();
         let child = Command::new(llama_server())
+            .envs(env.iter().map(|(k, v)| (*k, v)))
             .arg("--model")
             .arg(model_file)
             .args(extra)
