@@ -173,6 +173,10 @@ fn check_api(vm: &Vm, key: &str, expected: &str) {
          the backends each loaded, from the guest's console:\n{}",
         backend_lines(&vm.console_log())
     );
+    // Where the engine put the model, from its own load log: the CPU, nothing in VRAM.
+    let ps: Value = client.get(format!("{api}/api/ps")).bearer_auth(key).send().and_then(|r| r.json()).expect("GET /api/ps");
+    save(&vm.run_dir().join("ps.json"), &ps);
+    assert_eq!(ps["models"][0]["size_vram"], 0, "the guest's engine runs on its CPU: {ps}");
 }
 
 /// The first-boot setup as a person does it: the API refuses before the claim, the claim code
@@ -318,6 +322,10 @@ pub(crate) fn check_report(report: &Value, vm: &Vm) {
     assert_eq!(field("fence"), "yes", "hellasd did not put its nftables fence around the RPC port: {report}\n{}", vm.diagnostics());
     assert_eq!(bytes("control_port"), 1, "nothing listens on the cluster control port: {report}");
     assert_eq!(field("mdns"), "on", "hellasd's mDNS did not start beside avahi: {report}\n{}", vm.diagnostics());
+    // The image's Vulkan stack (ggml's backend, Mesa's drivers) finds the guest's only Vulkan
+    // device, the software one; inference on it under TCG would take hours, so the engine
+    // answers on the CPU (the host tests run it on lavapipe: services/hellasd/tests/placement.rs).
+    assert!(field("vulkan").starts_with("Vulkan0: llvmpipe"), "llama-server lists no Vulkan device: {report}");
 }
 
 fn greedy_chat() -> Value {
