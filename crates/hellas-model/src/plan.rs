@@ -5,7 +5,8 @@
 //! allocates when hellasd starts it as `llama-server -c (ctx × parallel) -np parallel
 //! --load-mode none -fa on` with the default `-ub 512`:
 //!
-//! * **weights**: every tensor's data (`model buffer size`, all buffers incl. `CPU_REPACK`).
+//! * **weights**: every tensor's data llama.cpp loads (`model buffer size`, all buffers incl.
+//!   `CPU_REPACK`; see [`ModelInfo::tensor_bytes`]).
 //!   With the whole model on the host, or on an APU where GTT and VRAM are the same RAM, all of it
 //!   counts.
 //! * **KV cache**: per layer `cells × n_head_kv × (key_length + value_length) × bytes/element`.
@@ -18,7 +19,8 @@
 //! * **margin**: see [`Margin`].
 //!
 //! `tests/planner_accuracy.rs` starts the real llama-server and checks the first three against
-//! the buffer sizes it reports.
+//! the buffer sizes it reports; `tests/catalog_shapes.rs` does the same for every catalog
+//! architecture, on shape-only GGUFs.
 
 use std::fmt;
 use std::str::FromStr;
@@ -263,11 +265,13 @@ impl Estimate {
 /// What llama-server will allocate for `info` at `ctx` tokens per slot and `parallel` slots.
 pub fn estimate(info: &ModelInfo, ctx: u32, parallel: u32, cache_type: CacheType) -> Estimate {
     let layout = KvLayout::new(info, ctx, parallel);
+    // A vision projector's weights and its compute buffer (one image's) come on top.
+    let projector = info.projector.unwrap_or_default();
     Estimate {
         layout,
-        weights: info.tensor_bytes,
+        weights: info.tensor_bytes + projector.weights,
         kv_cache: kv_cache_bytes(info, &layout, cache_type),
-        compute_graph: compute_graph_bytes(info, &layout),
+        compute_graph: compute_graph_bytes(info, &layout) + projector.compute,
         output: output_bytes(info, parallel),
     }
 }
@@ -294,19 +298,18 @@ fn output_bytes(info: &ModelInfo, parallel: u32) -> u64 {
 /// attention on:
 ///
 /// ```text
-/// compute = max(n_ubatch × 4 × (5·n_embd + 3·n_ff), n_vocab × 4 × parallel)
+/// compute = max(n_ubatch × 4 × activations per token, n_vocab × 4 × parallel)
 ///         + n_ubatch × 2 × (n_ctx_seq [if any full-attention layer] + swa_cells [if any SWA layer])
 /// ```
 ///
-/// The first term is the peak of live f32 activations in a layer's feed-forward block (residual,
-/// normed input, gate, up, activation, down, …), which ggml-alloc reuses layer to layer; the
-/// logits of the last layer (one row per slot) only matter when the vocabulary is huge. The second
-/// term is the f16 KQ masks, one `n_kv × n_ubatch` matrix per cache (with flash attention the KQ
-/// product itself is never materialised). For MoE models `n_ff` is the routed experts' width times
-/// the experts used per token, plus the shared expert.
+/// The first term is the peak of live f32 activations in a layer's feed-forward block (see
+/// [`activations_per_token`]), which ggml-alloc reuses layer to layer; the logits of the last
+/// layer (one row per slot) only matter when the vocabulary is huge. The second term is the f16
+/// KQ masks, one `n_kv × n_ubatch` matrix per cache (with flash attention the KQ product itself
+/// is never materialised).
 ///
 /// Calibration against llama-server b11669 (CPU backend, `-fa on`, `-ub 512`), reported MiB vs
-/// this formula:
+/// this formula; the MoE rows are shape-only models (`tests/catalog_shapes.rs`):
 ///
 /// | model (n_embd, n_ff)          | -c × -np   | llama-server | formula |
 /// |-------------------------------|------------|--------------|---------|
@@ -321,36 +324,62 @@ fn output_bytes(info: &ModelInfo, parallel: u32) -> u64 {
 /// | gemma-3-270m                  | 8192 × 1   | 27.28        | 27.25   |
 /// | gemma-3-270m                  | 16384 × 1  | 35.28        | 35.25   |
 /// | gemma-3-270m                  | 8192 × 4   | 21.28        | 21.25   |
+/// | gpt-oss-20b (2880, 4 × 2880)  | 4096 × 1   | 100.40       | 100.38  |
+/// | Qwen3-30B-A3B (2048, 8 × 768) | 4096 × 1   | 92.02        | 92.00   |
+/// | Qwen3-235B-A22B (4096, 8 × 1536) | 4096 × 1 | 180.02      | 180.00  |
+/// | GLM-4.5-Air (4096, 8 × 1408)  | 4096 × 1   | 174.02       | 174.00  |
 ///
-/// The per-token constant (5·n_embd + 3·n_ff floats) was fitted to the two models' slopes
+/// The per-token constant (5·n_embd + 3·n_ff floats) was fitted to the two dense models' slopes
 /// (29 982 and 37 437 bytes/token measured vs 29 952 and 37 376 predicted); the mask term matches
 /// the measured 1024 bytes per cell exactly. Quantized caches add a little (q8_0: +0.03 MiB on
 /// SmolLM2, +0.5 MiB on gemma-3), which the margin absorbs.
 pub fn compute_graph_bytes(info: &ModelInfo, layout: &KvLayout) -> u64 {
+    let ubatch = u64::from(layout.n_ubatch);
+    let activations = ubatch * 4 * activations_per_token(info);
+    let logits = output_bytes(info, layout.n_stream);
+    activations.max(logits) + ubatch * 2 * mask_cells(info, layout)
+}
+
+/// The f32 values live per token at the feed-forward peak.
+///
+/// A dense block holds about `5·n_embd + 3·n_ff` (residual, normed input, gate, up, activation,
+/// output, …). A mixture-of-experts block computes gate, up and activation for every expert a
+/// token uses (`3 · n_expert_used · n_ff_expert`), then the experts' outputs, `n_embd` each. Those
+/// reuse the memory the gate and up projections free as long as they are no wider
+/// (`n_embd ≤ 2·n_ff_expert`, gpt-oss); otherwise (Qwen3-MoE, GLM-4.5: experts a third as wide as
+/// the model) ggml-alloc places them beyond the peak. Measured by varying each width of
+/// Qwen3-30B-A3B and gpt-oss-20b: 3.0 floats per expert-width unit, 5.0 per `n_embd` (plus
+/// `n_expert_used` more when the outputs do not fit), none per expert count. A shared expert runs
+/// after the routed ones and adds nothing (GLM-4.5-Air). The dense width still counts for models
+/// with dense layers (GLM-4.5's first; it is unused, and smaller, in Qwen3-MoE).
+fn activations_per_token(info: &ModelInfo) -> u64 {
     let n_embd = u64::from(info.n_embd);
     let dense_ff = if info.n_ff > 0 { u64::from(info.n_ff) } else { 4 * n_embd };
-    let ff = if info.n_expert > 0 && info.n_expert_used > 0 && info.n_ff_expert > 0 {
-        dense_ff.max(u64::from(info.n_expert_used) * u64::from(info.n_ff_expert) + u64::from(info.n_ff_shared))
-    } else {
-        dense_ff
-    };
-    let ubatch = u64::from(layout.n_ubatch);
-    let activations = ubatch * 4 * (5 * n_embd + 3 * ff);
-    let logits = output_bytes(info, layout.n_stream);
+    let dense = 5 * n_embd + 3 * dense_ff;
+    if info.n_expert == 0 || info.n_expert_used == 0 || info.n_ff_expert == 0 {
+        return dense;
+    }
+    let (used, n_ff_expert) = (u64::from(info.n_expert_used), u64::from(info.n_ff_expert));
+    let outputs = if n_embd > 2 * n_ff_expert { used * n_embd } else { 0 };
+    dense.max(5 * n_embd + 3 * used * n_ff_expert + outputs)
+}
 
+/// Cells of the f16 KQ masks: one mask per KV cache (full-attention and sliding-window), each as
+/// wide as its cache's stream.
+fn mask_cells(info: &ModelInfo, layout: &KvLayout) -> u64 {
     let has_kv = |swa: bool| {
         (0..info.n_layer as usize).any(|il| {
             info.swa_layers.get(il).copied().unwrap_or(false) == swa && info.n_head_kv.get(il).copied().unwrap_or(0) > 0
         })
     };
-    let mut mask_cells = 0;
+    let mut cells = 0;
     if has_kv(false) {
-        mask_cells += u64::from(layout.n_ctx_seq);
+        cells += u64::from(layout.n_ctx_seq);
     }
     if has_kv(true) {
-        mask_cells += u64::from(layout.swa_cells);
+        cells += u64::from(layout.swa_cells);
     }
-    activations.max(logits) + ubatch * 2 * mask_cells
+    cells
 }
 
 /// Plans `info` for `req` with the default [`Margin`].
@@ -467,6 +496,7 @@ mod tests {
             file_type: Some("Q4_0".into()),
             chat_template: None,
             embedding: false,
+            projector: None,
         }
     }
 
@@ -477,6 +507,16 @@ mod tests {
             swa_layers: vec![true, true, true, false],
             ..model()
         }
+    }
+
+    #[test]
+    fn a_vision_projector_is_planned_beside_its_model() {
+        let alone = estimate(&model(), 2048, 1, CacheType::F16);
+        let projector = crate::projector::ProjectorEstimate { weights: 800 * MIB, compute: 120 * MIB };
+        let paired = estimate(&ModelInfo { projector: Some(projector), ..model() }, 2048, 1, CacheType::F16);
+        assert_eq!(paired.weights - alone.weights, 800 * MIB);
+        assert_eq!(paired.compute_graph - alone.compute_graph, 120 * MIB);
+        assert_eq!(paired.kv_cache, alone.kv_cache);
     }
 
     #[test]
@@ -527,6 +567,28 @@ mod tests {
         assert_eq!(e.compute_graph, activations + 512 * 2 * (4096 + 1024));
         // A tiny context reserves a smaller batch.
         assert_eq!(estimate(&model(), 256, 1, CacheType::F16).layout.n_ubatch, 256);
+    }
+
+    #[test]
+    fn moe_compute_counts_expert_outputs_only_when_they_do_not_fit() {
+        let moe = |n_embd: u32, n_ff_expert: u32| ModelInfo {
+            n_embd,
+            n_ff: 0,
+            n_expert: 128,
+            n_expert_used: 8,
+            n_ff_expert,
+            ..model()
+        };
+        let graph = |info: &ModelInfo| estimate(info, 4096, 1, CacheType::F16).compute_graph;
+        let masks = 512 * 2 * 4096;
+        // Qwen3-30B-A3B's widths: the 8 expert outputs (8 × 2048) come on top of gate, up and
+        // activation (3 × 8 × 768). 92.02 MiB measured.
+        assert_eq!(graph(&moe(2048, 768)), 512 * 4 * (5 * 2048 + 3 * 8 * 768 + 8 * 2048) + masks);
+        // Experts half as wide as the model or wider: the outputs reuse gate's and up's memory.
+        assert_eq!(graph(&moe(2048, 1024)), 512 * 4 * (5 * 2048 + 3 * 8 * 1024) + masks);
+        // A wider dense layer (GLM-4.5's first) wins over narrow experts.
+        let glm = ModelInfo { n_ff: 65536, ..moe(2048, 768) };
+        assert_eq!(graph(&glm), 512 * 4 * (5 * 2048 + 3 * 65536) + masks);
     }
 
     #[test]

@@ -34,6 +34,7 @@ pub fn model() -> ModelInfo {
         file_type: Some("Q4_1".into()),
         chat_template: None,
         embedding: false,
+        projector: None,
     }
 }
 

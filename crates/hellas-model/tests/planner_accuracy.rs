@@ -8,13 +8,16 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use hellas_model::gguf::GgufFile;
 use hellas_model::plan::{self, CacheType};
+
+mod support;
+use support::{cache_dir, free_port, pct, Reported, Server, MIB};
 
 const MODELS: [&str; 2] = ["SmolLM2-135M-Instruct.Q4_1.gguf", "gemma-3-270m-q4_k_m.gguf"];
 /// (model index, ctx per slot, slots, cache type).
@@ -28,65 +31,6 @@ const CASES: [(usize, u32, u32, CacheType); 6] = [
 ];
 const TOLERANCE: f64 = 0.05;
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
-const MIB: f64 = 1024.0 * 1024.0;
-
-fn cache_dir() -> PathBuf {
-    match std::env::var_os("HELLAS_CACHE") {
-        Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/hellas"),
-    }
-}
-
-/// Kills and reaps the server however the test ends.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Sizes llama-server logged, in bytes (it prints MiB with two decimals).
-#[derive(Debug, Default)]
-struct Reported {
-    model: f64,
-    kv: f64,
-    compute: f64,
-    output: f64,
-}
-
-impl Reported {
-    fn parse(log: &str) -> Reported {
-        let mut r = Reported::default();
-        for line in log.lines() {
-            let Some((what, size)) = line.split_once(" buffer size =") else { continue };
-            let Some(mib) = size.trim().strip_suffix("MiB").and_then(|n| n.trim().parse::<f64>().ok()) else {
-                continue;
-            };
-            let bytes = mib * MIB;
-            // One line per backend buffer (e.g. CPU and CPU_REPACK for weights): add them up.
-            if what.ends_with(" model") {
-                r.model += bytes;
-            } else if what.ends_with(" KV") {
-                r.kv += bytes;
-            } else if what.ends_with(" compute") {
-                r.compute += bytes;
-            } else if what.ends_with(" output") {
-                r.output += bytes;
-            }
-        }
-        r
-    }
-
-    fn total(&self) -> f64 {
-        self.model + self.kv + self.compute + self.output
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap().local_addr().unwrap().port()
-}
 
 fn health_ok(port: u16) -> bool {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
@@ -132,13 +76,6 @@ fn run_server(server: &Path, model: &Path, ctx: u32, parallel: u32, cache: Cache
     }
     drop(guard);
     read_log()
-}
-
-fn pct(planned: f64, actual: f64) -> String {
-    if actual == 0.0 {
-        return "-".into();
-    }
-    format!("{:+.1}%", (planned - actual) / actual * 100.0)
 }
 
 #[test]

@@ -79,6 +79,15 @@ pub fn capabilities(entry: &ModelEntry, info: &ModelInfo) -> Vec<&'static str> {
     capabilities
 }
 
+/// The memory a vision projector takes beside its model; when its shape cannot be planned (a
+/// projector type the planner does not know), at least its weights, with a warning.
+pub fn projector_memory(mmproj: &GgufFile, what: &str) -> hellas_model::projector::ProjectorEstimate {
+    hellas_model::projector::estimate(mmproj).unwrap_or_else(|e| {
+        tracing::warn!("planning the projector {what} by its weights alone: {e}");
+        hellas_model::projector::ProjectorEstimate { weights: mmproj.tensors.iter().map(|t| t.n_bytes).sum(), compute: 0 }
+    })
+}
+
 /// A model to register whose files are all in the library's blobs already.
 pub struct NewModel {
     pub name: String,
@@ -166,15 +175,27 @@ impl ModelLibrary {
         sync_dir(&dir)
     }
 
-    /// The model's facts from its header (of a split model, from all its parts).
-    pub fn model_info(&self, entry: &ModelEntry) -> Result<ModelInfo> {
+    /// The model's header and tensor table (of a split model, all its parts' joined).
+    pub fn gguf(&self, entry: &ModelEntry) -> Result<GgufFile> {
         let open = |sha256: &str| {
             let path = self.blob_path(sha256);
             GgufFile::open(&path).with_context(|| format!("reading {}", path.display()))
         };
         // A lone file that is a split's first part joins as an incomplete split: refused.
         let parts = if entry.parts.is_empty() { vec![open(&entry.sha256)?] } else { entry.parts.iter().map(|p| open(&p.sha256)).collect::<Result<Vec<_>>>()? };
-        Ok(GgufFile::join_split(parts)?.model_info()?)
+        Ok(GgufFile::join_split(parts)?)
+    }
+
+    /// The model's facts from its header (of a split model, from all its parts), with its
+    /// vision projector's memory when it has one.
+    pub fn model_info(&self, entry: &ModelEntry) -> Result<ModelInfo> {
+        let mut info = self.gguf(entry)?.model_info()?;
+        if let Some(projector) = &entry.projector {
+            let path = self.blob_path(&projector.sha256);
+            let mmproj = GgufFile::open(&path).with_context(|| format!("reading the projector {}", path.display()))?;
+            info.projector = Some(projector_memory(&mmproj, &path.display().to_string()));
+        }
+        Ok(info)
     }
 
     /// Copies `source` into the library under `name`. The name must be new.

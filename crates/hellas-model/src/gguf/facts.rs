@@ -68,9 +68,16 @@ impl GgufFile {
         let n_ff_expert = self.get_u32(&key("expert_feed_forward_length"))?.unwrap_or(0);
         let n_ff_shared = self.get_u32(&key("expert_shared_feed_forward_length"))?.unwrap_or(0);
 
-        let tensor_bytes = self.tensors.iter().map(|t| t.n_bytes).fold(0u64, u64::saturating_add);
+        // Layers from `first_unloaded` on are in the file but llama.cpp never loads them: no
+        // weights, no KV cache.
+        let first_unloaded = n_layer - self.unloaded_layers(arch, n_layer)?;
+        for kv in n_head_kv.iter_mut().skip(first_unloaded as usize) {
+            *kv = 0;
+        }
+        let loaded = self.tensors.iter().filter(|t| layer_of(&t.name).is_none_or(|il| il < first_unloaded));
+        let tensor_bytes = loaded.clone().map(|t| t.n_bytes).fold(0u64, u64::saturating_add);
         let layer_tensor_bytes =
-            self.tensors.iter().filter(|t| t.name.starts_with("blk.")).map(|t| t.n_bytes).fold(0u64, u64::saturating_add);
+            loaded.filter(|t| layer_of(&t.name).is_some()).map(|t| t.n_bytes).fold(0u64, u64::saturating_add);
         let parameter_count = self.tensors.iter().map(TensorInfo::n_elements).fold(0u64, u64::saturating_add);
         let file_type = self
             .get("general.file_type")
@@ -103,7 +110,20 @@ impl GgufFile {
             // llama.cpp's LLAMA_POOLING_TYPE_NONE is 0; mean, CLS, last and rank pool the
             // output into one vector per input, which is what an embedding model is for.
             embedding: self.get_u32(&key("pooling_type"))?.is_some_and(|pooling| pooling != 0),
+            projector: None,
         })
+    }
+
+    /// How many of the last layers llama.cpp skips. GLM-4.5's converter appends its
+    /// multi-token-prediction ("NextN") blocks to the model's (`nextn_predict_layers`); llama.cpp
+    /// creates their tensors with `TENSOR_SKIP`, so they are never allocated, and leaves them out
+    /// of the KV cache.
+    fn unloaded_layers(&self, arch: &str, n_layer: u32) -> Result<u32> {
+        let nextn = match arch {
+            "glm4moe" => self.get_u32(&format!("{arch}.nextn_predict_layers"))?.unwrap_or(0),
+            _ => 0,
+        };
+        Ok(nextn.min(n_layer))
     }
 
     /// The sliding window and which layers use it, following llama.cpp's per-architecture
@@ -150,6 +170,10 @@ impl GgufFile {
     }
 }
 
+/// The layer a tensor belongs to: N for `blk.N.*`.
+fn layer_of(tensor: &str) -> Option<u32> {
+    tensor.strip_prefix("blk.")?.split('.').next()?.parse().ok()
+}
 
 /// The name llama.cpp gives a `general.file_type` (`enum llama_ftype`).
 pub fn file_type_name(ftype: u32) -> Option<&'static str> {
@@ -206,7 +230,7 @@ pub struct ModelInfo {
     /// Attention heads per layer.
     pub n_head: Vec<u32>,
     /// KV heads per layer, as llama.cpp caches them (1 for MLA models; 0 for layers without
-    /// attention).
+    /// attention or that llama.cpp skips).
     pub n_head_kv: Vec<u32>,
     /// Per-head K and V widths, as llama.cpp caches them (n_embd / n_head when absent; for MLA,
     /// key_length is the compressed width and value_length 0 because V is not cached).
@@ -223,7 +247,8 @@ pub struct ModelInfo {
     pub n_ff_expert: u32,
     /// Feed-forward width of the shared expert, where the model has one.
     pub n_ff_shared: u32,
-    /// Sum of all tensor data sizes.
+    /// Sum of the tensor data llama.cpp loads: every tensor but those of layers it skips (GLM-4.5's
+    /// NextN block).
     pub tensor_bytes: u64,
     /// The part of it in the repeating layers (`blk.N.*`), which a split spreads over boxes;
     /// the rest (token embeddings, output) stays with the box that runs llama-server.
@@ -234,6 +259,9 @@ pub struct ModelInfo {
     pub chat_template: Option<String>,
     /// An embedding model: it pools its output into one vector per input (`{arch}.pooling_type`).
     pub embedding: bool,
+    /// The vision projector llama-server loads beside the model (`--mmproj`): not in the model's
+    /// file, so set by whoever pairs the two; the plan counts it.
+    pub projector: Option<crate::projector::ProjectorEstimate>,
 }
 
 impl ModelInfo {
@@ -242,4 +270,3 @@ impl ModelInfo {
         self.name.as_deref().unwrap_or(&self.architecture)
     }
 }
-

@@ -109,6 +109,32 @@ fn gemma3_swa_pattern() {
 }
 
 #[test]
+fn glm4moe_nextn_layer_is_neither_loaded_nor_cached() {
+    // Two layers and one NextN block appended by the converter, as GLM-4.5's GGUFs have them.
+    let bytes = GgufBuilder::new()
+        .str("general.architecture", "glm4moe")
+        .u32("glm4moe.block_count", 3)
+        .u32("glm4moe.nextn_predict_layers", 1)
+        .u32("glm4moe.context_length", 4096)
+        .u32("glm4moe.embedding_length", 64)
+        .u32("glm4moe.attention.head_count", 4)
+        .u32("glm4moe.attention.head_count_kv", 2)
+        .u32("glm4moe.vocab_size", 100)
+        .tensor("token_embd.weight", &[64, 100], 0, 64 * 100 * 4)
+        .tensor("blk.0.attn_q.weight", &[64, 64], 0, 64 * 64 * 4)
+        .tensor("blk.1.attn_q.weight", &[64, 64], 0, 64 * 64 * 4)
+        .tensor("blk.2.attn_q.weight", &[64, 64], 0, 64 * 64 * 4)
+        .tensor("blk.2.nextn.eh_proj.weight", &[128, 64], 0, 128 * 64 * 4)
+        .build();
+    let info = GgufFile::parse(&bytes[..], bytes.len() as u64).unwrap().model_info().unwrap();
+    assert_eq!(info.n_layer, 3);
+    assert_eq!(info.n_head_kv, vec![2, 2, 0]);
+    assert_eq!(info.tensor_bytes, (64 * 100 + 2 * 64 * 64) * 4);
+    assert_eq!(info.layer_tensor_bytes, 2 * 64 * 64 * 4);
+    assert_eq!(info.parameter_count, 64 * 100 + 3 * 64 * 64 + 128 * 64, "the file still holds them");
+}
+
+#[test]
 fn error_messages_name_offsets() {
     let err = GgufFile::parse(&b"GGML\x03\0\0\0"[..], 8).unwrap_err().to_string();
     assert_eq!(err, "not a GGUF file: bad magic at offset 0 (expected 'GGUF', found 'GGML')");

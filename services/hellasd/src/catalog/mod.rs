@@ -246,7 +246,12 @@ impl Headers {
         for file in &pull.parts {
             parts.push(self.header(file).await?);
         }
-        Ok(GgufFile::join_split(parts).and_then(|file| file.model_info()).with_context(|| format!("reading the GGUF header of {}", pull.parts[0].url))?)
+        let mut info = GgufFile::join_split(parts).and_then(|file| file.model_info()).with_context(|| format!("reading the GGUF header of {}", pull.parts[0].url))?;
+        if let Some(projector) = &pull.projector {
+            let header = self.header(projector).await?;
+            info.projector = Some(crate::library::projector_memory(&header, &projector.url));
+        }
+        Ok(info)
     }
 
     async fn header(&self, file: &RemoteFile) -> Result<GgufFile> {
