@@ -13,6 +13,7 @@ use crate::catalog::{self, Catalog, Downloads, Fit, Pull};
 use crate::hub::{Hub, Reference};
 use crate::cluster::Cluster;
 use crate::config::Config;
+use crate::engine::bench::BenchReports;
 use crate::engine::Supervisor;
 use crate::keys::KeyStore;
 use crate::library::ModelLibrary;
@@ -43,6 +44,8 @@ pub struct AppState {
     pub admission: Arc<Admission>,
     pub metrics: Arc<Metrics>,
     pub http: reqwest::Client,
+    /// The latest speed measurement of each model.
+    pub bench: BenchReports,
 }
 
 pub struct RecentRequest {
@@ -79,6 +82,7 @@ impl AppState {
             budget: parts.budget,
             recent: Default::default(),
             keys: KeyStore::open(config.state_dir.join("keys.json")),
+            bench: BenchReports::new(config.state_dir.join("bench.json")),
             admission: Admission::new(config.api.queue_depth),
             http: reqwest::Client::builder()
                 .no_proxy()
@@ -178,7 +182,7 @@ impl AppState {
 
 /// Files the setup writes in the state directory, all removed by a factory reset.
 pub fn state_paths(state_dir: &Path) -> Vec<PathBuf> {
-    ["owner.json", "owner.lock", "keys.json", "keys.lock", "models", "downloads", "catalog"].iter().map(|p| state_dir.join(p)).collect()
+    ["owner.json", "owner.lock", "keys.json", "keys.lock", "models", "downloads", "catalog", "bench.json"].iter().map(|p| state_dir.join(p)).collect()
 }
 
 /// Unpairs the box from its peers, stops every engine and download, deletes the state the setup

@@ -67,6 +67,8 @@ enum Command {
     Health(hellasd::update::health::HealthArgs),
     /// Copy the running system from the stick to an internal disk (as root).
     Install(cli::install::InstallArgs),
+    /// Measure a model's prefill and decode speed on this box, against its memory bandwidth.
+    Bench(cli::bench::BenchArgs),
 }
 
 fn main() -> Result<()> {
@@ -99,6 +101,7 @@ fn main() -> Result<()> {
         Command::Update(command) => cli::update::run(&config, command),
         Command::Health(args) => hellasd::update::health::run(&args, &config),
         Command::Install(args) => cli::install::run(&config, args),
+        Command::Bench(args) => cli::bench::run(&config, &args),
         Command::Plan(_) => unreachable!("handled above"),
     }
 }

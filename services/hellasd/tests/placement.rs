@@ -3,7 +3,8 @@
 //! is an error the owner sees on the dashboard, in `/metrics` and in the journal, while the model
 //! still answers. On a Vulkan device (Mesa's software one, lavapipe, the only one this machine
 //! has) every layer and buffer is seen there, and the answer is the one llama-server gives on
-//! that device directly.
+//! that device directly. `hellasd bench` (and the dashboard's "Measure") reports how fast the
+//! engine prefills and decodes, against this machine's memory bandwidth.
 
 mod support;
 
@@ -69,4 +70,34 @@ fn a_model_on_a_vulkan_device_is_seen_there_and_answers_as_llama_server_does_on_
     let direct = DirectEngine::start_in(&model(SMOLLM), 2048, 1, &[], &lavapipe());
     let expected: Value = direct.post("/v1/chat/completions", &greedy()).json().unwrap();
     assert_eq!(Some(answer.as_str()), expected["choices"][0]["message"]["content"].as_str(), "the same greedy answer as llama-server on the same device");
+}
+
+#[test]
+fn the_bench_reports_prefill_and_decode_against_the_memory_bandwidth() {
+    let daemon = Daemon::start(Setup { parallel: 1, ..Setup::default() });
+    let out = support::run(daemon.cli().args(["bench", "smollm2:135m-q4_1", "--json"]).env("HELLAS_API_KEY", daemon.key.as_ref().unwrap()));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let number = |key: &str| report[key].as_f64().unwrap_or_else(|| panic!("no {key}: {report}"));
+    assert!(number("prefill_tokens") >= 500.0 && number("decode_tokens") == 128.0, "{report}");
+    assert!(number("prefill_per_sec") > number("decode_per_sec") && number("decode_per_sec") > 1.0, "{report}");
+    // SmolLM2's weights less its tied embeddings' rows: ~92 MiB read per token.
+    assert!((80e6..100e6).contains(&number("bytes_per_token")), "{report}");
+    assert!(report["bandwidth"]["source"].as_str().unwrap().starts_with("measured by copying memory"), "{report}");
+    assert!(number("ceiling_fraction") > 0.0 && number("ceiling_fraction") < 1.5, "{report}");
+    assert!(report["placement"].as_str().unwrap().starts_with("CPU: ") && report["engine"].as_str().unwrap().starts_with('b'), "{report}");
+
+    let text = support::run(daemon.cli().args(["bench", "smollm2:135m-q4_1"]).env("HELLAS_API_KEY", daemon.key.as_ref().unwrap()));
+    let line = String::from_utf8_lossy(&text.stdout);
+    assert!(line.contains("decode") && line.contains("memory bandwidth ceiling"), "{line}");
+    let refused = support::run(daemon.cli().args(["bench", "smollm2:135m-q4_1", "--key", "hls_wrong"]));
+    assert!(!refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("401"), "{}", String::from_utf8_lossy(&refused.stderr));
+
+    // The dashboard keeps the latest report, and measures again on the owner's click.
+    let mut owner = Visitor::login(&daemon);
+    let page = owner.get("/dashboard").text().unwrap();
+    assert!(page.contains("<table id=\"bench\">") && page.contains("measured by copying memory"), "{page}");
+    let csrf = owner.csrf("/dashboard");
+    let measured = owner.post("/models/bench", &[("csrf", &csrf), ("name", "smollm2:135m-q4_1")]);
+    assert_eq!(measured.headers()["location"], "/dashboard");
 }

@@ -50,6 +50,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/generate", post(ollama::generate))
         .route("/api/embed", post(ollama::embed))
         .route("/api/embeddings", post(ollama::embeddings))
+        .route("/v1/hellas/bench", post(bench))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
     Router::new()
         .route("/health", get(health))
@@ -84,6 +85,20 @@ async fn health(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     state.supervisor.update_gauges();
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], state.metrics.render()).into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct BenchRequest {
+    model: String,
+}
+
+/// `POST /v1/hellas/bench`: measures a model's prefill and decode speed on this box (loading it
+/// if needed), keeps the report for the dashboard, and answers it.
+async fn bench(State(state): State<Arc<AppState>>, body: Body) -> Result<Json<crate::engine::bench::BenchReport>, ApiError> {
+    let (_, request): (_, BenchRequest) = read_json(&state, body).await?;
+    let report = state.supervisor.bench(&request.model.to_ascii_lowercase()).await?;
+    state.bench.keep(&report).map_err(internal)?;
+    Ok(Json(report))
 }
 
 async fn not_found(request: Request) -> Response {

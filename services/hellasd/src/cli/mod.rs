@@ -3,6 +3,7 @@
 //! ([`crate::update::health`], [`crate::tune`], [`crate::seed`]).
 
 pub mod apply_settings;
+pub mod bench;
 pub mod claim_code;
 pub mod install;
 pub mod keys;

@@ -9,8 +9,10 @@
 //!
 //! * `process`: one engine's child process, its start, health and exit.
 //! * `placement`: where its model really sits (GPU, CPU, peers), from llama-server's load log.
+//! * `bench`: a loaded model's prefill and decode speed against the memory-bandwidth ceiling.
 //! * `pool`: models split across paired boxes, through the [`Pool`] the cluster provides.
 
+pub mod bench;
 mod placement;
 mod pool;
 mod process;
@@ -137,6 +139,15 @@ impl Supervisor {
     /// ones hold makes way when needed.
     pub fn busy_bytes(&self) -> u64 {
         self.state.lock().unwrap().engines.values().filter(|e| e.in_flight() > 0).map(|e| e.plan.local_bytes()).sum()
+    }
+
+    /// Measures `model`'s speed on its engine, loading it if needed (see [`bench`]).
+    pub async fn bench(self: &Arc<Self>, model: &str) -> Result<bench::BenchReport, EngineError> {
+        let lease = self.acquire(model).await?;
+        let entry = self.library.get(model).map_err(EngineError::Internal)?.ok_or_else(|| EngineError::Failed { message: format!("model '{model}' left the library") })?;
+        let weights = self.library.gguf(&entry).map_err(EngineError::Internal)?;
+        let bandwidth = tokio::task::spawn_blocking(|| bench::Bandwidth::of_this_machine(std::path::Path::new("/"))).await.map_err(|e| EngineError::Internal(e.into()))?;
+        bench::run(&self.http, &lease.base_url(), model, &weights, lease.placement().describe(), bandwidth).await.map_err(EngineError::Internal)
     }
 
     /// What is wrong with where an engine's model sits, on a box whose engines belong on its GPU.

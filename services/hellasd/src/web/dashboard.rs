@@ -48,8 +48,21 @@ pub async fn dashboard(State(state): St, Owner(session): Owner) -> Response {
         json!({ "state": decision.summary(), "warnings": decision.warnings, "advice": decision.bios_advice })
     };
     let update = guard!(update_view(&state).map_err(internal));
+    let bench: Vec<Value> = state
+        .bench
+        .list()
+        .iter()
+        .map(|r| {
+            json!({
+                "model": r.model, "prefill": format!("{:.1}", r.prefill_per_sec), "decode": format!("{:.1}", r.decode_per_sec),
+                "ceiling": format!("{:.0}% of {}", r.ceiling_fraction * 100.0, crate::engine::bench::format_rate(r.bandwidth.bytes_per_sec)),
+                "bandwidth_source": r.bandwidth.source, "placement": r.placement, "engine": r.engine,
+                "at": humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(r.at)).to_string(),
+            })
+        })
+        .collect();
     let data = json!({
-        "memory": memory_bar(&state, used), "models": models, "downloads": downloads, "keys": keys,
+        "memory": memory_bar(&state, used), "models": models, "downloads": downloads, "keys": keys, "bench": bench,
         "recent": recent, "ssh_key_count": file.settings.ssh_keys.len(), "settings": file.settings, "tuning": tuning, "update": update,
     });
     Page::new("dashboard", format!("{}.local", file.settings.box_name), data).render(&session)

@@ -40,6 +40,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/settings", get(settings::settings_page).post(settings::save_settings))
         .route("/models", get(models::models_page))
         .route("/models/remove", post(models::remove_model))
+        .route("/models/bench", post(models::bench_model))
         .route("/downloads", post(models::start_pull))
         .route("/downloads/{sha256}", get(models::download_page))
         .route("/downloads/{sha256}/events", get(models::download_events))

@@ -126,13 +126,14 @@ pub async fn cancel_download(State(state): St, Path(sha256): Path<String>, Owner
     redirect(&format!("/downloads/{sha256}"))
 }
 
+/// A form naming one library model (remove it, measure it).
 #[derive(Deserialize)]
-pub struct RemoveForm {
+pub struct ModelForm {
     csrf: String,
     name: String,
 }
 
-pub async fn remove_model(State(state): St, OwnerForm(session, form): OwnerForm<RemoveForm>) -> Response {
+pub async fn remove_model(State(state): St, OwnerForm(session, form): OwnerForm<ModelForm>) -> Response {
     state.supervisor.unload(&form.name).await;
     match state.library.remove(&form.name) {
         Ok(_) => redirect("/dashboard"),
@@ -140,4 +141,13 @@ pub async fn remove_model(State(state): St, OwnerForm(session, form): OwnerForm<
     }
 }
 
-csrf_forms!(PullForm, RemoveForm);
+/// "Measure" on the dashboard: the model's speed on this box, kept for the dashboard.
+pub async fn bench_model(State(state): St, OwnerForm(session, form): OwnerForm<ModelForm>) -> Response {
+    let measured = state.supervisor.bench(&form.name).await.map_err(|e| e.to_string());
+    match measured.and_then(|report| state.bench.keep(&report).map_err(|e| format!("{e:#}"))) {
+        Ok(()) => redirect("/dashboard"),
+        Err(e) => Page::new("message", "Not measured", json!({ "back": "/dashboard" })).error(StatusCode::CONFLICT, e).render(&session),
+    }
+}
+
+csrf_forms!(PullForm, ModelForm);
