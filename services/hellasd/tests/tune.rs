@@ -63,7 +63,7 @@ fn fixture(m: &Machine) -> tempfile::TempDir {
     write(root, "sys/module/ttm/parameters/pages_limit", &format!("{}\n", m.pages_limit));
     write(root, "sys/module/ttm/parameters/page_pool_size", &format!("{}\n", m.pages_limit));
     write(root, "var/lib/dpkg/status", &format!("Package: firmware-amd-graphics\nStatus: install ok installed\nVersion: {}\n\nPackage: zstd\nVersion: 1.5\n", m.firmware));
-    write(root, "usr/lib/os-release", "ID=debian\nIMAGE_VERSION=0.1.0\n");
+    write(root, "usr/lib/os-release", "ID=debian\nIMAGE_ID=hellas\nIMAGE_VERSION=0.1.0\n");
     if m.amd_gpu {
         write(root, "sys/class/drm/card1/device/vendor", "0x1002\n");
         write(root, "sys/class/drm/card1/device/device", "0x1586\n");
@@ -135,6 +135,34 @@ fn untuned_strix_halo_128g_gets_its_parameters_once() {
     std::fs::rename(&entry, esp.path().join("loader/entries/hellas-tuned.conf")).unwrap();
     let (ok, out) = tune(root.path(), &["apply", "--esp", esp.path().to_str().unwrap()]);
     assert!(ok && out.contains("in place already"), "{out}");
+}
+
+#[test]
+fn the_tuned_entry_boots_the_booted_release_not_the_last_name() {
+    let machine = strix_halo(128 * GIB, 512 * MIB);
+    let root = fixture(&machine);
+    let os_release = |version: &str| write(root.path(), "usr/lib/os-release", &format!("IMAGE_ID=hellas\nIMAGE_VERSION={version}\n"));
+    let uki = |esp: &tempfile::TempDir| {
+        let text = std::fs::read_to_string(std::fs::read_dir(esp.path().join("loader/entries")).unwrap().next().unwrap().unwrap().path()).unwrap();
+        text.lines().find_map(|l| l.strip_prefix("uki /EFI/Linux/")).unwrap().to_string()
+    };
+    // A/B: the older release is booted (the newer one was rejected, or not yet booted), and by
+    // name the older sorts last (0.1.9 after 0.1.10).
+    let esp = fake_esp("hellas_0.1.9.efi");
+    write(esp.path(), "EFI/Linux/hellas_0.1.10.efi", "MZ");
+    os_release("0.1.9");
+    assert!(tune(root.path(), &["apply", "--esp", esp.path().to_str().unwrap()]).0);
+    assert_eq!(uki(&esp), "hellas_0.1.9.efi");
+    // After the update to 0.1.10 is booted and marked good, the entry follows it.
+    os_release("0.1.10");
+    let (ok, out) = tune(root.path(), &["apply", "--esp", esp.path().to_str().unwrap()]);
+    assert!(ok && out.contains("reboot needed"), "{out}");
+    assert_eq!(uki(&esp), "hellas_0.1.10.efi");
+    assert_eq!(std::fs::read_dir(esp.path().join("loader/entries")).unwrap().count(), 1, "one tuned entry, the new release's");
+    // A release whose image is not on the ESP is refused, not guessed.
+    os_release("0.2.0");
+    let (ok, out) = tune(root.path(), &["apply", "--esp", esp.path().to_str().unwrap()]);
+    assert!(!ok && out.contains("holds no image of the booted release hellas 0.2.0"), "{out}");
 }
 
 #[test]

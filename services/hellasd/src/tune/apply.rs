@@ -1,6 +1,8 @@
 //! Puts the decided kernel parameters where the next boot takes them, without rebuilding the
 //! image: a boot loader entry (Boot Loader Specification type #1) on the ESP that boots the
-//! same unified kernel image with the running command line plus the parameters. systemd-boot
+//! booted release's unified kernel image (named by its `IMAGE_ID` and `IMAGE_VERSION`, never
+//! guessed from the files there, so after an A/B update it is the new release's) with the
+//! running command line plus the parameters. systemd-boot
 //! sorts it before the image's own entry; its name carries boot counting (`+3`), so a tuned
 //! boot that fails three times is marked bad and the untuned entry boots again. The running
 //! entry is never edited, and a second apply with nothing new changes nothing.
@@ -13,6 +15,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+
+use hellas_contract::release;
 
 use crate::state_file::write_atomically;
 
@@ -27,13 +31,14 @@ pub enum Applied {
     Unchanged(PathBuf),
 }
 
-/// Writes (or keeps) the tuned entry under `esp` for the running `cmdline` plus `parameters`.
-pub fn apply(esp: &Path, cmdline: &str, parameters: &[String], image_version: &str) -> Result<Applied> {
-    let uki = blessed_uki(esp)?;
+/// Writes (or keeps) the tuned entry under `esp` for the booted release (`image_name`,
+/// `image_version`) and the running `cmdline` plus `parameters`.
+pub fn apply(esp: &Path, cmdline: &str, parameters: &[String], image_name: &str, image_version: &str) -> Result<Applied> {
+    let uki = booted_uki(esp, image_name, image_version)?;
     let mut options: Vec<&str> = cmdline.split_whitespace().filter(|w| !OWNED.iter().any(|o| w.starts_with(o))).collect();
     options.extend(parameters.iter().map(String::as_str));
     let text = format!(
-        "title Hellas {image_version} (memory tuned)\nsort-key hellas\nversion {image_version}+tuned\nuki /EFI/Linux/{uki}\noptions {}\n",
+        "title Hellas {image_version} (memory tuned)\nsort-key {image_name}\nversion {image_version}+tuned\nuki /EFI/Linux/{uki}\noptions {}\n",
         options.join(" ")
     );
     let entries = esp.join("loader/entries");
@@ -64,21 +69,21 @@ fn existing_entries(entries: &Path) -> Result<Vec<PathBuf>> {
     Ok(found)
 }
 
-/// The image's UKI once this boot has been marked good: its file name has no `+tries` left to
-/// change, so an entry can name it.
-fn blessed_uki(esp: &Path) -> Result<String> {
+/// The booted release's UKI once this boot has been marked good: its file name then has no
+/// `+tries` left to change, so an entry can name it.
+fn booted_uki(esp: &Path, image_name: &str, image_version: &str) -> Result<String> {
     let dir = esp.join("EFI/Linux");
-    let mut ukis: Vec<String> = fs::read_dir(&dir)
+    let names: Vec<String> = fs::read_dir(&dir)
         .with_context(|| format!("reading {} (is the ESP mounted there? pass --esp)", dir.display()))?
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| n.ends_with(".efi"))
         .collect();
-    ukis.sort();
-    if let Some(blessed) = ukis.iter().rev().find(|n| !n.contains('+')) {
-        return Ok(blessed.clone());
+    let blessed = release::uki_file(image_name, image_version);
+    if names.contains(&blessed) {
+        return Ok(blessed);
     }
-    if ukis.is_empty() {
-        bail!("no unified kernel image in {}", dir.display());
+    let counting = format!("{}+", blessed.trim_end_matches(".efi"));
+    if let Some(name) = names.iter().find(|n| n.starts_with(&counting)) {
+        bail!("the booted release's image {}/{name} is still counting boots: tuning waits until this boot is marked good", dir.display());
     }
-    bail!("the image in {} is still counting boots ({}): tuning waits until this boot is marked good", dir.display(), ukis.join(", "))
+    bail!("{} holds no image of the booted release {image_name} {image_version} ({blessed}); found: {}", dir.display(), names.join(", "))
 }

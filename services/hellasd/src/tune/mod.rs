@@ -66,18 +66,14 @@ pub fn run(args: &TuneArgs, config: &Config) -> Result<()> {
                 println!("nothing to apply");
                 return Ok(());
             }
-            let version = image_version(&args.root);
-            match apply::apply(esp, probe.cmdline.as_deref().unwrap_or_default(), &decision.parameters, &version)? {
+            let (name, version) = crate::update::booted_release(&args.root)?;
+            match apply::apply(esp, probe.cmdline.as_deref().unwrap_or_default(), &decision.parameters, &name, &version)? {
                 apply::Applied::Written(path) => println!("wrote {}: reboot needed", path.display()),
                 apply::Applied::Unchanged(path) => println!("{} is in place already: reboot needed", path.display()),
             }
         }
     }
     Ok(())
-}
-
-fn image_version(root: &std::path::Path) -> String {
-    crate::update::booted_version(root).unwrap_or_else(|_| "unknown".into())
 }
 
 /// The report for people.

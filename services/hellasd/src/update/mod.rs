@@ -165,6 +165,11 @@ pub fn booted_version(root: &Path) -> Result<String> {
     os_release_field(root, "IMAGE_VERSION")
 }
 
+/// `IMAGE_ID` and `IMAGE_VERSION` of the booted system: which release's files on the ESP are its.
+pub fn booted_release(root: &Path) -> Result<(String, String)> {
+    Ok((os_release_field(root, "IMAGE_ID")?, booted_version(root)?))
+}
+
 /// A field of `<root>/etc/os-release` (or `usr/lib/os-release`), where the image builder puts
 /// `IMAGE_ID` and `IMAGE_VERSION`.
 fn os_release_field(root: &Path, key: &str) -> Result<String> {
