@@ -97,9 +97,10 @@ pub fn detect(root: &Path, os_reserve: u64) -> anyhow::Result<MemoryBudget> {
     }
 }
 
-/// Whether the machine whose filesystem is at `root` has an amdgpu device with its memory files.
-pub fn has_amd_gpu(root: &Path) -> bool {
-    best_amd_gpu(root).is_some()
+/// Whether this box's engines belong on its GPU: `engine.expect_gpu`, by default when it has an
+/// AMD GPU, and never with offloading turned off (`engine.gpu_layers = 0`).
+pub fn engines_on_gpu(engine: &crate::config::EngineConfig) -> bool {
+    engine.expect_gpu.unwrap_or_else(|| best_amd_gpu(Path::new("/")).is_some()) && engine.gpu_layers != Some(0)
 }
 
 struct AmdGpu {

@@ -44,7 +44,7 @@ pub async fn run(config: Config) -> Result<()> {
     tracing::info!(usable_bytes = budget.usable, source = ?budget.source, "memory budget");
     let metrics = Arc::new(Metrics::new());
     let library = Arc::new(ModelLibrary::open(config.state_dir.join("models")));
-    let on_gpu = config.engine.expect_gpu.unwrap_or_else(|| crate::memory_budget::has_amd_gpu(std::path::Path::new("/")));
+    let on_gpu = crate::memory_budget::engines_on_gpu(&config.engine);
     let supervisor = Supervisor::new(config.engine.clone(), budget.usable, on_gpu, library.clone(), metrics.clone());
     supervisor.spawn_idle_reaper();
     let cluster = if config.cluster.enabled {

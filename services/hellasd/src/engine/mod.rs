@@ -17,7 +17,7 @@ mod placement;
 mod pool;
 mod process;
 
-pub use placement::Placement;
+pub use placement::{is_gpu_device, Placement};
 pub use pool::{Pool, PoolFuture};
 pub use process::{resident_bytes, Engine, EngineLease};
 
@@ -113,7 +113,7 @@ impl Supervisor {
     pub fn new(config: EngineConfig, budget: u64, expect_gpu: bool, library: Arc<ModelLibrary>, metrics: Arc<Metrics>) -> Arc<Supervisor> {
         metrics.memory_budget_bytes.set(budget as i64);
         Arc::new(Supervisor {
-            expect_gpu: expect_gpu && config.gpu_layers != Some(0),
+            expect_gpu,
             config,
             budget,
             library,

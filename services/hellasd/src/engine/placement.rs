@@ -34,15 +34,19 @@ enum Location {
 
 fn location(buffer: &str) -> Location {
     if buffer.starts_with("RPC") {
-        return Location::Peer;
-    }
-    let backend = buffer.trim_end_matches(|c: char| c.is_ascii_digit());
-    let gpu = ["Vulkan", "ROCm", "CUDA", "Metal", "SYCL", "OpenCL", "MUSA", "CANN"].contains(&backend);
-    if gpu && backend.len() < buffer.len() {
+        Location::Peer
+    } else if is_gpu_device(buffer) {
         Location::Gpu
     } else {
         Location::Host
     }
+}
+
+/// Whether ggml names a GPU device so: a GPU backend and the device's number (`Vulkan0`,
+/// `ROCm1`), not its host-side buffers (`Vulkan_Host`) or the CPU.
+pub fn is_gpu_device(name: &str) -> bool {
+    let backend = name.trim_end_matches(|c: char| c.is_ascii_digit());
+    backend.len() < name.len() && ["Vulkan", "ROCm", "CUDA", "Metal", "SYCL", "OpenCL", "MUSA", "CANN"].contains(&backend)
 }
 
 impl Placement {

@@ -53,8 +53,7 @@ pub fn run(args: &HealthArgs, config: &Config) -> Result<()> {
 fn check(config: &Config) -> Result<()> {
     wait_for_api(config)?;
     let devices = engine_starts(&config.engine.llama_server)?;
-    let expect_gpu = config.engine.expect_gpu.unwrap_or_else(|| crate::memory_budget::has_amd_gpu(Path::new("/"))) && config.engine.gpu_layers != Some(0);
-    if expect_gpu && gpu_devices(&devices).is_empty() {
+    if crate::memory_budget::engines_on_gpu(&config.engine) && gpu_devices(&devices).is_empty() {
         bail!("this box has a GPU but the engine lists none (it would run on the CPU, ten times slower): `{} --list-devices` printed {:?}", config.engine.llama_server.display(), devices.trim());
     }
     Ok(())
@@ -66,10 +65,7 @@ fn gpu_devices(listing: &str) -> Vec<&str> {
     listing
         .lines()
         .filter_map(|line| line.trim().split_once(':'))
-        .filter(|(name, _)| {
-            let backend = name.trim_end_matches(|c: char| c.is_ascii_digit());
-            backend.len() < name.len() && ["Vulkan", "ROCm", "CUDA", "Metal", "SYCL"].contains(&backend)
-        })
+        .filter(|(name, _)| crate::engine::is_gpu_device(name))
         .map(|(_, description)| description.trim())
         .collect()
 }
