@@ -13,8 +13,8 @@ use crate::catalog::{self, Catalog, Downloads, Fit, Pull};
 use crate::hub::{Hub, Reference};
 use crate::cluster::Cluster;
 use crate::config::Config;
-use crate::engine::bench::BenchReports;
-use crate::engine::Supervisor;
+use crate::engine::bench::{BenchReport, BenchReports};
+use crate::engine::{EngineError, Supervisor};
 use crate::keys::KeyStore;
 use crate::library::ModelLibrary;
 use crate::memory_budget::MemoryBudget;
@@ -169,6 +169,14 @@ impl AppState {
             Ok(Err(e)) => Fit::Unknown { reason: format!("{e:#}"), weights_fit },
             Err(_) => Fit::Unknown { reason: "the model's source did not answer in time".into(), weights_fit },
         }
+    }
+
+    /// Measures `model`'s speed on this box against its memory bandwidth and keeps the report.
+    pub async fn bench(&self, model: &str) -> Result<BenchReport, EngineError> {
+        let bandwidth = tokio::task::spawn_blocking(|| crate::tune::memory_bandwidth(Path::new("/"))).await.map_err(|e| EngineError::Internal(e.into()))?;
+        let report = self.supervisor.bench(model, bandwidth).await?;
+        self.bench.keep(&report).map_err(EngineError::Internal)?;
+        Ok(report)
     }
 
     pub fn record_recent(&self, request: RecentRequest) {

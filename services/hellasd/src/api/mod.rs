@@ -96,9 +96,7 @@ struct BenchRequest {
 /// if needed), keeps the report for the dashboard, and answers it.
 async fn bench(State(state): State<Arc<AppState>>, body: Body) -> Result<Json<crate::engine::bench::BenchReport>, ApiError> {
     let (_, request): (_, BenchRequest) = read_json(&state, body).await?;
-    let report = state.supervisor.bench(&request.model.to_ascii_lowercase()).await?;
-    state.bench.keep(&report).map_err(internal)?;
-    Ok(Json(report))
+    Ok(Json(state.bench(&request.model.to_ascii_lowercase()).await?))
 }
 
 async fn not_found(request: Request) -> Response {

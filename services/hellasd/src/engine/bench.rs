@@ -8,8 +8,7 @@
 //! at `experts used ÷ experts`. The KV cache read is left out: at the short contexts measured it
 //! is a fraction of a percent of the weights.
 
-use std::path::Path;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use hellas_model::gguf::GgufFile;
@@ -64,44 +63,12 @@ pub fn format_rate(bytes_per_sec: f64) -> String {
     format!("{:.0} GB/s", bytes_per_sec / 1e9)
 }
 
+/// The memory bandwidth decode is measured against (see `crate::tune::memory_bandwidth`).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Bandwidth {
     pub bytes_per_sec: f64,
     /// Where the figure comes from: the platform's specification, or a measurement here.
     pub source: String,
-}
-
-/// Platforms whose memory bandwidth is known from their specification, by CPU model name.
-const PLATFORMS: &[(&str, f64, &str)] = &[
-    // Ryzen AI Max (Strix Halo): 256-bit LPDDR5X-8000 = 8000 MT/s × 32 bytes (AMD's product pages).
-    ("Ryzen AI MAX", 256e9, "Strix Halo, 256-bit LPDDR5X-8000"),
-];
-
-impl Bandwidth {
-    /// The platform's bandwidth when it is a known one, else a copy measured here.
-    pub fn of_this_machine(root: &Path) -> Bandwidth {
-        let cpu = crate::tune::Probe::read(root).cpu_model.unwrap_or_default();
-        match PLATFORMS.iter().find(|(name, _, _)| cpu.to_ascii_lowercase().contains(&name.to_ascii_lowercase())) {
-            Some((_, bytes_per_sec, what)) => Bandwidth { bytes_per_sec: *bytes_per_sec, source: format!("{what}, from its specification") },
-            None => Bandwidth { bytes_per_sec: measure_copy(), source: format!("measured by copying memory on this {}", if cpu.is_empty() { "machine" } else { &cpu }) },
-        }
-    }
-}
-
-/// Memory bandwidth as a large copy sees it (bytes read plus bytes written, per second): the
-/// best of a few rounds over buffers far larger than any cache.
-fn measure_copy() -> f64 {
-    const SIZE: usize = 256 << 20;
-    let source = vec![1u8; SIZE];
-    let mut dest = vec![0u8; SIZE];
-    let mut best = f64::MAX;
-    for _ in 0..4 {
-        let started = Instant::now();
-        dest.copy_from_slice(&source);
-        std::hint::black_box(&dest);
-        best = best.min(started.elapsed().as_secs_f64());
-    }
-    2.0 * SIZE as f64 / best
 }
 
 /// Bytes a decoded token reads from the model's weights (see the module's note).
@@ -209,17 +176,5 @@ mod tests {
         assert_eq!(bytes_per_token(&file), 256_000 + 16_384 + 262_144 / 4);
         let tied = GgufBuilder::new().str("general.architecture", "llama").tensor("token_embd.weight", &[64, 1000], 0, 256_000).build();
         assert_eq!(bytes_per_token(&GgufFile::parse(tied.as_slice(), tied.len() as u64).unwrap()), 256_000, "tied embeddings are the output layer too");
-    }
-
-    #[test]
-    fn strix_halo_is_known_and_anything_else_is_measured() {
-        let root = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(root.path().join("proc")).unwrap();
-        std::fs::write(root.path().join("proc/cpuinfo"), "processor\t: 0\nmodel name\t: AMD RYZEN AI MAX+ 395 w/ Radeon 8060S\n").unwrap();
-        let strix = Bandwidth::of_this_machine(root.path());
-        assert_eq!(strix.bytes_per_sec, 256e9);
-        std::fs::write(root.path().join("proc/cpuinfo"), "model name\t: AMD EPYC\n").unwrap();
-        let measured = Bandwidth::of_this_machine(root.path());
-        assert!(measured.source.starts_with("measured") && measured.bytes_per_sec > 1e8, "{measured:?}");
     }
 }

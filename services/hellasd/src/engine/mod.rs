@@ -141,12 +141,12 @@ impl Supervisor {
         self.state.lock().unwrap().engines.values().filter(|e| e.in_flight() > 0).map(|e| e.plan.local_bytes()).sum()
     }
 
-    /// Measures `model`'s speed on its engine, loading it if needed (see [`bench`]).
-    pub async fn bench(self: &Arc<Self>, model: &str) -> Result<bench::BenchReport, EngineError> {
+    /// Measures `model`'s speed on its engine against `bandwidth`, loading it if needed (see
+    /// [`bench`]).
+    pub async fn bench(self: &Arc<Self>, model: &str, bandwidth: bench::Bandwidth) -> Result<bench::BenchReport, EngineError> {
         let lease = self.acquire(model).await?;
         let entry = self.library.get(model).map_err(EngineError::Internal)?.ok_or_else(|| EngineError::Failed { message: format!("model '{model}' left the library") })?;
         let weights = self.library.gguf(&entry).map_err(EngineError::Internal)?;
-        let bandwidth = tokio::task::spawn_blocking(|| bench::Bandwidth::of_this_machine(std::path::Path::new("/"))).await.map_err(|e| EngineError::Internal(e.into()))?;
         bench::run(&self.http, &lease.base_url(), model, &weights, lease.placement().describe(), bandwidth).await.map_err(EngineError::Internal)
     }
 

@@ -8,6 +8,7 @@
 //! the OS reserve).
 
 mod apply;
+mod bandwidth;
 mod decide;
 mod probe;
 
@@ -19,6 +20,7 @@ use serde_json::json;
 use crate::config::Config;
 use crate::memory_budget;
 use hellas_model::plan::format_bytes;
+pub use bandwidth::memory_bandwidth;
 pub use decide::{decide, Decision, Options, State};
 pub use probe::Probe;
 
