@@ -3,7 +3,8 @@
 //!
 //! `need = weights + KV cache + compute buffers + margin`, each matching what llama.cpp itself
 //! allocates when hellasd starts it as `llama-server -c (ctx × parallel) -np parallel
-//! --load-mode none -fa on` with the default `-ub 512`:
+//! -fa on -ub 512` (hellasd's engine settings, `services/hellasd/src/engine/settings.rs`, keep
+//! both on every backend):
 //!
 //! * **weights**: every tensor's data llama.cpp loads (`model buffer size`, all buffers incl.
 //!   `CPU_REPACK`; see [`ModelInfo::tensor_bytes`]).

@@ -60,6 +60,12 @@ pub struct EngineConfig {
     pub threads: Option<u32>,
     /// Layers offloaded to the GPU (`-ngl`); unset lets llama-server decide.
     pub gpu_layers: Option<i32>,
+    /// How llama-server loads the weights (`--load-mode`); unset: the engine settings' choice
+    /// for this box's backend (see `engine::settings`).
+    pub load_mode: Option<LoadMode>,
+    /// llama-server's logical batch (`-b`); unset: the engine settings' choice for this box's
+    /// backend. Below the micro-batch it also lowers that, which the plan over-counts safely.
+    pub batch_size: Option<std::num::NonZeroU32>,
     /// Whether engines must run on the GPU, so that one on the CPU is an error the owner sees;
     /// unset: when the box has an AMD GPU (and `gpu_layers` is not 0).
     pub expect_gpu: Option<bool>,
@@ -71,6 +77,39 @@ pub struct EngineConfig {
     pub idle_unload_secs: u64,
     /// A child that is not healthy after this long is killed and reported as failed.
     pub startup_timeout_secs: u64,
+}
+
+/// llama-server's `--load-mode`, spelled as it takes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LoadMode {
+    /// mmap, unless a device cannot use it.
+    #[serde(rename = "auto")]
+    Auto,
+    /// Read into memory the engine allocates itself.
+    #[serde(rename = "none")]
+    Read,
+    #[serde(rename = "mmap")]
+    Mmap,
+    #[serde(rename = "mlock")]
+    Mlock,
+    #[serde(rename = "mmap+mlock")]
+    MmapMlock,
+    /// Direct I/O, past the page cache.
+    #[serde(rename = "dio")]
+    Dio,
+}
+
+impl LoadMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LoadMode::Auto => "auto",
+            LoadMode::Read => "none",
+            LoadMode::Mmap => "mmap",
+            LoadMode::Mlock => "mlock",
+            LoadMode::MmapMlock => "mmap+mlock",
+            LoadMode::Dio => "dio",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -181,6 +220,8 @@ impl Default for EngineConfig {
             cache_type: CacheType::F16,
             threads: None,
             gpu_layers: None,
+            load_mode: None,
+            batch_size: None,
             expect_gpu: None,
             extra_args: Vec::new(),
             env: Default::default(),
@@ -340,6 +381,18 @@ mod tests {
         let file = write(dir.path(), "x.toml", "[api]\nlisten = 8080\n");
         let err = format!("{:#}", Config::load(&[file]).unwrap_err());
         assert!(err.contains("listen"), "{err}");
+    }
+
+    #[test]
+    fn engine_settings_take_llama_servers_spelling() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(dir.path(), "x.toml", "[engine]\nload_mode = \"mmap+mlock\"\nbatch_size = 4096\n");
+        let config = Config::load(&[file]).unwrap();
+        assert_eq!(config.engine.load_mode, Some(LoadMode::MmapMlock));
+        assert_eq!(config.engine.batch_size.map(|b| b.get()), Some(4096));
+        let zero = write(dir.path(), "y.toml", "[engine]\nbatch_size = 0\n");
+        let err = format!("{:#}", Config::load(&[zero]).unwrap_err());
+        assert!(err.contains("batch_size"), "{err}");
     }
 
     #[test]

@@ -10,12 +10,15 @@
 //! * `process`: one engine's child process, its start, health and exit.
 //! * `placement`: where its model really sits (GPU, CPU, peers), from llama-server's load log.
 //! * `bench`: a loaded model's prefill and decode speed against the memory-bandwidth ceiling.
+//! * `settings`: flash attention, batch sizes and load mode per backend, from published
+//!   measurements.
 //! * `pool`: models split across paired boxes, through the [`Pool`] the cluster provides.
 
 pub mod bench;
 mod placement;
 mod pool;
 mod process;
+mod settings;
 
 pub use placement::{is_gpu_device, Placement};
 pub use pool::{Pool, PoolFuture};

@@ -185,7 +185,7 @@ impl Supervisor {
         Ok(())
     }
 
-    fn command(&self, entry: &ModelEntry, port: u16, plan: &Plan) -> tokio::process::Command {
+    pub(super) fn command(&self, entry: &ModelEntry, port: u16, plan: &Plan) -> tokio::process::Command {
         let c = &self.config;
         let mut cmd = tokio::process::Command::new(&c.llama_server);
         // A split model loads from its first part; llama.cpp finds the others beside it.
@@ -203,9 +203,10 @@ impl Supervisor {
         // -c is the context of all slots together; the plan's context is per slot.
         cmd.args(["--ctx-size", &(u64::from(plan.ctx) * u64::from(plan.parallel)).to_string()]);
         cmd.args(["--parallel", &plan.parallel.to_string()]);
-        // Weights are read into memory rather than mapped, so the planned budget is what the
-        // engine really holds and a model file on slow storage is not paged in mid-request.
-        cmd.args(["--load-mode", "none", "--flash-attn", "on", "--no-webui"]);
+        // Flash attention, batch sizes and load mode: this backend's, from published Strix Halo
+        // measurements, unless the configuration says otherwise.
+        cmd.args(super::settings::Backend::of(self.expect_gpu).settings().configured(c).args());
+        cmd.arg("--no-webui");
         // llama-server's host-memory prompt cache (8 GiB by default) is memory the plan does not
         // hold; on a unified-memory box it would come out of the models' budget unannounced.
         cmd.args(["--cache-ram", "0"]);
