@@ -1,10 +1,10 @@
 //! The A/B update path on the booted box, driven as the owner drives it (the dashboard's forms
 //! and its JSON status), with the channel served from this host:
 //!
-//! 1. `<v>.1` is installed into the inactive slot and booted; the settings, the API key and the
-//!    model survive.
+//! 1. `<v>.1` is installed into the inactive slot and booted, ahead of the older release's tuned
+//!    boot entry; the settings, the API key and the model survive.
 //! 2. `<v>.2` (whose engine cannot start) is being written when the power is cut: the box
-//!    comes back on `<v>.1`.
+//!    comes back on `<v>.1`, through the tuned entry its good boot wrote for its own UKI.
 //! 3. `<v>.2` installed for real boots, fails its health check, and the box goes back to
 //!    `<v>.1` by itself; `<v>.2` is not offered again.
 //! 4. A channel that adds a `<v>.3` without its signature is refused.
@@ -80,6 +80,12 @@ pub fn update_roll_back_and_refuse(vm: &mut Vm, web: &mut OwnerWeb, key: &str, v
     vm.restart().expect("starting QEMU again");
     let report = vm.wait_report_where(REBOOT_TIMEOUT, "after the power cut", 0, |_| true).unwrap_or_else(|e| panic!("{e:#}"));
     assert_eq!(report["image_version"], v2.as_str(), "after a cut-short install the box must boot what it ran: {report}");
+    // Since it was proven good, the box runs tuned (the test image tunes as a Strix Halo would):
+    // the tuned boot entry, written on the update's boot, starts the new release's UKI.
+    assert!(
+        report["boot_entry"].as_str().unwrap_or_default().starts_with("hellas-tuned") && report["tuned"].as_str().unwrap_or_default().starts_with("ttm.pages_limit="),
+        "the tuned entry did not boot {v2}: {report}"
+    );
     check_report(&report, vm);
     web.log_in(PASSWORD);
     let status = wait_status(vm, web, "the cut-short install to be reported", |s| s["phase"]["phase"] != "installing");
