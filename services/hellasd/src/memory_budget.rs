@@ -6,9 +6,10 @@
 //! tree; production passes `/`.
 //!
 //! On an APU the VRAM is the BIOS carve-out and GTT is system RAM the GPU maps; the two are
-//! disjoint, so their sum is the whole pool. With TTM tuned (`ttm.pages_limit`), GTT covers nearly
-//! all RAM, including what the OS itself uses: the OS reserve is what keeps room for it, and it is
-//! subtracted once, not on top of the OS's current usage.
+//! disjoint, so their sum is the whole pool. GTT counts as far as the kernel really gives it:
+//! no more than TTM's page limit (beyond it TTM swaps other GPU buffers out to make room, so they
+//! do not stay resident) and no more than MemTotal less the OS reserve (GTT pages are the OS's own
+//! RAM). The reserve is subtracted once, not on top of the OS's current usage.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -18,12 +19,14 @@ use serde::Serialize;
 
 /// PCI vendor id of AMD/ATI.
 const AMD_VENDOR: &str = "0x1002";
+const PAGE: u64 = 4096;
 
 /// Where the budget came from.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum BudgetSource {
-    AmdGpu { card: String, gtt_total: u64, vram_total: u64 },
+    /// `ttm_limit`: TTM's page limit in bytes where it could be read.
+    AmdGpu { card: String, gtt_total: u64, vram_total: u64, ttm_limit: Option<u64> },
     SystemMemory { mem_available: u64, mem_total: u64 },
     Configured,
 }
@@ -43,9 +46,10 @@ impl MemoryBudget {
     pub fn describe(&self) -> String {
         use hellas_model::plan::format_bytes as f;
         let source = match &self.source {
-            BudgetSource::AmdGpu { card, gtt_total, vram_total } => {
-                format!("AMD GPU {card}: GTT {} + VRAM {}", f(*gtt_total), f(*vram_total))
-            }
+            BudgetSource::AmdGpu { card, gtt_total, vram_total, ttm_limit } => match ttm_limit.filter(|l| l < gtt_total) {
+                Some(limit) => format!("AMD GPU {card}: GTT {} (TTM keeps {} resident) + VRAM {}", f(*gtt_total), f(limit), f(*vram_total)),
+                None => format!("AMD GPU {card}: GTT {} + VRAM {}", f(*gtt_total), f(*vram_total)),
+            },
             BudgetSource::SystemMemory { mem_available, mem_total } => {
                 format!("system memory: {} available of {}", f(*mem_available), f(*mem_total))
             }
@@ -78,15 +82,20 @@ pub fn detect(root: &Path, os_reserve: u64) -> anyhow::Result<MemoryBudget> {
     let meminfo = read_meminfo(root);
     match best_amd_gpu(root) {
         Some(gpu) => {
+            // A GTT larger than TTM's limit is what a deprecated amdgpu.gttsize gives (the Beelink
+            // GTR9 Pro and AXB35-02 readings in tests/fixtures/boxes: 128 and 120 GiB of GTT, of
+            // which ROCm sees only the 62 GiB TTM limit).
+            let ttm_limit = ttm_pages_limit(root).map(|pages| pages.saturating_mul(PAGE));
+            let gtt = gpu.gtt_total.min(ttm_limit.unwrap_or(u64::MAX));
             // GTT is backed by system RAM, which the OS needs too: the reserve bites only where
-            // the TTM limit would reach into it (a tuned box's limit already leaves it out).
+            // the GTT would reach into it (a tuned box's limit already leaves it out).
             let (gtt, ram_for_gpu) = match &meminfo {
-                Ok(m) if m.total > 0 => (gpu.gtt_total.min(m.total), m.total.saturating_sub(os_reserve)),
-                _ => (gpu.gtt_total, gpu.gtt_total.saturating_sub(os_reserve)),
+                Ok(m) if m.total > 0 => (gtt.min(m.total), m.total.saturating_sub(os_reserve)),
+                _ => (gtt, gtt.saturating_sub(os_reserve)),
             };
             let total = gtt.saturating_add(gpu.vram_total);
             let usable = gtt.min(ram_for_gpu).saturating_add(gpu.vram_total);
-            let source = BudgetSource::AmdGpu { card: gpu.card, gtt_total: gpu.gtt_total, vram_total: gpu.vram_total };
+            let source = BudgetSource::AmdGpu { card: gpu.card, gtt_total: gpu.gtt_total, vram_total: gpu.vram_total, ttm_limit };
             Ok(MemoryBudget { source, total, os_reserve: total - usable, usable })
         }
         None => {
@@ -144,6 +153,13 @@ fn best_amd_gpu(root: &Path) -> Option<AmdGpu> {
         }
     }
     best
+}
+
+/// The page limit of the TTM that amdgpu uses: amdgpu-dkms's `amdttm` when it is loaded, else the
+/// kernel's `ttm`. Unreadable means no limit is known, not none.
+fn ttm_pages_limit(root: &Path) -> Option<u64> {
+    let module = if root.join("sys/module/amdttm/parameters").is_dir() { "amdttm" } else { "ttm" };
+    read_u64(&root.join(format!("sys/module/{module}/parameters/pages_limit"))).ok()
 }
 
 fn read_u64(path: &Path) -> anyhow::Result<u64> {
@@ -222,7 +238,7 @@ mod tests {
         write(root, "sys/class/drm/renderD128/dev", "226:128\n");
 
         let b = detect(root, 4 * GIB).unwrap();
-        assert_eq!(b.source, BudgetSource::AmdGpu { card: "card1".into(), gtt_total: gtt, vram_total: 512 * MIB });
+        assert_eq!(b.source, BudgetSource::AmdGpu { card: "card1".into(), gtt_total: gtt, vram_total: 512 * MIB, ttm_limit: None });
         assert_eq!(b.total, gtt + 512 * MIB);
         // GTT is half of RAM: the other half is the OS's, so the reserve takes nothing from it.
         assert_eq!(b.usable, gtt + 512 * MIB);
@@ -252,6 +268,26 @@ mod tests {
         let b = detect(root, GIB).unwrap();
         assert_eq!(b.total, 8 * GIB + 512 * MIB);
         assert_eq!(b.usable, 7 * GIB + 512 * MIB);
+    }
+
+    #[test]
+    fn gtt_beyond_the_ttm_limit_is_not_budgeted() {
+        // The Beelink GTR9 Pro reading: amdgpu.gttsize=131072 gives 128 GiB of GTT on 124.92 GiB
+        // of RAM, while TTM keeps its default limit of half of MemTotal.
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let mem_total_kib = 130_988_933;
+        meminfo(root, mem_total_kib, 120_000_000);
+        card(root, "card1", "0x1002", Some(&(128 * GIB).to_string()), Some(&(512 * MIB).to_string()));
+        let limit = mem_total_kib / 4 / 2;
+        write(root, "sys/module/ttm/parameters/pages_limit", &format!("{limit}\n"));
+        let b = detect(root, 4 * GIB).unwrap();
+        assert_eq!(b.usable, limit * 4096 + 512 * MIB);
+        assert!(b.describe().contains("(TTM keeps 62.46 GiB resident)"), "{}", b.describe());
+        // With amdgpu-dkms, amdgpu uses amdttm's limit, not the kernel's ttm.
+        write(root, "sys/module/ttm/parameters/pages_limit", "31457280\n");
+        write(root, "sys/module/amdttm/parameters/pages_limit", "4062211\n");
+        assert_eq!(detect(root, 4 * GIB).unwrap().usable, 4_062_211 * 4096 + 512 * MIB);
     }
 
     #[test]

@@ -3,9 +3,10 @@
 //!
 //! `status` reports (text or `--json`) and changes nothing; `apply` (run at boot by
 //! hellas-tune.service) also writes the boot entry with the parameters. Both read the machine
-//! through `--root` (default `/`), so fixture trees stand in for sysfs and procfs in tests. The
-//! budget reported is the one the planner uses (`memory_budget::detect`, GTT + carve-out less
-//! the OS reserve).
+//! through `--root` (default `/`), so fixture trees stand in for sysfs and procfs in tests
+//! (tests/fixtures/boxes holds the boxes owners published). The budget reported is the one the
+//! planner uses (`memory_budget::detect`: the carve-out plus GTT as far as TTM keeps it resident
+//! and MemTotal less the OS reserve allows); once tuned it is the decision's `planned_gpu_bytes`.
 
 mod apply;
 mod bandwidth;

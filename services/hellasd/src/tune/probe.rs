@@ -1,7 +1,7 @@
 //! What the machine is, read from a root directory (`/` on the device, a fixture tree in
 //! tests): DMI, CPU, amdgpu devices and their memory, the kfd topology, RAM, the kernel and its
-//! command line, the TTM limits and the firmware package. Every fact is optional: a missing or
-//! garbled file becomes a note in `problems`, never an error.
+//! command line, the TTM limits, amdgpu's `gttsize` and the firmware package. Every fact is
+//! optional: a missing or garbled file becomes a note in `problems`, never an error.
 
 use std::fs;
 use std::path::Path;
@@ -19,8 +19,15 @@ pub struct Probe {
     pub mem_total: Option<u64>,
     pub kernel: Option<String>,
     pub cmdline: Option<String>,
+    /// The page limit of the TTM that amdgpu uses: `amdttm`'s when amdgpu-dkms is loaded, else
+    /// `ttm`'s.
     pub ttm_pages_limit: Option<u64>,
     pub ttm_page_pool_size: Option<u64>,
+    /// amdgpu-dkms's own TTM module (`amdttm`) is loaded: `ttm.*` parameters do not reach it.
+    pub amdttm: bool,
+    /// amdgpu's `gttsize` in MiB as the running module has it (-1: unset), from the command line
+    /// or a modprobe.d option alike.
+    pub amdgpu_gttsize: Option<i64>,
     /// Version of Debian's firmware-amd-graphics package (linux-firmware upstream date).
     pub firmware: Option<String>,
     pub problems: Vec<String>,
@@ -66,8 +73,13 @@ impl Probe {
             .and_then(|c| c.lines().find_map(|l| l.strip_prefix("model name")?.split_once(':').map(|(_, m)| m.trim().to_string())));
         probe.kernel = text("proc/sys/kernel/osrelease", &mut p);
         probe.cmdline = text("proc/cmdline", &mut p);
-        probe.ttm_pages_limit = number(text("sys/module/ttm/parameters/pages_limit", &mut p), "ttm pages_limit", &mut p);
-        probe.ttm_page_pool_size = number(text("sys/module/ttm/parameters/page_pool_size", &mut p), "ttm page_pool_size", &mut p);
+        // amdgpu-dkms brings its own TTM, `amdttm`, and binds amdgpu to it (the GMKtec EVO-X2 and
+        // AXB35-02 readings in tests/fixtures/boxes show its limit in amdgpu's own warning).
+        let ttm = if root.join("sys/module/amdttm/parameters").is_dir() { "amdttm" } else { "ttm" };
+        probe.amdttm = ttm == "amdttm";
+        probe.ttm_pages_limit = number(text(&format!("sys/module/{ttm}/parameters/pages_limit"), &mut p), "ttm pages_limit", &mut p);
+        probe.ttm_page_pool_size = number(text(&format!("sys/module/{ttm}/parameters/page_pool_size"), &mut p), "ttm page_pool_size", &mut p);
+        probe.amdgpu_gttsize = number(text("sys/module/amdgpu/parameters/gttsize", &mut p), "amdgpu gttsize", &mut p);
         match text("proc/meminfo", &mut p) {
             Some(meminfo) => {
                 let kib = meminfo.lines().find_map(|l| l.strip_prefix("MemTotal:")?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok());
@@ -85,7 +97,7 @@ impl Probe {
     }
 }
 
-fn number(text: Option<String>, what: &str, problems: &mut Vec<String>) -> Option<u64> {
+fn number<T: std::str::FromStr>(text: Option<String>, what: &str, problems: &mut Vec<String>) -> Option<T> {
     let text = text?;
     match text.parse() {
         Ok(n) => Some(n),
