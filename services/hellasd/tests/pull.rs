@@ -187,3 +187,40 @@ fn a_full_disk_is_said_before_and_during_a_download_and_a_retry_continues() {
     assert!(hub.requests(&part_name(1)).iter().any(|start| *start > 0), "resumed, not started over: {:?}", hub.requests(&part_name(1)));
     assert!(list().contains("hf.co/test/smollm2-135m-instruct-gguf:q4_1"), "{}", list());
 }
+
+#[test]
+fn a_download_cut_by_a_restart_goes_on_by_itself() {
+    let (_dir, hub) = smollm_repo();
+    let mut daemon = Daemon::start(Setup { models: vec![], budget_bytes: Some(4 << 30), hub: Some(hub.endpoint.clone()), ..Setup::default() });
+    hub.throttle(8 << 20);
+    let reference = format!("hf.co/{REPO}:Q4_1");
+    let (url, key) = (daemon.url.clone(), daemon.key.clone().unwrap());
+    let pulling = std::thread::spawn(move || {
+        let client = reqwest::blocking::Client::builder().no_proxy().build().unwrap();
+        let _ = client.post(format!("{url}/api/pull")).bearer_auth(key).json(&json!({ "model": reference })).send().and_then(|r| r.text());
+    });
+    let downloads = daemon.state_dir().join("downloads");
+    let partial_bytes = || -> u64 {
+        let files = downloads.read_dir().into_iter().flatten().flatten().filter(|e| e.path().extension().is_some_and(|x| x == "partial"));
+        files.map(|e| e.metadata().map_or(0, |m| m.len())).sum()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while partial_bytes() < 4 << 20 {
+        assert!(std::time::Instant::now() < deadline, "the download did not start");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // As a power cut or a crash would: no time to finish anything.
+    unsafe { libc::kill(daemon.pid() as i32, libc::SIGKILL) };
+    daemon.restart();
+    pulling.join().unwrap();
+    hub.throttle(0);
+    let name = "hf.co/test/smollm2-135m-instruct-gguf:q4_1";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !daemon.get("/api/tags").text().unwrap().contains(name) {
+        assert!(std::time::Instant::now() < deadline, "the download did not go on after the restart:\n{}", daemon.log());
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(hub.requests(&part_name(1)).iter().any(|start| *start > 0), "it went on from where it stopped: {:?}", hub.requests(&part_name(1)));
+    assert!(daemon.log().contains("resuming an interrupted download"));
+    assert!(!downloads.read_dir().unwrap().flatten().any(|e| e.file_name().to_string_lossy().ends_with(".pull.json")), "nothing left to resume");
+}
