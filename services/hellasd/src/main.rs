@@ -69,6 +69,8 @@ enum Command {
     Install(cli::install::InstallArgs),
     /// Measure a model's prefill and decode speed on this box, against its memory bandwidth.
     Bench(cli::bench::BenchArgs),
+    /// The running models, and where each really sits (GPU or CPU, bytes on the GPU).
+    Ps(cli::ps::PsArgs),
 }
 
 fn main() -> Result<()> {
@@ -102,6 +104,7 @@ fn main() -> Result<()> {
         Command::Health(args) => hellasd::update::health::run(&args, &config),
         Command::Install(args) => cli::install::run(&config, args),
         Command::Bench(args) => cli::bench::run(&config, &args),
+        Command::Ps(args) => cli::ps::run(&config, &args),
         Command::Plan(_) => unreachable!("handled above"),
     }
 }

@@ -45,9 +45,15 @@ fn the_engine_says_where_it_runs_and_a_cpu_engine_on_a_gpu_box_is_an_error() {
     assert!(log.lines().any(|l| l.contains("engine ready") && l.contains("CPU: ") && l.contains("nothing on a GPU")), "the journal says where it loaded:\n{log}");
     assert!(!log.contains("get_availabl"), "per-request chatter stays out of the journal");
 
+    let ps = support::run(cpu_box.cli().arg("ps").env("HELLAS_API_KEY", cpu_box.key.as_ref().unwrap()));
+    let ps = String::from_utf8_lossy(&ps.stdout);
+    assert!(ps.contains("smollm2:135m-q4_1  planned") && ps.contains("on the GPU 0 B") && ps.contains("runs on CPU: ") && !ps.contains("problem"), "{ps}");
+
     let gpu_box = Daemon::start(Setup { expect_gpu: Some(true), ..Setup::default() });
     ask(&gpu_box);
     assert_eq!(metric(&gpu_box, "hellas_placement_problem"), Some(1.0));
+    let ps = support::run(gpu_box.cli().arg("ps").env("HELLAS_API_KEY", gpu_box.key.as_ref().unwrap()));
+    assert!(String::from_utf8_lossy(&ps.stdout).contains("problem: the engine runs on the CPU"), "{}", String::from_utf8_lossy(&ps.stdout));
     let dashboard = Visitor::login(&gpu_box).get("/dashboard").text().unwrap();
     assert!(dashboard.contains("class=\"warning\">the engine runs on the CPU, about ten times slower"), "{dashboard}");
     assert!(gpu_box.log().contains("the engine runs on the CPU"), "the journal has the error too");

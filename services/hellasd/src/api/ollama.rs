@@ -538,13 +538,17 @@ pub async fn ps(State(state): State<Arc<AppState>>) -> Result<Json<Value>, Ollam
     for engine in state.supervisor.loaded() {
         let Some(entry) = state.library.get(&engine.model).map_err(internal)? else { continue };
         let expires = SystemTime::now() + idle_ttl.saturating_sub(engine.idle_for());
+        let placement = engine.placement();
         models.push(json!({
             "name": engine.model, "model": engine.model, "size": engine.plan.total, "digest": engine.sha256,
             "details": details(&state, &entry),
             "expires_at": humantime::format_rfc3339_seconds(expires).to_string(),
             // What really sits on the GPU, from the engine's load log (0 on the CPU), as Ollama means it.
-            "size_vram": engine.placement().gpu_bytes(),
+            "size_vram": placement.gpu_bytes(),
             "context_length": engine.plan.ctx,
+            // Hellas' own: where the model sits, in words, and what is wrong with it if anything.
+            "placement": placement.describe(),
+            "placement_problem": state.supervisor.placement_problem(&engine),
         }));
     }
     Ok(Json(json!({ "models": models })))

@@ -1,9 +1,7 @@
 //! `hellasd bench MODEL`: asks the running daemon to measure a model's prefill and decode speed
 //! on this box (`POST /v1/hellas/bench`, with an API key) and prints the report.
 
-use std::time::Duration;
-
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 
 use crate::config::Config;
 use crate::engine::bench::BenchReport;
@@ -20,22 +18,8 @@ pub struct BenchArgs {
 }
 
 pub fn run(config: &Config, args: &BenchArgs) -> Result<()> {
-    let mut address = config.api.listen;
-    if address.ip().is_unspecified() {
-        address.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-    }
-    let url = format!("http://{address}/v1/hellas/bench");
-    let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(3600)).build().context("building the HTTP client")?;
-    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    let (status, text) = runtime.block_on(async {
-        let response = http.post(&url).bearer_auth(&args.key).json(&serde_json::json!({ "model": args.model })).send().await.with_context(|| format!("asking hellasd at {url}: is it running?"))?;
-        let status = response.status();
-        anyhow::Ok((status, response.text().await.with_context(|| format!("reading the answer of {url}"))?))
-    })?;
-    if !status.is_success() {
-        bail!("{url} answered {status}: {text}");
-    }
-    let report: BenchReport = serde_json::from_str(&text).with_context(|| format!("{url} answered {text}"))?;
+    let answer = super::daemon::call(config, "/v1/hellas/bench", &args.key, Some(serde_json::json!({ "model": args.model })))?;
+    let report: BenchReport = serde_json::from_value(answer.clone()).with_context(|| format!("hellasd answered {answer}"))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -5,10 +5,12 @@
 pub mod apply_settings;
 pub mod bench;
 pub mod claim_code;
+mod daemon;
 pub mod install;
 pub mod keys;
 pub mod models;
 pub mod plan;
+pub mod ps;
 pub mod serve;
 pub mod set_password;
 pub mod update;
