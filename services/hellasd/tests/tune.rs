@@ -430,6 +430,9 @@ fn the_tuned_entry_boots_the_booted_release_not_the_last_name() {
     let (ok, out) = tune(root.path(), &["apply", "--esp", esp.path().to_str().unwrap()]);
     assert!(ok && out.contains("reboot needed"), "{out}");
     assert_eq!(uki(&esp), "hellas_0.1.10.efi");
+    // A patch of 0.1.10 in systemd-boot's version order: after its own UKI, before any later release.
+    let entry = std::fs::read_dir(esp.path().join("loader/entries")).unwrap().next().unwrap().unwrap().path();
+    assert!(std::fs::read_to_string(entry).unwrap().contains("\nversion 0.1.10^tuned\n"));
     assert_eq!(std::fs::read_dir(esp.path().join("loader/entries")).unwrap().count(), 1, "one tuned entry, the new release's");
     // A release whose image is not on the ESP is refused, not guessed.
     os_release("0.2.0");

@@ -2,9 +2,14 @@
 //! image: a boot loader entry (Boot Loader Specification type #1) on the ESP that boots the
 //! booted release's unified kernel image (named by its `IMAGE_ID` and `IMAGE_VERSION`, never
 //! guessed from the files there, so after an A/B update it is the new release's) with the
-//! running command line plus the parameters. systemd-boot
-//! sorts it before the image's own entry; its name carries boot counting (`+3`), so a tuned
-//! boot that fails three times is marked bad and the untuned entry boots again. The running
+//! running command line plus the parameters. Its version, `<IMAGE_VERSION>^tuned`, is what
+//! places it: systemd-boot orders entries of one sort key by version, newest first, and in
+//! its version order a `^` segment is a patch of the release (newer than `0.1.0`, the release's
+//! own UKI) but older than any later release (`0.1.0.1`, `0.2.0`), so an update boots the new
+//! release, untuned, until its good boot writes its own tuned entry. (A `+tuned` suffix would
+//! beat every later release: systemd drops the `+` and an unprefixed segment is the newest; the
+//! QEMU update test caught that.) Its name carries boot counting (`+3`), so a tuned boot that
+//! fails three times is marked bad and the untuned entry boots again. The running
 //! entry is never edited, and a second apply with nothing new changes nothing.
 //!
 //! Without Secure Boot, systemd-stub lets the loader's command line replace the one inside the
@@ -38,7 +43,7 @@ pub fn apply(esp: &Path, cmdline: &str, parameters: &[String], image_name: &str,
     let mut options: Vec<&str> = cmdline.split_whitespace().filter(|w| !OWNED.iter().any(|o| w.starts_with(o))).collect();
     options.extend(parameters.iter().map(String::as_str));
     let text = format!(
-        "title Hellas {image_version} (memory tuned)\nsort-key {image_name}\nversion {image_version}+tuned\nuki /EFI/Linux/{uki}\noptions {}\n",
+        "title Hellas {image_version} (memory tuned)\nsort-key {image_name}\nversion {image_version}^tuned\nuki /EFI/Linux/{uki}\noptions {}\n",
         options.join(" ")
     );
     let entries = esp.join("loader/entries");
