@@ -10,8 +10,13 @@ use anyhow::{Context, Result};
 
 use crate::owner::Settings;
 
-/// Applies the owner's settings; needs root.
+/// Applies the owner's settings; needs root. Settings that fail the checks the web setup makes
+/// are refused whole, with the reason, before anything is touched: the daemon writes them, and
+/// an exploited engine runs as the daemon's user.
 pub fn apply(settings: &Settings) -> Result<()> {
+    if let Err(why) = settings.checked() {
+        anyhow::bail!("refusing the owner's settings, which the web setup would not have saved: {why}; nothing applied");
+    }
     apply_ssh_keys(&settings.ssh_keys)?;
     apply_box_name(&settings.box_name)
 }
@@ -64,3 +69,34 @@ fn apply_box_name(name: &str) -> Result<()> {
     Ok(())
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl me@laptop";
+
+    /// Values an exploited daemon could write into owner.json; each is refused before root
+    /// touches sshd, the host name or anything else.
+    #[test]
+    fn hostile_settings_are_refused_before_anything_is_applied() {
+        let good = Settings { ssh_keys: vec![KEY.into()], update_channel: "https://updates.example/hellas/".into(), ..Settings::default() };
+        assert_eq!(good.checked(), Ok(()));
+        let hostile = [
+            Settings { ssh_keys: vec![format!("{KEY}\nssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAttackerKeyAttackerKeyAttackerKeyAttacker x")], ..good.clone() },
+            Settings { ssh_keys: vec![format!("command=\"/bin/sh\" {KEY}")], ..good.clone() },
+            Settings { ssh_keys: vec!["ssh-dss AAAAB3NzaC1kc3MAAACBAP x".into()], ..good.clone() },
+            Settings { box_name: "box\nroot::0:0::/:/bin/sh".into(), ..good.clone() },
+            Settings { box_name: "../../etc".into(), ..good.clone() },
+            Settings { update_channel: "https://x.example/\n[Source]\nPath=/".into(), ..good.clone() },
+            Settings { update_channel: "https://user:pass@x.example/".into(), ..good.clone() },
+            Settings { update_channel: "file:///etc/".into(), ..good.clone() },
+            Settings { update_channel: "https://x.example/?MatchPattern=*".into(), ..good.clone() },
+            Settings { timezone: "../../etc/shadow".into(), ..good.clone() },
+        ];
+        for settings in hostile {
+            let refused = apply(&settings).unwrap_err();
+            assert!(format!("{refused:#}").contains("nothing applied"), "{settings:?}: {refused:#}");
+        }
+    }
+}

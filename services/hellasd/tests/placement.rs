@@ -96,6 +96,7 @@ fn the_bench_reports_prefill_and_decode_against_the_memory_bandwidth() {
     let text = support::run(daemon.cli().args(["bench", "smollm2:135m-q4_1"]).env("HELLAS_API_KEY", daemon.key.as_ref().unwrap()));
     let line = String::from_utf8_lossy(&text.stdout);
     assert!(line.contains("decode") && line.contains("memory bandwidth ceiling"), "{line}");
+    println!("{line}");
     let refused = support::run(daemon.cli().args(["bench", "smollm2:135m-q4_1", "--key", "hls_wrong"]));
     assert!(!refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("401"), "{}", String::from_utf8_lossy(&refused.stderr));
 

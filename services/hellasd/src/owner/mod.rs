@@ -208,13 +208,43 @@ pub fn timezones(zoneinfo: &Path) -> Vec<String> {
     zones
 }
 
-/// An update channel is empty (the configured one) or an http(s) URL of a directory.
+/// An update channel is empty (the configured one) or an http(s) URL of a directory: parsed as a
+/// URL, with a host, and nothing the transfer files could read as more than a path (no spaces or
+/// control characters, no user or password, query or fragment).
 pub fn check_update_channel(url: &str) -> Result<(), String> {
-    let scheme_ok = url.starts_with("https://") || url.starts_with("http://");
-    if url.is_empty() || (scheme_ok && url.len() <= 512 && !url.contains(|c: char| c.is_whitespace() || c.is_control())) {
+    if url.is_empty() {
+        return Ok(());
+    }
+    let refused = || "the update channel must be an http:// or https:// URL (the directory holding SHA256SUMS), or empty for the default".to_string();
+    if url.len() > 512 || url.contains(|c: char| c.is_whitespace() || c.is_control()) {
+        return Err(refused());
+    }
+    let parsed = reqwest::Url::parse(url).map_err(|_| refused())?;
+    let plain = ["http", "https"].contains(&parsed.scheme())
+        && parsed.host_str().is_some_and(|h| !h.is_empty())
+        && parsed.username().is_empty()
+        && parsed.password().is_none()
+        && parsed.query().is_none()
+        && parsed.fragment().is_none();
+    if plain { Ok(()) } else { Err(refused()) }
+}
+
+impl Settings {
+    /// Checks every value as the web settings form does. `owner.json` is the daemon's to write,
+    /// so root, which applies the settings (`apply-settings`, the updater), trusts nothing in it
+    /// unchecked: a key with a line break or options, a host name or channel that would write
+    /// more than itself into a system file, is refused with the reason.
+    pub fn checked(&self) -> Result<(), String> {
+        hellas_contract::box_name::check(&self.box_name).map_err(|e| format!("box name {:?}: {e}", self.box_name))?;
+        check_timezone(&self.timezone, Path::new("/nonexistent")).map_err(|e| format!("time zone: {e}"))?;
+        check_update_channel(&self.update_channel).map_err(|e| format!("update channel {:?}: {e}", self.update_channel))?;
+        for (n, key) in self.ssh_keys.iter().enumerate() {
+            let parsed = hellas_contract::ssh_keys::parse(key).map_err(|e| format!("SSH key {}: {e}", n + 1))?;
+            if parsed.len() != 1 || parsed[0] != *key {
+                return Err(format!("SSH key {} is not one key on one line", n + 1));
+            }
+        }
         Ok(())
-    } else {
-        Err("the update channel must be an http:// or https:// URL (the directory holding SHA256SUMS), or empty for the default".into())
     }
 }
 

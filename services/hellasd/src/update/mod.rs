@@ -154,9 +154,13 @@ fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).with_context(|| format!("setting the mode of {}", path.display()))
 }
 
-/// The channel in force: the owner's setting, else the configured one.
+/// The channel in force: the owner's setting, else the configured one. The owner's comes from a
+/// file the daemon writes, and root writes it into the transfer files: it is checked again here.
 pub fn channel(config: &Config) -> Result<String> {
     let settings = crate::owner::owner_store(&config.state_dir).load()?.settings;
+    if let Err(why) = crate::owner::check_update_channel(&settings.update_channel) {
+        bail!("refusing the update channel {:?} in the owner's settings: {why}", settings.update_channel);
+    }
     Ok(if settings.update_channel.is_empty() { config.update.channel.clone() } else { settings.update_channel })
 }
 
@@ -449,6 +453,20 @@ fn last_lines(text: &[u8], n: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_channel_that_would_write_more_than_a_path_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config { state_dir: dir.path().to_path_buf(), ..Config::default() };
+        let owner = crate::owner::owner_store(dir.path());
+        let with = |channel: &str| crate::owner::Settings { update_channel: channel.into(), ..Default::default() };
+        owner.update_settings(with("https://updates.example/hellas")).unwrap();
+        assert_eq!(channel(&config).unwrap(), "https://updates.example/hellas");
+        // As an exploited daemon could write it: a line break that adds a [Source] to the transfer files.
+        owner.update_settings(with("https://updates.example/\n[Source]\nPath=/")).unwrap();
+        let refused = channel(&config).unwrap_err();
+        assert!(format!("{refused:#}").contains("refusing the update channel"), "{refused:#}");
+    }
 
     #[test]
     fn versions_compare_by_number() {
