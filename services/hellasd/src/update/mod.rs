@@ -340,6 +340,15 @@ pub fn check(config: &Config, files: &UpdateFiles, status: &mut Status) -> Resul
 
 /// Installs `version` into the inactive slot and reboots into it.
 pub fn apply(config: &Config, files: &UpdateFiles, status: &mut Status, version: &str, reboot: bool) -> Result<()> {
+    // The version comes from a request the daemon writes; it becomes an argument of
+    // systemd-sysupdate, run as root: only a version the channel offers, shaped as a version
+    // (never an option), goes.
+    let shaped = version.len() <= 64
+        && version.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && version.bytes().all(|b| b.is_ascii_alphanumeric() || b"._+~^-".contains(&b));
+    if !shaped || !status.available.iter().any(|v| v == version) {
+        bail!("refusing to install {version:?}: the channel does not offer it (check for updates first)");
+    }
     if let Some(rejected) = status.rejected.iter().find(|r| r.version == version) {
         let error = format!("{version} was rolled back before ({}); it is not applied again", rejected.reason);
         status.phase = Phase::Failed { action: format!("installing {version}"), error: error.clone() };
@@ -453,6 +462,18 @@ fn last_lines(text: &[u8], n: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_an_offered_version_shaped_as_one_is_installed() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config { state_dir: dir.path().to_path_buf(), ..Config::default() };
+        let files = UpdateFiles::new(dir.path());
+        let mut status = Status { booted: "0.1.0".into(), available: vec!["0.1.0".into(), "--definitions=/tmp/x".into()], ..Status::default() };
+        for version in ["--definitions=/tmp/x", "0.2.0"] {
+            let refused = apply(&config, &files, &mut status, version, false).unwrap_err();
+            assert!(format!("{refused:#}").contains("does not offer it"), "{version}: {refused:#}");
+        }
+    }
 
     #[test]
     fn a_channel_that_would_write_more_than_a_path_is_refused() {
