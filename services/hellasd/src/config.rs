@@ -44,6 +44,9 @@ pub struct ApiConfig {
     pub queue_depth: usize,
     /// What a 429 or 503 tells the client to wait, in seconds.
     pub retry_after_secs: u64,
+    /// Networks whose addresses may read `/metrics` without an API key (a Prometheus on a
+    /// trusted network), e.g. `["10.0.0.0/8"]`; otherwise it needs an API key, like the models.
+    pub metrics_open_to: Vec<ipnet::IpNet>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -207,6 +210,7 @@ impl Default for ApiConfig {
             max_body_bytes: 8 << 20,
             queue_depth: 64,
             retry_after_secs: 2,
+            metrics_open_to: Vec::new(),
         }
     }
 }

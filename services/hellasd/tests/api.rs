@@ -269,6 +269,23 @@ fn bad_requests_get_clear_errors_and_the_daemon_lives_on() {
 }
 
 #[test]
+fn metrics_need_a_key_unless_the_owner_opened_them_to_a_network() {
+    let daemon = Daemon::start(Setup { models: vec![], ..Setup::default() });
+    let client = daemon.client();
+    let keyless = client.get(format!("{}/metrics", daemon.url)).send().unwrap();
+    assert_eq!(keyless.status(), 401);
+    assert!(keyless.text().unwrap().contains("Authorization: Bearer"));
+    let with_key = daemon.get("/metrics");
+    assert_eq!(with_key.status(), 200);
+    assert!(with_key.text().unwrap().contains("hellas_memory_budget_bytes"));
+
+    let open = Daemon::start(Setup { models: vec![], metrics_open_to: vec!["127.0.0.0/8"], ..Setup::default() });
+    let scraped = open.client().get(format!("{}/metrics", open.url)).send().unwrap();
+    assert_eq!(scraped.status(), 200, "a Prometheus on the trusted network needs no key");
+    assert_eq!(open.client().get(format!("{}/v1/models", open.url)).send().unwrap().status(), 401, "the models still do");
+}
+
+#[test]
 fn a_model_too_large_for_the_budget_is_refused_with_the_plan() {
     let daemon = Daemon::start(Setup { budget_bytes: Some(64 << 20), ..Setup::default() });
     let response = daemon.post("/v1/chat/completions", &greedy_chat(SMOL, false));

@@ -233,6 +233,10 @@ fn the_setup_refuses_what_it_must() {
     assert_eq!(before.json::<Value>().unwrap()["error"]["type"], "not_set_up");
     let ollama = api.post(format!("{}/api/chat", daemon.url)).json(&json!({"model": "x"})).send().unwrap();
     assert_eq!(ollama.status(), 403);
+    // Only a bare liveness answer: nothing about the box, its models or what it is asked.
+    let health: Value = api.get(format!("{}/health", daemon.url)).send().unwrap().json().unwrap();
+    assert_eq!(health, json!({"status": "ok"}));
+    assert_eq!(api.get(format!("{}/metrics", daemon.url)).send().unwrap().status(), 403);
 
     let mut visitor = Visitor::new(&daemon);
     let csrf = visitor.csrf("/setup/claim");

@@ -52,9 +52,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/embeddings", post(ollama::embeddings))
         .route("/v1/hellas/bench", post(bench))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
+    let metrics = Router::new().route("/metrics", get(metrics)).route_layer(middleware::from_fn_with_state(state.clone(), metrics_access));
     Router::new()
         .route("/health", get(health))
-        .route("/metrics", get(metrics))
+        .merge(metrics)
         .merge(models)
         .fallback(not_found)
         .layer(middleware::from_fn(cors))
@@ -78,8 +79,19 @@ async fn cors(request: Request, next: Next) -> Response {
     response
 }
 
-async fn health(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
-    Json(json!({ "status": "ok", "models_loaded": state.supervisor.loaded().len() }))
+/// Liveness, and nothing about the box: it answers anyone, also before the claim.
+async fn health() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// `/metrics` names the models and what they are asked: it needs an API key, like the models,
+/// unless the caller's address is in `api.metrics_open_to`.
+async fn metrics_access(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let peer = request.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
+    if peer.is_some_and(|ip| state.config.api.metrics_open_to.iter().any(|net| net.contains(&ip))) {
+        return next.run(request).await;
+    }
+    require_key(State(state), request, next).await
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {

@@ -85,7 +85,8 @@ pub async fn run(config: Config) -> Result<()> {
             tracing::warn!("setting TCP_NODELAY on a client connection: {e}");
         }
     });
-    axum::serve(listener, api::router(state)).with_graceful_shutdown(shutdown_signal()).await.context("serving the API")?;
+    let api = api::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, api).with_graceful_shutdown(shutdown_signal()).await.context("serving the API")?;
     web_server.await.context("the web server task")?.context("serving the web pages")?;
     tracing::info!("stopping engines");
     supervisor.shutdown().await;

@@ -87,6 +87,8 @@ pub struct Setup {
     pub expect_gpu: Option<bool>,
     /// `engine.env`, e.g. [`lavapipe`] to run the engines on the software Vulkan device.
     pub engine_env: Vec<(&'static str, String)>,
+    /// `api.metrics_open_to`: networks that may read `/metrics` without a key.
+    pub metrics_open_to: Vec<&'static str>,
 }
 
 pub const OWNER_PASSWORD: &str = "correct horse battery staple";
@@ -108,6 +110,7 @@ impl Default for Setup {
             hub: None,
             expect_gpu: None,
             engine_env: Vec::new(),
+            metrics_open_to: Vec::new(),
         }
     }
 }
@@ -132,7 +135,7 @@ impl Daemon {
         let web_port = free_port();
         let config = dir.path().join("hellasd.toml");
         let mut text = format!(
-            "state_dir = {state:?}\n[api]\nlisten = \"127.0.0.1:{port}\"\nqueue_depth = {queue}\nmax_body_bytes = 1048576\n\
+            "state_dir = {state:?}\n[api]\nlisten = \"127.0.0.1:{port}\"\nqueue_depth = {queue}\nmax_body_bytes = 1048576\nmetrics_open_to = {open:?}\n\
              [engine]\nllama_server = {server:?}\nctx = {ctx}\nparallel = {parallel}\nthreads = 2\nidle_unload_secs = {idle}\nstartup_timeout_secs = 120\n",
             state = dir.path().join("state"),
             queue = setup.queue_depth,
@@ -140,6 +143,7 @@ impl Daemon {
             ctx = setup.ctx,
             parallel = setup.parallel,
             idle = setup.idle_unload_secs,
+            open = setup.metrics_open_to,
         );
         if let Some(expect) = setup.expect_gpu {
             text.push_str(&format!("expect_gpu = {expect}\n"));
