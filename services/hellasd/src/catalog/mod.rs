@@ -229,6 +229,9 @@ pub fn fit(info: &ModelInfo, request: &PlanRequest, split: impl FnOnce(&Plan) ->
 pub struct Headers {
     dir: PathBuf,
     http: reqwest::Client,
+    /// Each model's facts once read, by its files' sha256s: the models page plans every
+    /// catalog quantisation on every visit, and a header with a large vocabulary is megabytes.
+    infos: std::sync::Mutex<std::collections::HashMap<String, ModelInfo>>,
 }
 
 /// Header prefixes to try: most models' headers fit in the first; large vocabularies need more.
@@ -236,12 +239,22 @@ const PREFIXES: [u64; 3] = [4 << 20, 32 << 20, 128 << 20];
 
 impl Headers {
     pub fn new(dir: PathBuf, http: reqwest::Client) -> Headers {
-        Headers { dir, http }
+        Headers { dir, http, infos: Default::default() }
     }
 
     /// The model's shape from its header (of a split model, every part's), fetched and kept
     /// when not known yet.
     pub async fn info(&self, pull: &Pull) -> Result<ModelInfo> {
+        let key: String = pull.parts.iter().chain(&pull.projector).map(|f| f.sha256.as_str()).collect::<Vec<_>>().join("+");
+        if let Some(info) = self.infos.lock().unwrap().get(&key) {
+            return Ok(info.clone());
+        }
+        let info = self.read_info(pull).await?;
+        self.infos.lock().unwrap().insert(key, info.clone());
+        Ok(info)
+    }
+
+    async fn read_info(&self, pull: &Pull) -> Result<ModelInfo> {
         let mut parts = Vec::new();
         for file in &pull.parts {
             parts.push(self.header(file).await?);
