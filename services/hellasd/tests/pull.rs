@@ -118,6 +118,19 @@ fn ollama_pull_streams_its_progress_and_refuses_what_does_not_fit() {
     assert!(unknown.text().unwrap().contains("hf.co/ORG/REPO:QUANT"));
 }
 
+/// Waits until the downloads in `dir` hold 4 MiB of partial files: a download is under way.
+fn wait_until_fetching(dir: &std::path::Path) {
+    let fetched = || -> u64 {
+        let partials = dir.read_dir().into_iter().flatten().flatten().filter(|e| e.path().extension().is_some_and(|x| x == "partial"));
+        partials.map(|e| e.metadata().map_or(0, |m| m.len())).sum()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while fetched() < 4 << 20 {
+        assert!(std::time::Instant::now() < deadline, "the download did not start");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 /// A tmpfs mounted for one test (the tests run as root, as CI does), unmounted however it ends.
 struct Tmpfs(tempfile::TempDir);
 
@@ -160,15 +173,7 @@ fn a_full_disk_is_said_before_and_during_a_download_and_a_retry_continues() {
     assert!(out.status.success(), "{}", text(&out));
     hub.throttle(8 << 20);
     let running = pull();
-    let fetched = || -> u64 {
-        let partials = state.join("downloads").read_dir().into_iter().flatten().flatten().filter(|e| e.path().extension().is_some_and(|x| x == "partial"));
-        partials.map(|e| e.metadata().map_or(0, |m| m.len())).sum()
-    };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while fetched() < 4 << 20 {
-        assert!(std::time::Instant::now() < deadline, "the download did not start");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    wait_until_fetching(&state.join("downloads"));
     let filler = disk.0.path().join("filler");
     {
         use std::io::Write;
@@ -200,15 +205,7 @@ fn a_download_cut_by_a_restart_goes_on_by_itself() {
         let _ = client.post(format!("{url}/api/pull")).bearer_auth(key).json(&json!({ "model": reference })).send().and_then(|r| r.text());
     });
     let downloads = daemon.state_dir().join("downloads");
-    let partial_bytes = || -> u64 {
-        let files = downloads.read_dir().into_iter().flatten().flatten().filter(|e| e.path().extension().is_some_and(|x| x == "partial"));
-        files.map(|e| e.metadata().map_or(0, |m| m.len())).sum()
-    };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while partial_bytes() < 4 << 20 {
-        assert!(std::time::Instant::now() < deadline, "the download did not start");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    wait_until_fetching(&downloads);
     // As a power cut or a crash would: no time to finish anything.
     unsafe { libc::kill(daemon.pid() as i32, libc::SIGKILL) };
     daemon.restart();

@@ -19,7 +19,7 @@ use serde_json::{json, Map, Value};
 use super::error::OllamaError;
 use super::relay::{self, Relay, SseReader};
 use super::{internal, read_json, ApiError, AppState, ClientKey};
-use crate::catalog::{Fit, Progress};
+use crate::catalog::Progress;
 use crate::library::ModelEntry;
 
 /// The Ollama API version this compatibility layer follows.
@@ -574,7 +574,7 @@ pub async fn pull(State(state): State<Arc<AppState>>, body: Body) -> Result<Resp
     let (_, request): (_, PullRequest) = read_json(&state, body).await?;
     let pull = state.pull_for(&request.model).await.map_err(|e| ApiError::new(StatusCode::NOT_FOUND, "model_not_found", format!("{e:#}")))?;
     let fit = state.fit(&pull).await;
-    if !fit.downloadable() && !matches!(fit, Fit::Installed) {
+    if !fit.allows_pull() {
         return Err(ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "model_too_large", format!("{} is not downloaded: {}", request.model, fit.describe())).into());
     }
     let files: Vec<(String, String)> = pull.parts.iter().chain(&pull.projector).map(|f| (f.file_name().to_string(), format!("sha256:{}", f.sha256))).collect();

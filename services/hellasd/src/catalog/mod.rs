@@ -200,6 +200,12 @@ impl Fit {
         }
     }
 
+    /// Whether a pull may go on: it fits (then it is fetched) or it is in the library already
+    /// (then there is nothing to fetch).
+    pub fn allows_pull(&self) -> bool {
+        self.downloadable() || matches!(self, Fit::Installed)
+    }
+
     pub fn downloadable(&self) -> bool {
         matches!(self, Fit::Fits { .. } | Fit::FitsSmallerContext { .. } | Fit::FitsAcross { .. } | Fit::Unknown { weights_fit: true, .. })
     }

@@ -72,7 +72,7 @@ pub async fn start_pull(State(state): St, OwnerForm(session, form): OwnerForm<Pu
         Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("{e:#}")),
     };
     let fit = state.fit(&pull).await;
-    if !fit.downloadable() && !matches!(fit, Fit::Installed) {
+    if !fit.allows_pull() {
         return refuse(StatusCode::CONFLICT, format!("{} is not downloaded: {}", pull.title, fit.describe()));
     }
     let id = pull.id().to_string();
