@@ -177,6 +177,8 @@ fn check_api(vm: &Vm, key: &str, expected: &str) {
     let ps: Value = client.get(format!("{api}/api/ps")).bearer_auth(key).send().and_then(|r| r.json()).expect("GET /api/ps");
     save(&vm.run_dir().join("ps.json"), &ps);
     assert_eq!(ps["models"][0]["size_vram"], 0, "the guest's engine runs on its CPU: {ps}");
+    // The image's kernel enforces the whole engine sandbox (Landlock, no capabilities).
+    assert_eq!(ps["models"][0]["sandbox"], "sandboxed: no capabilities, Landlock fully enforced", "{ps}");
 }
 
 /// The first-boot setup as a person does it: the API refuses before the claim, the claim code
@@ -326,6 +328,31 @@ pub(crate) fn check_report(report: &Value, vm: &Vm) {
     // device, the software one; inference on it under TCG would take hours, so the engine
     // answers on the CPU (the host tests run it on lavapipe: services/hellasd/tests/placement.rs).
     assert!(field("vulkan").starts_with("Vulkan0: llvmpipe"), "llama-server lists no Vulkan device: {report}");
+    check_exposure(report);
+}
+
+/// The highest `systemd-analyze security` exposure each shipped unit may have (0 safest, 10
+/// unsafe); each unit's hardening block says what it keeps and why.
+const EXPOSURE_LIMITS: &[(&str, f64)] = &[
+    ("hellas-claim-code", 1.0),
+    ("hellas-seed", 2.0),
+    ("hellas-settings", 2.0),
+    ("hellas-tune", 2.0),
+    // Starts the engine on the GPU, reaches hellasd over TCP.
+    ("hellas-health", 3.0),
+    // Serves the network, keeps the GPU's devices, Mesa needs W+X.
+    ("hellasd", 3.0),
+    // systemd-sysupdate and systemd-repart write raw block devices and the ESP as root.
+    ("hellas-update", 7.0),
+];
+
+fn check_exposure(report: &Value) {
+    let exposure = &report["exposure"];
+    for (unit, limit) in EXPOSURE_LIMITS {
+        let level = exposure[unit].as_f64().unwrap_or_else(|| panic!("no exposure for {unit} in the boot report: {exposure}"));
+        assert!(level <= *limit, "{unit}.service is exposed {level} (limit {limit}); all: {exposure}");
+    }
+    println!("systemd-analyze security exposure: {exposure}");
 }
 
 fn greedy_chat() -> Value {

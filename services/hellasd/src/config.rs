@@ -31,6 +31,7 @@ pub struct Config {
     pub update: UpdateConfig,
     pub cluster: ClusterConfig,
     pub hub: HubConfig,
+    pub sandbox: SandboxConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -126,6 +127,22 @@ pub struct WebConfig {
     pub runtime_dir: PathBuf,
 }
 
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SandboxConfig {
+    /// Directories engines and RPC workers may also read and execute, beyond /usr and the
+    /// other system paths: where a llama.cpp build outside /usr lives, with its Vulkan drivers.
+    pub read_only: Vec<PathBuf>,
+}
+
+impl Config {
+    /// The sandbox of an engine or RPC worker (see `sandbox`), before its own files and ports:
+    /// its scratch directory is `scratch/<kind>` in the state directory.
+    pub fn sandbox(&self, kind: &str) -> crate::sandbox::Sandbox {
+        crate::sandbox::Sandbox { read_exec: self.sandbox.read_only.clone(), scratch: self.state_dir.join("scratch").join(kind), ..Default::default() }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HubConfig {
@@ -199,6 +216,7 @@ impl Default for Config {
             update: UpdateConfig::default(),
             cluster: ClusterConfig::default(),
             hub: HubConfig::default(),
+            sandbox: SandboxConfig::default(),
         }
     }
 }

@@ -38,6 +38,7 @@ pub mod library;
 pub mod memory_budget;
 pub mod metrics;
 pub mod owner;
+pub mod sandbox;
 pub mod state_file;
 
 #[cfg(test)]

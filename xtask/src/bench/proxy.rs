@@ -382,11 +382,14 @@ fn hellasd_config(dir: &Path, llama_server: &Path, api_port: u16, web_port: u16)
         "state_dir = {}\n\n[api]\nlisten = \"127.0.0.1:{api_port}\"\nqueue_depth = 256\n\n\
          [engine]\nllama_server = {}\nctx = {CTX}\nparallel = {PARALLEL}\nthreads = {THREADS}\n\n\
          [web]\nlisten = \"127.0.0.1:{web_port}\"\nruntime_dir = {}\ncatalog = {}\n\n\
-         [cluster]\nenabled = false\n",
+         [cluster]\nenabled = false\n\n\
+         [sandbox]\nread_only = [{}]\n",
         quoted(&dir.join("state")),
         quoted(llama_server),
         quoted(&dir.join("run")),
         quoted(&dir.join("no-catalog.toml")),
+        // The engine tree (bin/llama-server beside the tree it runs from) lives outside /usr.
+        quoted(llama_server.parent().and_then(Path::parent).unwrap_or(llama_server)),
     )
 }
 

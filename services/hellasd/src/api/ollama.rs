@@ -549,6 +549,7 @@ pub async fn ps(State(state): State<Arc<AppState>>) -> Result<Json<Value>, Ollam
             // Hellas' own: where the model sits, in words, and what is wrong with it if anything.
             "placement": placement.describe(),
             "placement_problem": state.supervisor.placement_problem(&engine),
+            "sandbox": engine.sandbox,
         }));
     }
     Ok(Json(json!({ "models": models })))

@@ -22,6 +22,7 @@ pub fn run(config: &Config, args: &PsArgs) -> Result<()> {
         let bytes = |key: &str| model[key].as_u64().map(format_bytes).unwrap_or_default();
         println!("{}  planned {}, on the GPU {}, context {}", model["name"].as_str().unwrap_or("?"), bytes("size"), bytes("size_vram"), model["context_length"]);
         println!("  runs on {}", model["placement"].as_str().unwrap_or("unknown"));
+        println!("  {}", model["sandbox"].as_str().unwrap_or("sandbox unknown"));
         if let Some(problem) = model["placement_problem"].as_str() {
             println!("  problem: {problem}");
         }

@@ -45,7 +45,7 @@ pub async fn run(config: Config) -> Result<()> {
     let metrics = Arc::new(Metrics::new());
     let library = Arc::new(ModelLibrary::open(config.state_dir.join("models")));
     let on_gpu = crate::memory_budget::engines_on_gpu(&config.engine);
-    let supervisor = Supervisor::new(config.engine.clone(), budget.usable, on_gpu, library.clone(), metrics.clone());
+    let supervisor = Supervisor::new(config.engine.clone(), config.sandbox("engines"), budget.usable, on_gpu, library.clone(), metrics.clone());
     supervisor.spawn_idle_reaper();
     let cluster = if config.cluster.enabled {
         let cluster = Cluster::new(&config, owner_store(&config.state_dir), supervisor.clone()).context("setting up the pool")?;

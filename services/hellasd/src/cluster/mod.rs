@@ -142,6 +142,7 @@ impl Cluster {
             worker: worker::Worker::new(
                 cluster.clone(),
                 SocketAddr::new(address, cluster.rpc_port),
+                config.sandbox("rpc"),
             ),
             config: cluster.clone(),
             identity,

@@ -11,17 +11,22 @@ use anyhow::{Context, Result};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::config::ClusterConfig;
+use crate::sandbox::Sandbox;
 
 pub struct Worker {
     config: ClusterConfig,
     endpoint: SocketAddr,
     child: Mutex<Option<u32>>,
     wanted: tokio::sync::watch::Sender<bool>,
+    /// What the worker may touch: nothing but the system's libraries, its scratch directory
+    /// and its own port; it connects nowhere.
+    sandbox: Sandbox,
 }
 
 impl Worker {
-    pub fn new(config: ClusterConfig, endpoint: SocketAddr) -> Worker {
+    pub fn new(config: ClusterConfig, endpoint: SocketAddr, sandbox: Sandbox) -> Worker {
         Worker {
+            sandbox: Sandbox { bind: vec![endpoint.port()], ..sandbox },
             config,
             endpoint,
             child: Mutex::new(None),
@@ -103,13 +108,11 @@ impl Worker {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        // SAFETY: prctl is async-signal-safe; the worker must not outlive hellasd, whose firewall
-        // and pairing are what make it safe to run.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
+        // The sandbox also ties the worker's life to hellasd's, whose firewall and pairing are
+        // what make it safe to run.
+        let confined = self.sandbox.confine(&mut cmd).context("sandboxing the RPC worker")?;
+        if let Some(shortfall) = confined.shortfall() {
+            tracing::warn!("RPC worker sandbox incomplete: {shortfall}");
         }
         let mut child = cmd.spawn().with_context(|| {
             format!(

@@ -33,6 +33,7 @@ use hellas_model::gguf::ModelInfo;
 use hellas_model::plan::{self as planner, Plan, PlanRequest, Verdict};
 
 use crate::config::EngineConfig;
+use crate::sandbox::Sandbox;
 use crate::library::{ModelEntry, ModelLibrary};
 use crate::metrics::Metrics;
 use pool::Degraded;
@@ -110,10 +111,12 @@ pub struct Supervisor {
     http: reqwest::Client,
     /// The pool, when clustering is on: models too large for this box run across it.
     pool: OnceLock<Arc<dyn Pool>>,
+    /// What every engine may touch, before its own model files and ports.
+    sandbox: Sandbox,
 }
 
 impl Supervisor {
-    pub fn new(config: EngineConfig, budget: u64, expect_gpu: bool, library: Arc<ModelLibrary>, metrics: Arc<Metrics>) -> Arc<Supervisor> {
+    pub fn new(config: EngineConfig, sandbox: Sandbox, budget: u64, expect_gpu: bool, library: Arc<ModelLibrary>, metrics: Arc<Metrics>) -> Arc<Supervisor> {
         metrics.memory_budget_bytes.set(budget as i64);
         Arc::new(Supervisor {
             expect_gpu,
@@ -126,6 +129,7 @@ impl Supervisor {
             model_info: Mutex::new(HashMap::new()),
             http: reqwest::Client::builder().no_proxy().build().expect("building an HTTP client"),
             pool: OnceLock::new(),
+            sandbox,
         })
     }
 

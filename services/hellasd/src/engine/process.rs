@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use super::{EngineStatus, Placement, Supervisor, CRASH_MEMORY, RECENT_OUTPUT_LINES, STOP_GRACE};
 use crate::library::ModelEntry;
 use crate::metrics::Metrics;
+use crate::sandbox::Sandbox;
 
 pub struct Engine {
     pub model: String,
@@ -33,6 +34,8 @@ pub struct Engine {
     failure: Mutex<Option<String>>,
     recent_output: Mutex<VecDeque<String>>,
     placement: Mutex<Placement>,
+    /// How far its sandbox is enforced, in words.
+    pub sandbox: String,
 }
 
 impl Engine {
@@ -146,6 +149,16 @@ impl Supervisor {
     pub(super) async fn start(self: &Arc<Self>, entry: ModelEntry, plan: Plan) -> anyhow::Result<()> {
         let port = free_loopback_port()?;
         let mut command = self.command(&entry, port, &plan);
+        let sandbox = Sandbox {
+            read: entry.blobs().into_iter().map(|sha256| self.library.blob_path(sha256)).filter(|path| path.exists()).collect(),
+            bind: vec![port],
+            connect: plan.split.iter().flat_map(|split| split.peers()).filter_map(|share| share.rpc).map(|rpc| rpc.port()).collect(),
+            ..self.sandbox.clone()
+        };
+        let confined = sandbox.confine(&mut command).with_context(|| format!("sandboxing the engine for '{}'", entry.name))?;
+        if let Some(shortfall) = confined.shortfall() {
+            tracing::warn!(model = %entry.name, "engine sandbox incomplete: {shortfall}");
+        }
         let mut child = command
             .spawn()
             .with_context(|| format!("starting {} (set engine.llama_server)", self.config.llama_server.display()))?;
@@ -166,6 +179,7 @@ impl Supervisor {
             failure: Mutex::new(None),
             recent_output: Mutex::new(VecDeque::new()),
             placement: Mutex::new(Placement::default()),
+            sandbox: confined.describe(),
         });
         if let Some(out) = child.stdout.take() {
             tokio::spawn(keep_output(engine.clone(), out));
@@ -228,14 +242,6 @@ impl Supervisor {
         }
         cmd.args(&c.extra_args).envs(&c.env);
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
-        // SAFETY: prctl is async-signal-safe. The child dies with the thread that spawned it
-        // (a runtime worker, alive as long as hellasd), so no engine outlives the daemon.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
         cmd
     }
 

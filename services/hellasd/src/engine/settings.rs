@@ -142,7 +142,7 @@ mod tests {
     fn engine_args(config: EngineConfig, on_gpu: bool) -> Vec<String> {
         let dir = tempfile::tempdir().unwrap();
         let library = Arc::new(ModelLibrary::open(dir.path().to_path_buf()));
-        let supervisor = Supervisor::new(config, 1 << 30, on_gpu, library, Arc::new(Metrics::new()));
+        let supervisor = Supervisor::new(config, Default::default(), 1 << 30, on_gpu, library, Arc::new(Metrics::new()));
         let entry = ModelEntry {
             name: "tiny".into(),
             sha256: "0".repeat(64),

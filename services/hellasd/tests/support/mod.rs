@@ -89,6 +89,9 @@ pub struct Setup {
     pub engine_env: Vec<(&'static str, String)>,
     /// `api.metrics_open_to`: networks that may read `/metrics` without a key.
     pub metrics_open_to: Vec<&'static str>,
+    /// Another program in llama-server's place (`engine.llama_server`); its directory is added
+    /// to what engines may read.
+    pub engine: Option<PathBuf>,
 }
 
 pub const OWNER_PASSWORD: &str = "correct horse battery staple";
@@ -111,6 +114,7 @@ impl Default for Setup {
             expect_gpu: None,
             engine_env: Vec::new(),
             metrics_open_to: Vec::new(),
+            engine: None,
         }
     }
 }
@@ -139,7 +143,7 @@ impl Daemon {
              [engine]\nllama_server = {server:?}\nctx = {ctx}\nparallel = {parallel}\nthreads = 2\nidle_unload_secs = {idle}\nstartup_timeout_secs = 120\n",
             state = dir.path().join("state"),
             queue = setup.queue_depth,
-            server = llama_server(),
+            server = setup.engine.clone().unwrap_or_else(llama_server),
             ctx = setup.ctx,
             parallel = setup.parallel,
             idle = setup.idle_unload_secs,
@@ -166,6 +170,10 @@ impl Daemon {
         if let Some(endpoint) = &setup.hub {
             text.push_str(&format!("[hub]\nendpoint = {endpoint:?}\n"));
         }
+        // The engine tree lives outside /usr, so its engines' sandbox is told to read it.
+        let mut read_only = vec![cache_dir().join("engine")];
+        read_only.extend(setup.engine.iter().filter_map(|engine| engine.parent()).map(Path::to_path_buf));
+        text.push_str(&format!("[sandbox]\nread_only = {read_only:?}\n"));
         if let Some(budget) = setup.budget_bytes {
             text.push_str(&format!("[memory]\nbudget_bytes = {budget}\n"));
         }
