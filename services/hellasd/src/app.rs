@@ -67,6 +67,12 @@ pub struct Parts {
 }
 
 impl AppState {
+    /// `/metrics`, with the engines' gauges brought up to date.
+    pub fn metrics_text(&self) -> String {
+        self.supervisor.update_gauges();
+        self.metrics.render()
+    }
+
     pub fn new(config: Config, parts: Parts) -> Result<AppState> {
         let downloads_http = reqwest::Client::builder().no_proxy().build().context("building the HTTP client")?;
         let catalog = Catalog::load(&config.web.catalog).context("loading the model catalog")?;

@@ -91,6 +91,9 @@ impl Metrics {
         }
     }
 
+    /// The content type of [`Metrics::render`]'s text.
+    pub const CONTENT_TYPE: &'static str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
     pub fn render(&self) -> String {
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");

@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::{Daemon, DirectEngine, Setup, GEMMA, SMOLLM};
+use support::{Daemon, DirectEngine, Setup, Visitor, GEMMA, SMOLLM};
 
 const SMOL: &str = "smollm2:135m-q4_1";
 
@@ -278,6 +278,14 @@ fn metrics_need_a_key_unless_the_owner_opened_them_to_a_network() {
     let with_key = daemon.get("/metrics");
     assert_eq!(with_key.status(), 200);
     assert!(with_key.text().unwrap().contains("hellas_memory_budget_bytes"));
+    // The owner's browser reads them on the web port with the owner's session; a visitor is sent to log in.
+    let mut visitor = Visitor::new(&daemon);
+    let anonymous = visitor.get("/metrics");
+    assert!(anonymous.status().is_redirection() && anonymous.headers()["location"] == "/login", "{:?}", anonymous.status());
+    let mut owner = Visitor::login(&daemon);
+    let session = owner.get("/metrics");
+    assert_eq!(session.status(), 200);
+    assert!(session.text().unwrap().contains("hellas_memory_budget_bytes"));
 
     let open = Daemon::start(Setup { models: vec![], metrics_open_to: vec!["127.0.0.0/8"], ..Setup::default() });
     let scraped = open.client().get(format!("{}/metrics", open.url)).send().unwrap();

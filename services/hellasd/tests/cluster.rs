@@ -384,10 +384,25 @@ fn a_fleet_updates_one_box_at_a_time_and_halts_at_the_first_failure() {
     assert_eq!(take_request(&c), Some(Request::Apply { version: "2.0".into() }));
     assert!(c.state_dir().join("owner.json").exists());
 
-    // Re-image, data wiped: charlie is reset (unclaimed) and no longer paired.
-    let wiped = owner_a.post("/pool/reimage", &[("csrf", &csrf), ("node_id", &c_id), ("confirm", "charlie")]);
-    assert_eq!(wiped.status(), 200);
-    assert!(wiped.text().unwrap().contains("unclaimed"));
+    // Re-image, data wiped: it waits for charlie's owner, who refuses it once, then approves.
+    let ask = |owner_a: &mut Visitor| {
+        let asked = owner_a.post("/pool/reimage", &[("csrf", &csrf), ("node_id", &c_id), ("confirm", "charlie")]);
+        assert_eq!(asked.status(), 200);
+        let page = asked.text().unwrap();
+        assert!(page.contains("Not wiped yet: charlie waits for its owner to approve the wipe"), "{page}");
+    };
+    ask(&mut owner_a);
+    assert!(c.state_dir().join("owner.json").exists(), "nothing is wiped before charlie's owner says so");
+    let dashboard = owner_c.get("/dashboard").text().unwrap();
+    assert!(dashboard.contains("alpha asks to wipe this box"), "charlie's dashboard shows the request");
+    let csrf_c = owner_c.csrf("/pool");
+    let refused = owner_c.post("/pool/wipe-request", &[("csrf", &csrf_c), ("answer", "refuse")]);
+    assert!(refused.status() == 200 && refused.text().unwrap().contains("Refused: this box stays as it is."));
+    assert!(!owner_c.get("/pool").text().unwrap().contains("asks to wipe"), "a refused request is gone");
+    assert!(c.state_dir().join("owner.json").exists());
+    ask(&mut owner_a);
+    let approved = owner_c.post("/pool/wipe-request", &[("csrf", &csrf_c), ("answer", "approve")]);
+    assert!(approved.status() == 200 && approved.text().unwrap().contains("being reset"));
     wait_for("charlie to be reset", Duration::from_secs(20), || (!c.state_dir().join("owner.json").exists()).then_some(Value::Null));
     assert!(!pool(&mut owner_a)["peers"].to_string().contains(&c_id), "alpha no longer lists charlie");
     let peers_of_c: Value = serde_json::from_slice(&std::fs::read(c.state_dir().join("cluster/peers.json")).unwrap()).unwrap();

@@ -95,8 +95,7 @@ async fn metrics_access(State(state): State<Arc<AppState>>, request: Request, ne
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    state.supervisor.update_gauges();
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], state.metrics.render()).into_response()
+    ([(header::CONTENT_TYPE, crate::metrics::Metrics::CONTENT_TYPE)], state.metrics_text()).into_response()
 }
 
 #[derive(serde::Deserialize)]

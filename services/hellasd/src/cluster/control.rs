@@ -41,7 +41,8 @@ pub enum Request {
     Update { version: String },
     /// Back to the release image: with `keep_data`, the channel's newest release (the root is
     /// read-only and verified, so a box on it runs the release image already); without, a
-    /// factory reset (the box forgets its owner, models, keys and pairings).
+    /// factory reset (the box forgets its owner, models, keys and pairings), which waits for
+    /// this box's owner to approve it unless they let peers wipe it.
     Reimage { keep_data: bool },
 }
 
@@ -56,6 +57,10 @@ pub enum Response {
     Status(NodeStatus),
     Done,
     Refused {
+        message: String,
+    },
+    /// The request is recorded and waits for this box's owner (a wipe, see [`Request::Reimage`]).
+    Awaiting {
         message: String,
     },
 }

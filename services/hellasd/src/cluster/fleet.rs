@@ -18,6 +18,21 @@ use super::peers::Peer;
 use super::Cluster;
 use crate::update::{self, UpdateFiles};
 
+/// What a peer's re-image request came to on this box.
+pub(super) enum Reimaged {
+    Done,
+    /// A wipe, waiting for the owner; what the peer is told.
+    Awaiting(String),
+}
+
+/// A paired box's request to wipe this one, shown to the owner on the Pool page.
+#[derive(Clone, Debug, Serialize)]
+pub struct WipeRequest {
+    pub from: String,
+    pub node_id: String,
+    pub at: u64,
+}
+
 /// What a rollout is doing; the variants are its states.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
@@ -106,19 +121,49 @@ impl Cluster {
         Ok(())
     }
 
-    /// Back to the release image, as a peer asked (see [`Request::Reimage`]).
-    pub(super) fn reimage_this_box(&self, keep_data: bool) -> Result<()> {
+    /// Back to the release image, as peer `from` asked (see [`Request::Reimage`]). A wipe waits
+    /// for this box's owner unless they let peers wipe it: a paired box is trusted to share
+    /// memory, not to erase the owner's box.
+    pub(super) fn reimage_this_box(&self, from: &Peer, keep_data: bool) -> Result<Reimaged> {
         if keep_data {
-            return match UpdateFiles::new(&self.state_dir).status()?.offered {
-                Some(version) => self.update_this_box(&version),
-                None => {
-                    tracing::info!("re-image keeping the data: this box runs the newest release already");
-                    Ok(())
-                }
-            };
+            match UpdateFiles::new(&self.state_dir).status()?.offered {
+                Some(version) => self.update_this_box(&version)?,
+                None => tracing::info!("re-image keeping the data: this box runs the newest release already"),
+            }
+            return Ok(Reimaged::Done);
         }
-        let reset = self.reset.get().context("the pool is not started")?(); 
-        tracing::warn!("re-image without the data requested by a peer: factory reset");
+        if !self.owner.load()?.settings.peers_may_wipe {
+            *self.wipe_request.lock().unwrap() = Some(WipeRequest { from: from.name.clone(), node_id: from.node_id.clone(), at: crate::state_file::unix_now() });
+            tracing::warn!(peer = %from.name, "a peer asks to wipe this box: waiting for the owner to approve it on the Pool page");
+            return Ok(Reimaged::Awaiting(format!(
+                "{} waits for its owner to approve the wipe on its Pool page (or to let paired boxes wipe it, in its settings)",
+                self.box_name()
+            )));
+        }
+        tracing::warn!(peer = %from.name, "re-image without the data requested by a peer: factory reset");
+        self.factory_reset()?;
+        Ok(Reimaged::Done)
+    }
+
+    /// A peer's request to wipe this box, waiting for the owner.
+    pub fn wipe_request(&self) -> Option<WipeRequest> {
+        self.wipe_request.lock().unwrap().clone()
+    }
+
+    /// The owner's answer to the waiting wipe request: approved, the box is reset.
+    pub fn answer_wipe_request(&self, approve: bool) -> Result<()> {
+        let request = self.wipe_request.lock().unwrap().take().context("no paired box asks to wipe this one")?;
+        if approve {
+            tracing::warn!(peer = %request.from, "the owner approved the wipe a peer asked for: factory reset");
+            self.factory_reset()?;
+        } else {
+            tracing::info!(peer = %request.from, "the owner refused the wipe a peer asked for");
+        }
+        Ok(())
+    }
+
+    fn factory_reset(&self) -> Result<()> {
+        let reset = self.reset.get().context("the pool is not started")?();
         // After the answer: the reset unpairs this box from the caller too.
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -132,7 +177,10 @@ impl Cluster {
     /// Re-images paired box `node_id`; without `keep_data` it is reset and no longer paired.
     pub async fn reimage(&self, node_id: &str, keep_data: bool) -> Result<String> {
         let peer = self.paired(node_id)?;
-        self.call(&peer, &Request::Reimage { keep_data }).await.with_context(|| format!("re-imaging {}", peer.name))?;
+        let answer = self.call(&peer, &Request::Reimage { keep_data }).await.with_context(|| format!("re-imaging {}", peer.name))?;
+        if let Response::Awaiting { message } = answer {
+            return Ok(format!("Not wiped yet: {message}."));
+        }
         if keep_data {
             return Ok(format!("{} is going back to the channel's newest release, keeping its data", peer.name));
         }

@@ -97,6 +97,8 @@ pub struct Cluster {
     fence: tokio::sync::Mutex<()>,
     state_dir: PathBuf,
     rollout: StateFile<RolloutFile>,
+    /// A peer's request to wipe this box, until the owner approves or refuses it.
+    wipe_request: Mutex<Option<fleet::WipeRequest>>,
 }
 
 /// Returns the box to its unclaimed state; the app above gives it (see `crate::app::factory_reset`).
@@ -159,6 +161,7 @@ impl Cluster {
             supervisor,
             reset: OnceLock::new(),
             fence: tokio::sync::Mutex::new(()),
+            wipe_request: Mutex::new(None),
             rollout: StateFile::new(config.state_dir.join("cluster/rollout.json")),
             state_dir: config.state_dir.clone(),
         }))

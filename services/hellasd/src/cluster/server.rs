@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 
 use super::control::{self, Request, Response};
 use super::peers::Peer;
+use super::fleet::Reimaged;
 use super::pairing::{self, Role};
 use super::{Cluster, Hold, HOLD_TTL};
 
@@ -186,8 +187,9 @@ impl Cluster {
                 Ok(()) => Response::Done,
                 Err(e) => Response::Refused { message: format!("{e:#}") },
             },
-            Request::Reimage { keep_data } => match self.reimage_this_box(keep_data) {
-                Ok(()) => Response::Done,
+            Request::Reimage { keep_data } => match self.reimage_this_box(peer, keep_data) {
+                Ok(Reimaged::Done) => Response::Done,
+                Ok(Reimaged::Awaiting(message)) => Response::Awaiting { message },
                 Err(e) => Response::Refused { message: format!("{e:#}") },
             },
             Request::Pair { .. } => unreachable!("answered before"),

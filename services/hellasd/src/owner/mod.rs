@@ -53,11 +53,14 @@ pub struct Settings {
     pub ssh_keys: Vec<String>,
     /// The release channel's URL; empty: `update.channel` from the configuration.
     pub update_channel: String,
+    /// Paired boxes may wipe this one (re-image without the data) without asking; otherwise
+    /// such a request waits for the owner on the Pool page.
+    pub peers_may_wipe: bool,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { box_name: "hellas".into(), timezone: "UTC".into(), ssh_keys: Vec::new(), update_channel: String::new() }
+        Settings { box_name: "hellas".into(), timezone: "UTC".into(), ssh_keys: Vec::new(), update_channel: String::new(), peers_may_wipe: false }
     }
 }
 

@@ -64,8 +64,14 @@ pub async fn dashboard(State(state): St, Owner(session): Owner) -> Response {
     let data = json!({
         "memory": memory_bar(&state, used), "models": models, "downloads": downloads, "keys": keys, "bench": bench,
         "recent": recent, "ssh_key_count": file.settings.ssh_keys.len(), "settings": file.settings, "tuning": tuning, "update": update,
+        "wipe_request": state.cluster.as_ref().and_then(|c| c.wipe_request()),
     });
     Page::new("dashboard", format!("{}.local", file.settings.box_name), data).render(&session)
+}
+
+/// `/metrics` for the owner's browser session, as the API serves it to API keys.
+pub async fn metrics(State(state): St, Owner(_session): Owner) -> Response {
+    ([(axum::http::header::CONTENT_TYPE, crate::metrics::Metrics::CONTENT_TYPE)], state.metrics_text()).into_response()
 }
 
 /// The dashboard's update section: what runs, what the channel offers, what is happening.

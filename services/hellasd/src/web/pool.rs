@@ -57,7 +57,7 @@ fn pool_data(state: &AppState, cluster: &Cluster) -> Value {
         .collect();
     json!({
         "this": view.this, "budget": format_bytes(view.this.budget), "free": format_bytes(view.this.free),
-        "address": view.address.to_string(), "fingerprint": view.fingerprint,
+        "address": view.address.to_string(), "fingerprint": view.fingerprint, "wipe_request": cluster.wipe_request(),
         "peers": peers, "discovered": view.discovered, "split": split,
         "offered": view.this.update.offered, "rollout": rollout.map(|r| json!({
             "version": r.version, "summary": r.summary(), "running": r.running(), "steps": r.steps,
@@ -208,7 +208,33 @@ pub async fn reimage(State(state): St, OwnerForm(session, form): OwnerForm<Reima
     }
 }
 
-csrf_forms!(JoinForm, UnpairForm, FleetUpdateForm, ReimageForm);
+#[derive(Deserialize)]
+pub struct WipeAnswerForm {
+    csrf: String,
+    /// "approve" or "refuse".
+    answer: String,
+}
+
+/// The owner's answer to a paired box's request to wipe this one.
+pub async fn answer_wipe(State(state): St, OwnerForm(session, form): OwnerForm<WipeAnswerForm>) -> Response {
+    let cluster = guard!(pool(&state));
+    let approve = match form.answer.as_str() {
+        "approve" => true,
+        "refuse" => false,
+        other => return Page::new("pool", "Pool", pool_data(&state, cluster)).error(StatusCode::BAD_REQUEST, format!("'{other}' is neither approve nor refuse.")).render(&session),
+    };
+    match cluster.answer_wipe_request(approve) {
+        Ok(()) if approve => Page::new("message", "Wiping this box", json!({ "back": "/", "notice": "This box is being reset to the release image: its owner, models, keys and pairings are erased. Its claim code shows on its screen again." })).render(&session),
+        Ok(()) => {
+            let mut data = pool_data(&state, cluster);
+            data["notice"] = json!("Refused: this box stays as it is.");
+            Page::new("pool", "Pool", data).render(&session)
+        }
+        Err(e) => Page::new("pool", "Pool", pool_data(&state, cluster)).error(StatusCode::CONFLICT, format!("{e:#}")).render(&session),
+    }
+}
+
+csrf_forms!(JoinForm, UnpairForm, FleetUpdateForm, ReimageForm, WipeAnswerForm);
 
 #[cfg(test)]
 mod tests {

@@ -21,6 +21,9 @@ pub struct SettingsForm {
     ssh_keys: String,
     #[serde(default)]
     update_channel: String,
+    /// A checkbox: present ("on") when ticked.
+    #[serde(default)]
+    peers_may_wipe: Option<String>,
 }
 
 fn settings_form(settings: &Settings, ssh_text: &str, done: bool) -> Page {
@@ -46,7 +49,7 @@ pub async fn save_settings(State(state): St, OwnerForm(session, form): OwnerForm
         .and_then(|()| owner::check_timezone(&timezone, std::path::Path::new(ZONEINFO)))
         .and_then(|()| owner::check_update_channel(form.update_channel.trim()))
         .and_then(|()| ssh_keys::parse(&form.ssh_keys));
-    let settings = Settings { box_name, timezone, ssh_keys: Vec::new(), update_channel: form.update_channel.trim().to_string() };
+    let settings = Settings { box_name, timezone, ssh_keys: Vec::new(), update_channel: form.update_channel.trim().to_string(), peers_may_wipe: form.peers_may_wipe.is_some() };
     let ssh_keys = match checked {
         Ok(keys) => keys,
         Err(problem) => return settings_form(&settings, &form.ssh_keys, done).error(StatusCode::BAD_REQUEST, problem).render(&session),
