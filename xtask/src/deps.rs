@@ -53,6 +53,11 @@ pub const MTOOLS: HostPackage = HostPackage {
     name: "mtools",
     present: || on_path("mcopy"),
 };
+/// A C++ compiler, which builds libFuzzer for the GGUF reader's fuzz target (`cargo xtask fuzz`).
+pub const GXX: HostPackage = HostPackage {
+    name: "g++",
+    present: || on_path("g++"),
+};
 /// `gpg`, which makes the development signing key and signs release channels.
 pub const GNUPG: HostPackage = HostPackage {
     name: "gpg",
@@ -78,7 +83,7 @@ pub const CHROMEDRIVER: HostPackage = HostPackage {
     present: || on_path("chromedriver"),
 };
 
-pub const ALL: &[HostPackage] = &[MMDEBSTRAP, UNZIP, PIP, ZSTD, QEMU, QEMU_IMG, OVMF, CHROMIUM, CHROMEDRIVER, MTOOLS, GNUPG, IPROUTE2, NFTABLES];
+pub const ALL: &[HostPackage] = &[MMDEBSTRAP, UNZIP, PIP, ZSTD, QEMU, QEMU_IMG, OVMF, CHROMIUM, CHROMEDRIVER, MTOOLS, GNUPG, IPROUTE2, NFTABLES, GXX];
 
 /// Installed from bookworm-backports on bookworm, whose own QEMU is too old.
 const BACKPORTED_ON_BOOKWORM: &[&str] = &["qemu-system-x86", "qemu-utils", "ovmf"];

@@ -6,6 +6,7 @@ mod cache;
 mod deps;
 mod engine;
 mod flash;
+mod fuzz;
 mod image;
 mod models;
 mod python;
@@ -26,6 +27,8 @@ enum Cmd {
     Bench(bench::Bench),
     /// Install the host packages the other verbs need (with apt-get, when root).
     Deps,
+    /// Fuzz the GGUF reader for a fixed time (coverage-guided, stable toolchain).
+    Fuzz(fuzz::Fuzz),
     /// Build the bootable image from image/hellas.toml into out/.
     Image(image::Image),
     /// Resolve the image's and the tools tree's packages into image/packages.lock and image/tools.lock.
@@ -56,6 +59,7 @@ fn main() -> anyhow::Result<()> {
             deps::ensure(&[deps::MTOOLS])?;
             flash.run()
         }
+        Cmd::Fuzz(fuzz) => fuzz.run(),
         Cmd::Image(image) => image.run(),
         Cmd::Lock(lock) => lock.run(),
         Cmd::Models => models::fetch_all(),

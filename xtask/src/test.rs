@@ -3,7 +3,8 @@
 //! `cargo test --workspace` with `HELLAS_CACHE` exported so the tests find them, and the
 //! `qemu-test` image built and flashed, seeded, for the system test (`HELLAS_TEST_IMAGE`) with the release channels
 //! its update test serves (`HELLAS_TEST_CHANNELS`). After the tests it runs the smoke form of
-//! every bench (`cargo xtask bench <name> --smoke`), so that a broken bench fails too. Extra
+//! every bench (`cargo xtask bench <name> --smoke`), so that a broken bench fails too, and
+//! fuzzes the GGUF reader for a minute (`cargo xtask fuzz`). Extra
 //! arguments after `--` go to `cargo test`; one that picks packages (`-p`) drops `--workspace`
 //! and the benches.
 
@@ -11,7 +12,10 @@ use std::ffi::OsString;
 
 use anyhow::{Context, Result};
 
-use crate::{bench, cache, deps, engine, flash, image, models, release, workspace};
+use crate::{bench, cache, deps, engine, flash, fuzz, image, models, release, workspace};
+
+/// How long the whole-workspace run fuzzes the GGUF reader.
+const FUZZ_SECS: u64 = 60;
 
 #[derive(clap::Args)]
 pub struct Test {
@@ -67,6 +71,7 @@ impl Test {
             .with_context(|| format!("`cargo {}` failed", shown.join(" ")))?;
         if let (false, Some(test_image)) = (selects_packages(&self.cargo_args), test_image) {
             bench::smoke_all(test_image)?;
+            fuzz::Fuzz::for_secs(FUZZ_SECS).run()?;
         }
         Ok(())
     }

@@ -96,7 +96,7 @@ impl CacheType {
     /// Bytes for a row of `n` elements (`ggml_row_size`); a partial block counts whole.
     pub fn row_bytes(self, n: u64) -> u64 {
         let (block, size) = self.block();
-        n.div_ceil(block) * size
+        n.div_ceil(block).saturating_mul(size)
     }
 }
 
@@ -150,7 +150,8 @@ impl Default for Margin {
 
 impl Margin {
     pub fn of(&self, subtotal: u64) -> u64 {
-        (subtotal as f64 * self.fraction.max(0.0)).ceil() as u64 + self.fixed
+        // The float-to-integer cast saturates, and so does the sum.
+        ((subtotal as f64 * self.fraction.max(0.0)).ceil() as u64).saturating_add(self.fixed)
     }
 }
 
@@ -255,24 +256,27 @@ pub struct Estimate {
 
 impl Estimate {
     pub fn compute(&self) -> u64 {
-        self.compute_graph + self.output
+        self.compute_graph.saturating_add(self.output)
     }
 
     pub fn subtotal(&self) -> u64 {
-        self.weights + self.kv_cache + self.compute()
+        self.weights.saturating_add(self.kv_cache).saturating_add(self.compute())
     }
 }
 
 /// What llama-server will allocate for `info` at `ctx` tokens per slot and `parallel` slots.
+///
+/// Every size here saturates at `u64::MAX` rather than overflowing: the model's dimensions come
+/// from an untrusted file, and a wrapped sum would plan a model that cannot fit as fitting.
 pub fn estimate(info: &ModelInfo, ctx: u32, parallel: u32, cache_type: CacheType) -> Estimate {
     let layout = KvLayout::new(info, ctx, parallel);
     // A vision projector's weights and its compute buffer (one image's) come on top.
     let projector = info.projector.unwrap_or_default();
     Estimate {
         layout,
-        weights: info.tensor_bytes + projector.weights,
+        weights: info.tensor_bytes.saturating_add(projector.weights),
         kv_cache: kv_cache_bytes(info, &layout, cache_type),
-        compute_graph: compute_graph_bytes(info, &layout) + projector.compute,
+        compute_graph: compute_graph_bytes(info, &layout).saturating_add(projector.compute),
         output: output_bytes(info, parallel),
     }
 }
@@ -281,18 +285,19 @@ fn kv_cache_bytes(info: &ModelInfo, layout: &KvLayout, cache_type: CacheType) ->
     (0..info.n_layer as usize)
         .map(|il| {
             let heads = u64::from(info.n_head_kv.get(il).copied().unwrap_or(0));
-            let per_cell = cache_type.row_bytes(heads * u64::from(info.key_length))
-                + cache_type.row_bytes(heads * u64::from(info.value_length));
+            let per_cell = cache_type
+                .row_bytes(heads * u64::from(info.key_length))
+                .saturating_add(cache_type.row_bytes(heads * u64::from(info.value_length)));
             let cells =
                 if info.swa_layers.get(il).copied().unwrap_or(false) { layout.swa_cells } else { layout.n_ctx_seq };
-            per_cell * u64::from(cells) * u64::from(layout.n_stream)
+            per_cell.saturating_mul(u64::from(cells)).saturating_mul(u64::from(layout.n_stream))
         })
-        .sum()
+        .fold(0, u64::saturating_add)
 }
 
 /// Logits for one output per slot (llama.cpp sizes `n_outputs_max` to the slot count).
 fn output_bytes(info: &ModelInfo, parallel: u32) -> u64 {
-    u64::from(info.n_vocab) * 4 * u64::from(parallel.max(1))
+    (u64::from(info.n_vocab) * 4).saturating_mul(u64::from(parallel.max(1)))
 }
 
 /// The scheduler's compute buffer (`sched_reserve: CPU compute buffer size`) with flash
@@ -336,9 +341,9 @@ fn output_bytes(info: &ModelInfo, parallel: u32) -> u64 {
 /// SmolLM2, +0.5 MiB on gemma-3), which the margin absorbs.
 pub fn compute_graph_bytes(info: &ModelInfo, layout: &KvLayout) -> u64 {
     let ubatch = u64::from(layout.n_ubatch);
-    let activations = ubatch * 4 * activations_per_token(info);
+    let activations = (ubatch * 4).saturating_mul(activations_per_token(info));
     let logits = output_bytes(info, layout.n_stream);
-    activations.max(logits) + ubatch * 2 * mask_cells(info, layout)
+    activations.max(logits).saturating_add(ubatch * 2 * mask_cells(info, layout))
 }
 
 /// The f32 values live per token at the feed-forward peak.
@@ -362,7 +367,7 @@ fn activations_per_token(info: &ModelInfo) -> u64 {
     }
     let (used, n_ff_expert) = (u64::from(info.n_expert_used), u64::from(info.n_ff_expert));
     let outputs = if n_embd > 2 * n_ff_expert { used * n_embd } else { 0 };
-    dense.max(5 * n_embd + 3 * used * n_ff_expert + outputs)
+    dense.max((5 * n_embd).saturating_add((3 * used).saturating_mul(n_ff_expert)).saturating_add(outputs))
 }
 
 /// Cells of the f16 KQ masks: one mask per KV cache (full-attention and sliding-window), each as
@@ -402,11 +407,11 @@ pub fn plan_with_margin(info: &ModelInfo, req: &PlanRequest, margin: &Margin) ->
     let ctx = ctx.max(1);
     let total_at = |c: u32| {
         let e = estimate(info, c, parallel, req.cache_type);
-        e.subtotal() + margin.of(e.subtotal())
+        e.subtotal().saturating_add(margin.of(e.subtotal()))
     };
 
     let e = estimate(info, ctx, parallel, req.cache_type);
-    let total = e.subtotal() + margin.of(e.subtotal());
+    let total = e.subtotal().saturating_add(margin.of(e.subtotal()));
     let verdict = if total <= req.budget {
         Verdict::Fits
     } else {
@@ -646,6 +651,32 @@ mod tests {
         assert!(v["short_by"].as_u64().unwrap() > 0);
         assert_eq!(v["cache_type"], "q8_0");
         assert!(v.get("ctx_clamped_from").is_none());
+    }
+
+    #[test]
+    fn sizes_saturate_instead_of_wrapping() {
+        // Widths a crafted header can claim overflowed the KV cache, logits and MoE sums
+        // (crashers/planner-overflow.gguf); wrapped, a model that cannot fit could plan as fitting.
+        let huge = ModelInfo {
+            n_vocab: u32::MAX,
+            context_length: u32::MAX,
+            n_head_kv: vec![u32::MAX; 4],
+            key_length: u32::MAX,
+            value_length: u32::MAX,
+            n_expert: u32::MAX,
+            n_expert_used: u32::MAX,
+            n_ff_expert: u32::MAX,
+            tensor_bytes: u64::MAX,
+            projector: Some(crate::projector::ProjectorEstimate { weights: u64::MAX, compute: u64::MAX }),
+            ..model()
+        };
+        let req = PlanRequest { ctx: 0, parallel: u32::MAX, cache_type: CacheType::F32, budget: u64::MAX - 1 };
+        let p = plan(&huge, &req);
+        assert_eq!((p.kv_cache, p.total), (u64::MAX, u64::MAX));
+        assert_eq!(p.verdict, Verdict::DoesNotFit { short_by: 1 });
+        let peers = [crate::testing::member("B", u64::MAX, true)];
+        let head = crate::testing::member("A", u64::MAX, false);
+        assert!(crate::pool::plan_split_largest(&huge, &req, &head, &peers, &Margin::default()).is_none());
     }
 
     #[test]

@@ -30,12 +30,12 @@ pub fn plan_split(
         return None;
     }
     let e = estimate(info, req.ctx, req.parallel.max(1), req.cache_type);
-    let per_layer = (info.layer_tensor_bytes + e.kv_cache) as f64 / f64::from(layers);
+    let per_layer = info.layer_tensor_bytes.saturating_add(e.kv_cache) as f64 / f64::from(layers);
     let head_extra = e.weights.saturating_sub(info.layer_tensor_bytes) as f64;
-    let fixed = e.compute() + margin.fixed;
+    let fixed = e.compute().saturating_add(margin.fixed);
     let grow = 1.0 + margin.fraction.max(0.0);
     let need = |layers: u32, extra: f64| {
-        ((f64::from(layers) * per_layer + extra) * grow).ceil() as u64 + fixed
+        (((f64::from(layers) * per_layer + extra) * grow).ceil() as u64).saturating_add(fixed)
     };
     // The most layers a box with `free` bytes holds.
     let capacity = |free: u64, extra: f64| -> u32 {
@@ -92,8 +92,10 @@ pub fn plan_split(
     if shares.len() < 2 {
         return None;
     }
-    let total: u64 = shares.iter().map(|s| s.bytes).sum();
-    let budget = chosen.iter().map(|c| c.0.free).sum();
+    // Sizes saturate as in `plan::estimate`.
+    let total = shares.iter().map(|s| s.bytes).fold(0, u64::saturating_add);
+    let budget = chosen.iter().map(|c| c.0.free).fold(0, u64::saturating_add);
+    let compute_per_box = e.compute().saturating_mul(shares.len() as u64);
     Some(Plan {
         model: info.display_name().to_string(),
         ctx: req.ctx,
@@ -102,8 +104,8 @@ pub fn plan_split(
         cache_type: req.cache_type,
         weights: e.weights,
         kv_cache: e.kv_cache,
-        compute: e.compute() * shares.len() as u64,
-        margin: total.saturating_sub(e.subtotal() + e.compute() * (shares.len() as u64 - 1)),
+        compute: compute_per_box,
+        margin: total.saturating_sub(e.subtotal().saturating_add(compute_per_box - e.compute())),
         total,
         budget,
         verdict: Verdict::Fits,

@@ -21,7 +21,7 @@ pub struct ProjectorEstimate {
 
 impl ProjectorEstimate {
     pub fn total(&self) -> u64 {
-        self.weights + self.compute
+        self.weights.saturating_add(self.compute)
     }
 }
 
@@ -67,30 +67,36 @@ impl Vision {
     /// | qwen2.5vl_merger | 8464 | 1280, 3676 | 594.50 | 594.47 |
     ///
     /// The layer count does not matter (ggml-alloc reuses one layer's memory for the next).
+    /// The widths come from an untrusted file, so the arithmetic saturates (see `plan::estimate`).
     fn compute_bytes(&self) -> u64 {
+        let mul = u64::saturating_mul;
         match self.projector.as_str() {
             // Gemma 3: SigLIP at its fixed image size; the peak is the residual, the normed input,
             // the attention output and the MLP's hidden layer.
-            "gemma3" => self.fixed_patches() * 4 * (3 * self.n_embd + self.n_ff),
+            "gemma3" => mul(mul(self.fixed_patches(), 4), 3 * self.n_embd + self.n_ff),
             // Qwen2.5-VL reserves for an image of 46 × 46 merged tokens (clip's
             // `set_warmup_n_tokens(46 * 46)`, 1288 px), whatever image_size says. On top of the
             // gated MLP's activations: the f16 window-attention mask over all patches, the f32
             // image and the four M-RoPE positions per patch.
             "qwen2.5vl_merger" => {
-                let side = 46 * self.merge * self.patch_size;
-                let patches = (side / self.patch_size).pow(2);
-                patches * patches * 2
-                    + patches * 4 * (2 * self.n_embd + 3 * self.n_ff)
-                    + side * side * 3 * 4
-                    + patches * 4 * 4
+                let side = mul(46 * self.merge, self.patch_size);
+                let patches = (side / self.patch_size).saturating_pow(2);
+                [
+                    mul(mul(patches, patches), 2),
+                    mul(mul(patches, 4), 2 * self.n_embd + 3 * self.n_ff),
+                    mul(mul(side, side), 3 * 4),
+                    mul(patches, 4 * 4),
+                ]
+                .into_iter()
+                .fold(0, u64::saturating_add)
             }
             // Not measured: the gated-MLP peak at the image size, which covers both above.
-            _ => self.fixed_patches() * 4 * (3 * self.n_embd + 3 * self.n_ff),
+            _ => mul(mul(self.fixed_patches(), 4), 3 * self.n_embd + 3 * self.n_ff),
         }
     }
 
     fn fixed_patches(&self) -> u64 {
-        (self.image_size / self.patch_size).pow(2)
+        (self.image_size / self.patch_size).saturating_pow(2)
     }
 }
 
@@ -130,6 +136,23 @@ mod tests {
         assert_eq!(a.compute, b.compute);
         // 569.70 MiB measured.
         assert!((a.compute as f64 / (1 << 20) as f64 - 569.70).abs() < 0.05);
+    }
+
+    #[test]
+    fn compute_saturates_on_absurd_sizes() {
+        // (image_size / patch_size)² overflowed (crashers/projector-overflow.gguf).
+        for projector in ["gemma3", "qwen2.5vl_merger", "other"] {
+            let bytes = GgufBuilder::new()
+                .str("clip.projector_type", projector)
+                .u32("clip.vision.image_size", u32::MAX)
+                .u32("clip.vision.patch_size", 1)
+                .u32("clip.vision.embedding_length", u32::MAX)
+                .u32("clip.vision.feed_forward_length", u32::MAX)
+                .u32("clip.vision.spatial_merge_size", u32::MAX)
+                .build();
+            let p = estimate(&GgufFile::parse(bytes.as_slice(), bytes.len() as u64).unwrap()).unwrap();
+            assert_eq!((p.compute, p.total()), (u64::MAX, u64::MAX), "{projector}");
+        }
     }
 
     #[test]

@@ -54,8 +54,10 @@ impl GgufFile {
             n_head_kv = vec![1; n_layer as usize];
             value_length = 0;
             if key_length == 0 {
-                key_length = self.get_u32(&key("attention.kv_lora_rank"))?.unwrap_or(0)
-                    + self.get_u32(&key("rope.dimension_count"))?.unwrap_or(0);
+                key_length = self
+                    .get_u32(&key("attention.kv_lora_rank"))?
+                    .unwrap_or(0)
+                    .saturating_add(self.get_u32(&key("rope.dimension_count"))?.unwrap_or(0));
             }
         }
 

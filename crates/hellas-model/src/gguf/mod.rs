@@ -5,8 +5,9 @@
 //! instant. Everything in the file is untrusted: lengths and counts are checked against the bytes
 //! that remain before anything is allocated for them, nested arrays are depth-limited, sizes are
 //! computed with checked arithmetic, and tensor data ranges must lie inside the file. Malformed
-//! input is an error naming the byte offset, never a panic (see the fuzz target in `fuzz/` and the
-//! mutation test below).
+//! input is an error naming the byte offset, never a panic. `cargo xtask fuzz` fuzzes it (the
+//! target in `fuzz/`, see `fuzz/README.md`), and `tests::replay_fuzz_inputs` replays the fuzz
+//! corpus and every past crasher on each `cargo test`.
 
 mod facts;
 mod reader;
@@ -33,6 +34,10 @@ pub const MAX_DIMS: u32 = 4;
 
 /// Longest metadata string accepted. Chat templates are the largest real strings (tens of KiB).
 const MAX_STRING_LEN: u64 = 16 << 20;
+/// String bytes kept from one header: keys, values, tensor names. Without it a large file could
+/// fill memory with metadata (skipped arrays, such as the tokenizer's, do not count); real
+/// headers keep well under 1 MiB.
+const MAX_STRING_BYTES: u64 = 64 << 20;
 /// Longest tensor name accepted (ggml itself stops at 64 bytes).
 const MAX_TENSOR_NAME_LEN: u64 = 4096;
 /// Most elements in one metadata array. Tokenizer arrays hold up to a few hundred thousand.

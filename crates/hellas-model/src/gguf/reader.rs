@@ -39,6 +39,8 @@ struct Reader<R> {
     ctx: Ctx,
     /// Array elements that may still be kept in memory (see [`MAX_KEPT_VALUES`]).
     keep_budget: u64,
+    /// String bytes that may still be kept in memory (see [`MAX_STRING_BYTES`]).
+    string_budget: u64,
 }
 
 impl<R: Read> Reader<R> {
@@ -121,7 +123,11 @@ impl<R: Read> Reader<R> {
     }
 
     fn string(&mut self, max: u64) -> Result<String> {
+        let at = self.pos;
         let len = self.string_len(max)?;
+        self.string_budget = self.string_budget.checked_sub(len).ok_or_else(|| {
+            self.invalid_at(at, format!("the header's strings add up to more than the limit of {MAX_STRING_BYTES} bytes"))
+        })?;
         // Bounded by `max` and by the bytes left in the file.
         let mut buf = vec![0u8; len as usize];
         self.fill(&mut buf)?;
@@ -228,7 +234,7 @@ impl GgufFile {
     /// Parses a GGUF header from `reader`, which is positioned at the start of a file of
     /// `file_size` bytes. Reads no further than the end of the tensor table.
     pub fn parse<R: Read>(reader: R, file_size: u64) -> Result<GgufFile> {
-        let mut r = Reader { inner: reader, pos: 0, file_size, ctx: Ctx::Header, keep_budget: MAX_KEPT_VALUES };
+        let mut r = Reader { inner: reader, pos: 0, file_size, ctx: Ctx::Header, keep_budget: MAX_KEPT_VALUES, string_budget: MAX_STRING_BYTES };
 
         let magic = match r.array::<4>() {
             Ok(m) => m,
@@ -351,12 +357,16 @@ impl GgufFile {
                 }
             },
         };
-        let data_offset = r.pos.div_ceil(alignment) * alignment;
+        let data_offset = r.pos.div_ceil(alignment).saturating_mul(alignment);
 
+        // Like ggml (`gguf_init_from_file_impl`), tensors must lie back to back in table order,
+        // each padded to the alignment: no gaps, no overlaps. So their sizes add up to at most
+        // the file's, and a sum over them cannot overflow.
+        let mut expected = 0u64;
         for (i, (t, &info_at)) in tensors.iter().zip(&info_offsets).enumerate() {
             r.ctx = Ctx::TensorInfoNamed(i as u64, t.name.clone());
-            if t.offset % alignment != 0 {
-                return Err(r.invalid_at(info_at, format!("data offset {} is not aligned to {alignment}", t.offset)));
+            if t.offset != expected {
+                return Err(r.invalid_at(info_at, format!("data offset {} should be {expected}, right after the previous tensor's", t.offset)));
             }
             let end = data_offset.checked_add(t.offset).and_then(|s| s.checked_add(t.n_bytes));
             if end.is_none_or(|end| end > file_size) {
@@ -368,6 +378,8 @@ impl GgufFile {
                     ),
                 ));
             }
+            // Saturates only past the end of any file, where the next tensor's check fails.
+            expected = t.offset.saturating_add(t.n_bytes.div_ceil(alignment).saturating_mul(alignment));
         }
 
         Ok(GgufFile { version, metadata, tensors, data_offset, file_size })

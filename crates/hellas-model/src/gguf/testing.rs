@@ -7,6 +7,8 @@ use super::MetaType;
 pub struct GgufBuilder {
     kvs: Vec<(String, Vec<u8>)>,
     tensors: Vec<(String, Vec<u64>, u32, u64)>,
+    /// Data offsets written instead of the laid-out ones, by tensor index.
+    offsets: Vec<(usize, u64)>,
 }
 
 fn type_id(t: MetaType) -> u32 {
@@ -80,6 +82,12 @@ impl GgufBuilder {
         self
     }
 
+    /// Writes `offset` as the last tensor's data offset instead of where it lies.
+    pub fn at_offset(mut self, offset: u64) -> Self {
+        self.offsets.push((self.tensors.len() - 1, offset));
+        self
+    }
+
     pub fn build(&self) -> Vec<u8> {
         let mut out = self.build_header();
         out.resize(out.len() + self.data_bytes() as usize, 0);
@@ -98,12 +106,13 @@ impl GgufBuilder {
             out.extend(v);
         }
         let mut offset = 0u64;
-        for (name, dims, ty, n_bytes) in &self.tensors {
+        for (i, (name, dims, ty, n_bytes)) in self.tensors.iter().enumerate() {
             string(&mut out, name);
             out.extend((dims.len() as u32).to_le_bytes());
             dims.iter().for_each(|d| out.extend(d.to_le_bytes()));
             out.extend(ty.to_le_bytes());
-            out.extend(offset.to_le_bytes());
+            let written = self.offsets.iter().find(|o| o.0 == i).map_or(offset, |o| o.1);
+            out.extend(written.to_le_bytes());
             offset += n_bytes.div_ceil(32) * 32;
         }
         out.resize(out.len().div_ceil(32) * 32, 0);

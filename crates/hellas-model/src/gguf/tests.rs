@@ -186,8 +186,9 @@ fn huge_counts_are_rejected_without_allocating() {
     assert!(GgufFile::parse(&bytes[..], bytes.len() as u64).unwrap().model_info().is_err());
 }
 
-/// The CI-run form of the fuzz target: truncations, bit flips, byte overwrites and splices of
-/// a valid file must give errors, never panics or huge allocations.
+/// A quick, blind form of the fuzz target that needs no libFuzzer build: truncations, bit flips
+/// and byte overwrites of a valid file must give errors, never panics or huge allocations.
+/// `cargo xtask fuzz` is the coverage-guided one.
 #[test]
 fn mutated_inputs_never_panic() {
     let seed = small_model().build();
@@ -264,4 +265,78 @@ fn a_pooling_model_is_an_embedding_model() {
     assert!(!info(small_model()).embedding);
     assert!(!info(small_model().u32("llama.pooling_type", 0)).embedding, "pooling none: a generative model");
     assert!(info(small_model().u32("llama.pooling_type", 1)).embedding, "mean pooling: an embedding model");
+}
+
+/// Every input in the fuzz corpus (real headers) and every crasher the fuzzer ever found, through
+/// the fuzz target's body: a crasher fixed once stays fixed. `cargo xtask fuzz` adds crashers.
+#[test]
+fn replay_fuzz_inputs() {
+    let fuzz = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
+    let mut replayed = 0;
+    for dir in ["corpus", "crashers"] {
+        let mut inputs: Vec<PathBuf> =
+            std::fs::read_dir(fuzz.join(dir)).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_file()).collect();
+        inputs.sort();
+        for input in inputs {
+            let bytes = std::fs::read(&input).unwrap();
+            // Headers only: no file here may carry a model's weights.
+            assert!(bytes.len() <= 128 << 10, "{} is {} bytes, too big to be a header", input.display(), bytes.len());
+            let outcome = std::panic::catch_unwind(|| crate::testing::read_untrusted(&bytes));
+            assert!(outcome.is_ok(), "{} panics the reader", input.display());
+            replayed += 1;
+        }
+    }
+    assert!(replayed > 10, "the fuzz corpus is missing: `cargo xtask fuzz --regenerate-corpus`");
+}
+
+#[test]
+fn tensors_lie_back_to_back_as_ggml_requires() {
+    let two = || GgufBuilder::new().tensor("a", &[8], 0, 32).tensor("b", &[8], 0, 32);
+    let bytes = two().build();
+    let f = GgufFile::parse(&bytes[..], bytes.len() as u64).unwrap();
+    assert_eq!((f.tensors[0].offset, f.tensors[1].offset), (0, 32));
+    // Both tensors over the same bytes: each lies inside the file, but together they claimed
+    // more data than the file holds, and sums over them could overflow (found by the fuzz
+    // harness's invariant; crashers/overlapping-tensors.gguf).
+    let bytes = two().at_offset(0).build();
+    let err = GgufFile::parse(&bytes[..], bytes.len() as u64).unwrap_err().to_string();
+    assert!(err.contains("tensor info 1 ('b')") && err.contains("data offset 0 should be 32"), "{err}");
+    // A gap, and a misaligned offset.
+    for offset in [64, 33] {
+        let bytes = two().at_offset(offset).build();
+        assert!(GgufFile::parse(&bytes[..], bytes.len() as u64 + 64).is_err(), "offset {offset}");
+    }
+}
+
+#[test]
+fn header_strings_are_bounded_in_all() {
+    // Five strings of 15 MiB: each under the per-string limit, too much together. Without the
+    // limit a large enough file could fill memory with its metadata.
+    let big = "x".repeat(15 << 20);
+    let mut builder = GgufBuilder::new();
+    for i in 0..5 {
+        builder = builder.str(&format!("s{i}"), &big);
+    }
+    let bytes = builder.build();
+    let err = GgufFile::parse(&bytes[..], bytes.len() as u64).unwrap_err().to_string();
+    assert!(err.contains("metadata entry 4 ('s4')") && err.contains("more than the limit of 67108864 bytes"), "{err}");
+}
+
+#[test]
+fn mla_key_length_saturates() {
+    // kv_lora_rank + rope dimensions overflowed u32 (crashers/mla-key-length-overflow.gguf).
+    let bytes = GgufBuilder::new()
+        .str("general.architecture", "deepseek2")
+        .u32("deepseek2.block_count", 1)
+        .u32("deepseek2.embedding_length", 64)
+        .u32("deepseek2.context_length", 64)
+        .u32("deepseek2.vocab_size", 64)
+        .u32("deepseek2.attention.key_length", 0)
+        .u32("deepseek2.attention.key_length_mla", 1)
+        .u32("deepseek2.attention.value_length_mla", 1)
+        .u32("deepseek2.attention.kv_lora_rank", u32::MAX)
+        .u32("deepseek2.rope.dimension_count", 64)
+        .build();
+    let info = GgufFile::parse(&bytes[..], bytes.len() as u64).unwrap().model_info().unwrap();
+    assert_eq!(info.key_length, u32::MAX);
 }
