@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 
 use crate::admission::Admission;
+use crate::backup;
 use crate::catalog::{self, Catalog, Downloads, Fit, Pull};
 use crate::hub::{Hub, Reference};
 use crate::cluster::Cluster;
@@ -104,6 +105,67 @@ impl AppState {
             metrics: parts.metrics,
             config,
         })
+    }
+
+    /// The owner's backup file (see `backup`): its file name and bytes.
+    pub fn backup(&self) -> Result<(String, Vec<u8>)> {
+        let owner = self.owner.load()?;
+        let pool = match &self.cluster {
+            Some(cluster) => Some(backup::PoolBackup::new(&cluster.identity.key_der, &cluster.identity.cert_der, cluster.paired_boxes()?)),
+            None => None,
+        };
+        let models = self.library.list()?.into_iter().map(|m| backup::ModelBackup { name: m.name, sha256: m.sha256, source: m.source }).collect();
+        let contents = backup::Contents { settings: owner.settings.clone(), api_keys: self.keys.list()?, pool, models };
+        let now = crate::state_file::unix_now();
+        let day = humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(now)).to_string();
+        let name = format!("{}-{}.hellas-backup.json", owner.settings.box_name, &day[..10]);
+        Ok((name, backup::write(&contents, &owner.settings.box_name, now)?))
+    }
+
+    /// Restores a checked backup onto this box while it is being claimed: its settings, API
+    /// keys and pairings, and its models downloaded again where they fit. Returns a line per
+    /// thing done or not, and whether the daemon must restart to take up the pairings.
+    pub async fn restore(&self, contents: backup::Contents) -> Result<(Vec<String>, bool)> {
+        let mut done = Vec::new();
+        self.keys.replace_all(contents.api_keys.clone())?;
+        done.push(format!("{} API keys restored: clients using them work again", contents.api_keys.len()));
+        self.owner.update_settings(contents.settings.clone())?;
+        done.push(format!("settings restored: this box is {}", contents.settings.box_name));
+        let restart = match (&contents.pool, &self.cluster) {
+            (Some(pool), Some(cluster)) => {
+                let (key, cert) = pool.decoded()?;
+                cluster.restore_pairings(&key, &cert, pool.peers.clone())?;
+                done.push(format!("pool identity and {} pairings restored: in force once the service restarts, in a few seconds", pool.peers.len()));
+                true
+            }
+            (Some(_), None) => {
+                done.push("the pool pairings are not restored: pooling is off on this box".into());
+                false
+            }
+            (None, _) => false,
+        };
+        for model in contents.models {
+            let Some(source) = &model.source else {
+                done.push(format!("{}: added from a file, so it cannot be downloaded again: add it again (hellasd models add)", model.name));
+                continue;
+            };
+            let line = match self.pull_for(source).await {
+                Ok(pull) => {
+                    let fit = self.fit(&pull).await;
+                    if fit.allows_pull() {
+                        self.downloads.start(pull);
+                        format!("{}: downloading again from {source}", model.name)
+                    } else {
+                        format!("{}: not downloaded: {}", model.name, fit.describe())
+                    }
+                }
+                Err(e) => format!("{}: not downloaded: {e:#}", model.name),
+            };
+            done.push(line);
+        }
+        self.owner.finish_setup()?;
+        tracing::info!("a backup was restored: {}", done.join("; "));
+        Ok((done, restart))
     }
 
     /// Start-up: a claim code when the box has no owner, and interrupted downloads resumed.

@@ -15,7 +15,7 @@ use crate::state_file::{unix_now, StateFile};
 
 const PREFIX: &str = "hls_";
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct KeyRecord {
     /// Short public identifier, safe to show and log.
     pub id: String,
@@ -60,6 +60,14 @@ impl KeyStore {
             Ok(())
         })?;
         Ok((record, secret))
+    }
+
+    /// Replaces every key with `records` (a backup's, already checked).
+    pub fn replace_all(&self, records: Vec<KeyRecord>) -> Result<()> {
+        self.file.update(|f| {
+            f.keys = records;
+            Ok(())
+        })
     }
 
     pub fn list(&self) -> Result<Vec<KeyRecord>> {

@@ -22,6 +22,7 @@ pub mod web;
 
 pub mod app;
 
+pub mod backup;
 pub mod catalog;
 pub mod cluster;
 pub mod hub;
@@ -38,6 +39,8 @@ pub mod library;
 pub mod memory_budget;
 pub mod metrics;
 pub mod owner;
+pub mod recent_log;
+pub mod diagnostics;
 pub mod sandbox;
 pub mod state_file;
 

@@ -76,7 +76,7 @@ enum Command {
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("HELLASD_LOG").unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
+        .with_writer(hellasd::recent_log::Tee)
         .init();
     let cli = Cli::parse();
     // Planning reads only the model file: it needs no configuration.

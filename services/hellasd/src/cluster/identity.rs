@@ -32,11 +32,7 @@ impl Identity {
             let cert = params
                 .self_signed(&key)
                 .context("signing the cluster certificate")?;
-            // The key goes first: a certificate without its key is what the check above redoes.
-            write_atomically(&key_path, &key.serialize_der())?;
-            fs::set_permissions(&key_path, fs::Permissions::from_mode(0o600))
-                .with_context(|| format!("restricting {}", key_path.display()))?;
-            write_atomically(&cert_path, cert.der())?;
+            Identity::save(dir, &key.serialize_der(), cert.der())?;
             tracing::info!(dir = %dir.display(), "made this box's cluster key");
         }
         let key_der =
@@ -50,6 +46,19 @@ impl Identity {
             cert_der,
             key_der,
         })
+    }
+}
+
+impl Identity {
+    /// Keeps a key pair and its certificate in `dir` (a backup's, restored), for the next start.
+    pub fn save(dir: &Path, key_der: &[u8], cert_der: &[u8]) -> Result<()> {
+        let (key_path, cert_path) = (dir.join("node.key"), dir.join("node.crt"));
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        // The key goes first: a certificate without its key is what `load_or_create` redoes.
+        write_atomically(&key_path, key_der)?;
+        fs::set_permissions(&key_path, fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("restricting {}", key_path.display()))?;
+        write_atomically(&cert_path, cert_der)
     }
 }
 

@@ -335,7 +335,7 @@ impl Cluster {
         }
     }
 
-    /// Holds `bytes` on `node_id` for `key` (a model this box runs across it).
+    /// The pool as the dashboard shows it.
     pub fn view(&self) -> PoolView {
         let peers = self
             .peers

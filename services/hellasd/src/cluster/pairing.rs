@@ -180,6 +180,21 @@ impl Cluster {
         Ok(peer)
     }
 
+    /// The paired boxes, as kept (for the owner's backup).
+    pub fn paired_boxes(&self) -> Result<Vec<Peer>> {
+        Ok(self.peers.load()?.peers.clone())
+    }
+
+    /// Takes up a backup's identity and pairings; they are in force from the daemon's next start
+    /// (the TLS configuration and the node id are made once, at start).
+    pub fn restore_pairings(&self, key_der: &[u8], cert_der: &[u8], peers: Vec<Peer>) -> Result<()> {
+        super::identity::Identity::save(&self.state_dir.join("cluster"), key_der, cert_der)?;
+        self.peers.update(|p| {
+            p.peers = peers;
+            Ok(())
+        })
+    }
+
     /// Unpairs every peer (a factory reset).
     pub async fn unpair_all(&self) {
         let peers = self.peers.load().map(|p| p.peers.clone()).unwrap_or_default();

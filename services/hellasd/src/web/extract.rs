@@ -45,7 +45,7 @@ fn session(parts: &Parts) -> Result<Session, Response> {
     parts.extensions.get::<Session>().cloned().ok_or_else(|| (StatusCode::INTERNAL_SERVER_ERROR, "no session: the session layer is missing").into_response())
 }
 
-fn check_csrf(session: &Session, token: &str) -> Result<(), Response> {
+pub(super) fn check_csrf(session: &Session, token: &str) -> Result<(), Response> {
     if session::same(&session.csrf, token) {
         Ok(())
     } else {

@@ -6,6 +6,7 @@
 //! carry a per-session CSRF token, requests from another origin are refused, and wrong claim
 //! codes and passwords are rate-limited.
 
+mod backup;
 mod dashboard;
 mod extract;
 mod keys;
@@ -51,6 +52,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/keys/revoke", post(keys::revoke_key))
         .route("/dashboard", get(dashboard::dashboard))
         .route("/metrics", get(dashboard::metrics))
+        .route("/backup", get(backup::download))
+        .route("/diagnostics", get(backup::diagnostics))
+        // A backup is a few KiB; one with many models and keys may pass the forms' limit.
+        .route("/setup/restore", post(backup::restore).layer(axum::extract::DefaultBodyLimit::max(1 << 20)))
         .route("/update", get(dashboard::update_status).post(dashboard::request_update))
         .route("/install", post(dashboard::request_install))
         .route("/pool", get(pool::pool_page))

@@ -21,7 +21,7 @@ use crate::app::AppState;
 pub(super) type St = State<Arc<AppState>>;
 
 const STEPS: [&str; 5] = ["Claim", "Password", "Settings", "Model", "API key"];
-const TEMPLATES: [(&str, &str); 13] = [
+const TEMPLATES: [(&str, &str); 14] = [
     ("layout", include_str!("templates/layout.hbs")),
     ("claim", include_str!("templates/claim.hbs")),
     ("owner", include_str!("templates/owner.hbs")),
@@ -35,6 +35,7 @@ const TEMPLATES: [(&str, &str); 13] = [
     ("dashboard", include_str!("templates/dashboard.hbs")),
     ("message", include_str!("templates/message.hbs")),
     ("pool", include_str!("templates/pool.hbs")),
+    ("restored", include_str!("templates/restored.hbs")),
 ];
 
 /// The pages, parsed once; `templates_parse` below checks they parse.

@@ -28,7 +28,7 @@ pub struct SettingsForm {
 
 fn settings_form(settings: &Settings, ssh_text: &str, done: bool) -> Page {
     let zones = owner::timezones(std::path::Path::new(ZONEINFO));
-    let page = Page::new("settings", "Box settings", json!({ "settings": settings, "zones": zones, "ssh_keys": ssh_text }));
+    let page = Page::new("settings", "Box settings", json!({ "settings": settings, "zones": zones, "ssh_keys": ssh_text, "restore": !done }));
     if done {
         page
     } else {

@@ -439,6 +439,35 @@ impl Visitor {
         response
     }
 
+    /// The session cookie it sends (`name=value`).
+    pub fn cookie(&self) -> &str {
+        &self.cookie
+    }
+
+    /// Posts a form with a file (multipart), as a browser's file field sends it.
+    pub fn post_file(&mut self, path: &str, fields: &[(&str, &str)], file_field: &str, file: Vec<u8>) -> reqwest::blocking::Response {
+        let mut form = reqwest::blocking::multipart::Form::new();
+        for (name, value) in fields {
+            form = form.text(name.to_string(), value.to_string());
+        }
+        form = form.part(file_field.to_string(), reqwest::blocking::multipart::Part::bytes(file).file_name("backup.json"));
+        let response = self.http.post(format!("{}{path}", self.base)).header("cookie", &self.cookie).multipart(form).send().unwrap();
+        self.remember(&response);
+        response
+    }
+
+    /// Claims an unclaimed box through the setup pages, with the owner's password.
+    pub fn claim(daemon: &Daemon) -> Visitor {
+        let mut visitor = Visitor::new(daemon);
+        let code = std::fs::read_to_string(daemon.dir.path().join("run/claim-code")).expect("the box's claim code");
+        let csrf = visitor.csrf("/setup/claim");
+        assert_eq!(visitor.post("/setup/claim", &[("csrf", &csrf), ("code", code.trim())]).status(), 303);
+        let csrf = visitor.csrf("/setup/owner");
+        let owner = visitor.post("/setup/owner", &[("csrf", &csrf), ("password", OWNER_PASSWORD), ("confirm", OWNER_PASSWORD)]);
+        assert_eq!(owner.status(), 303, "setting the password: {}", owner.text().unwrap_or_default());
+        visitor
+    }
+
     /// Logs in as the owner of a claimed box.
     pub fn login(daemon: &Daemon) -> Visitor {
         let mut visitor = Visitor::new(daemon);
