@@ -26,6 +26,8 @@ pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 pub const GUEST_API_PORT: u16 = 8080;
 /// The web setup in the guest.
 pub const GUEST_WEB_PORT: u16 = 80;
+/// The web pages over HTTPS in the guest.
+pub const GUEST_HTTPS_PORT: u16 = 443;
 /// Disk the guest sees beyond the image, for the data partition to grow into on first boot.
 pub const EXTRA_DISK_BYTES: u64 = 2 << 30;
 /// How much of the console an error shows.
@@ -80,6 +82,7 @@ pub struct Vm {
     accel: Accel,
     api_port: u16,
     web_port: u16,
+    https_port: u16,
     ssh_port: u16,
 }
 
@@ -99,7 +102,7 @@ impl Vm {
         fs::copy(OVMF_VARS, &vars)
             .with_context(|| format!("copying {OVMF_VARS} to {}", vars.display()))?;
         let accel = pick_accel(&run_dir)?;
-        let [api_port, web_port, ssh_port] = free_ports()?;
+        let [api_port, web_port, https_port, ssh_port] = free_ports()?;
 
         let mut qemu = qemu_command();
         qemu.args(
@@ -119,7 +122,7 @@ impl Vm {
             qemu.args(["-device", "virtio-blk-pci,drive=internal"]);
         }
         qemu.arg("-netdev").arg(format!(
-            "user,id=net,hostfwd=tcp:127.0.0.1:{api_port}-:{GUEST_API_PORT},hostfwd=tcp:127.0.0.1:{web_port}-:{GUEST_WEB_PORT},hostfwd=tcp:127.0.0.1:{ssh_port}-:22"
+            "user,id=net,hostfwd=tcp:127.0.0.1:{api_port}-:{GUEST_API_PORT},hostfwd=tcp:127.0.0.1:{web_port}-:{GUEST_WEB_PORT},hostfwd=tcp:127.0.0.1:{https_port}-:{GUEST_HTTPS_PORT},hostfwd=tcp:127.0.0.1:{ssh_port}-:22"
         ));
         qemu.args(["-device", "virtio-net-pci,netdev=net"]);
         let console = option_path(&run_dir.join(CONSOLE));
@@ -160,6 +163,7 @@ impl Vm {
             accel,
             api_port,
             web_port,
+            https_port,
             ssh_port,
         })
     }
@@ -277,6 +281,11 @@ impl Vm {
 
     pub fn web_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.web_port)
+    }
+
+    /// The web pages over HTTPS (the box's self-signed certificate), forwarded.
+    pub fn https_url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.https_port)
     }
 
     /// The guest's SSH port, forwarded.

@@ -222,7 +222,18 @@ fn claim_through_the_web(vm: &Vm) -> (String, OwnerWeb) {
     assert_eq!(claimed.1.as_deref(), Some("/setup/owner"), "the console's claim code did not claim the box: {claimed:?}");
     web.get("/setup/owner");
     let owner = web.post("/setup/owner", &[("password", PASSWORD), ("confirm", PASSWORD)]);
-    assert_eq!(owner.1.as_deref(), Some("/settings"), "setting the owner's password: {owner:?}");
+    assert_eq!(owner.0, 200, "setting the owner's password: {owner:?}");
+
+    // Claimed: the pages answer over HTTPS only, with the certificate whose fingerprint the
+    // console and the claim's last page show; plain HTTP redirects there.
+    let fingerprint = fingerprint_in(&String::from_utf8_lossy(&fs::read(vm.console_log()).unwrap_or_default()))
+        .unwrap_or_else(|| panic!("no certificate fingerprint on the serial console\n{}", vm.console_tail(40)));
+    assert!(owner.2.contains(&fingerprint) && owner.2.contains("https://127.0.0.1/login"), "the claim's last page: {}", owner.2);
+    let plain = web.get("/dashboard");
+    assert_eq!((plain.0, plain.1.as_deref()), (307, Some("https://127.0.0.1/dashboard")), "plain HTTP after the claim");
+    let mut web = OwnerWeb::pinned(vm.https_url(), &fingerprint);
+    web.log_in(PASSWORD);
+    println!("the box answers over HTTPS with the certificate {fingerprint} its console shows");
 
     // sshd stays off until the owner gives a public key, then runs with it.
     assert_eq!(ssh_banner(vm), None, "sshd answers before the owner gave a key");
@@ -244,6 +255,14 @@ fn claim_through_the_web(vm: &Vm) -> (String, OwnerWeb) {
     assert_eq!(status, 200, "creating the first API key: {page}");
     let at = page.find("id=\"api-key\">").expect("the key page shows the key") + 13;
     (page[at..].split('<').next().unwrap().to_string(), web)
+}
+
+/// The web certificate's SHA-256 on the console's issue text, on the line after its label.
+fn fingerprint_in(console: &str) -> Option<String> {
+    let (_, after) = console.rsplit_once("SHA-256 fingerprint:")?;
+    let candidate = after.split_whitespace().next()?;
+    let shaped = candidate.len() == 95 && candidate.split(':').all(|b| b.len() == 2 && b.bytes().all(|c| c.is_ascii_hexdigit()));
+    shaped.then(|| candidate.to_string())
 }
 
 /// The code in hellasd's "Hellas claim code: XXXX-XXXX" line.

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
-use hellas_system_tests::vm::{Options, Vm, GUEST_API_PORT, GUEST_WEB_PORT};
+use hellas_system_tests::vm::{Options, Vm, GUEST_API_PORT, GUEST_HTTPS_PORT, GUEST_WEB_PORT};
 
 use crate::{deps, workspace};
 use crate::image::spec::Spec;
@@ -51,12 +51,13 @@ impl Qemu {
         // QEMU may already have put the terminal in raw mode, hence the explicit \r.
         print!(
             "==> qemu: booting {} ({}); Ctrl-A X quits\r\n\
-             ==> qemu: API {} (guest port {GUEST_API_PORT}), web {} (guest port {GUEST_WEB_PORT})\r\n\
+             ==> qemu: API {} (guest port {GUEST_API_PORT}), web {} (guest port {GUEST_WEB_PORT}), {} (guest port {GUEST_HTTPS_PORT})\r\n\
              ==> qemu: console log and overlay in {}\r\n",
             image.display(),
             vm.accel(),
             vm.api_url(),
             vm.web_url(),
+            vm.https_url(),
             vm.run_dir().display()
         );
         let status = vm.wait()?;

@@ -20,6 +20,7 @@ use crate::keys::KeyStore;
 use crate::library::ModelLibrary;
 use crate::memory_budget::MemoryBudget;
 use crate::metrics::Metrics;
+use crate::web_certificate::WebCertificate;
 use crate::owner::{owner_store, ClaimFiles, Limiter, OwnerStore, Sessions};
 
 pub struct AppState {
@@ -28,6 +29,8 @@ pub struct AppState {
     pub owner: OwnerStore,
     pub sessions: Sessions,
     pub claim: ClaimFiles,
+    /// The web pages' HTTPS certificate.
+    pub certificate: WebCertificate,
     /// Wrong claim codes and passwords.
     pub guesses: Limiter,
     pub catalog: Catalog,
@@ -77,10 +80,13 @@ impl AppState {
     pub fn new(config: Config, parts: Parts) -> Result<AppState> {
         let downloads_http = reqwest::Client::builder().no_proxy().build().context("building the HTTP client")?;
         let catalog = Catalog::load(&config.web.catalog).context("loading the model catalog")?;
+        let owner = owner_store(&config.state_dir);
+        let certificate = WebCertificate::load_or_create(&config.state_dir, &owner.load()?.settings.box_name).context("the web pages' certificate")?;
         Ok(AppState {
-            owner: owner_store(&config.state_dir),
+            owner,
             sessions: Sessions::default(),
-            claim: ClaimFiles::new(&config.web.runtime_dir),
+            claim: ClaimFiles::new(&config.web.runtime_dir).with_fingerprint(Some(certificate.fingerprint())),
+            certificate,
             guesses: Limiter::new(Duration::from_secs(60), 5, 20),
             headers: catalog::Headers::new(config.state_dir.join("catalog"), downloads_http.clone()),
             hub: Hub::new(&config.hub.endpoint, downloads_http.clone()),

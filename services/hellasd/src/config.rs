@@ -119,8 +119,11 @@ impl LoadMode {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WebConfig {
-    /// The setup pages and the owner's dashboard.
+    /// The setup pages and the owner's dashboard over plain HTTP: the setup until the box is
+    /// claimed, then a redirect to HTTPS.
     pub listen: SocketAddr,
+    /// The same pages over HTTPS, with the box's own certificate (see `web_certificate`).
+    pub tls_listen: SocketAddr,
     /// The curated model catalog shipped in the image.
     pub catalog: PathBuf,
     /// Where this boot's claim code and console text live (a tmpfs).
@@ -257,6 +260,7 @@ impl Default for WebConfig {
     fn default() -> Self {
         WebConfig {
             listen: "0.0.0.0:80".parse().unwrap(),
+            tls_listen: "0.0.0.0:443".parse().unwrap(),
             catalog: PathBuf::from("/usr/share/hellas/catalog.toml"),
             runtime_dir: PathBuf::from("/run/hellas"),
         }

@@ -40,6 +40,7 @@ pub mod memory_budget;
 pub mod metrics;
 pub mod owner;
 pub mod recent_log;
+pub mod web_certificate;
 pub mod diagnostics;
 pub mod sandbox;
 pub mod state_file;

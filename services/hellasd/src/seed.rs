@@ -68,7 +68,8 @@ pub fn apply(config: &Config, esp: &Path) -> Result<Outcome> {
         // apply-seed after it, so the console and the web setup agree at once.
         let runtime = &config.web.runtime_dir;
         if runtime.is_dir() {
-            let claim = ClaimFiles::new(runtime);
+            let fingerprint = crate::web_certificate::WebCertificate::load(&config.state_dir)?.map(|c| c.fingerprint());
+            let claim = ClaimFiles::new(runtime).with_fingerprint(fingerprint);
             claim.set(code)?;
             give_to_directory_owner(runtime, &[claim.code_path(), claim.issue_path()])?;
         }

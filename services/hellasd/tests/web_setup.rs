@@ -105,7 +105,8 @@ fn a_person_sets_up_the_box_in_a_browser() {
     let shot = |name: &str| browser.screenshot(&shots.join(format!("{name}.png")));
 
     // 1. The claim code: a wrong one is refused, the one from the console claims.
-    browser.goto(&format!("{}/", daemon.web_url));
+    // As a person types the box's address: plain HTTP, until the claim sends the browser to HTTPS.
+    browser.goto(&format!("{}/", daemon.http_url));
     assert!(browser.url().ends_with("/setup/claim"), "{}", browser.url());
     shot("01-claim");
     browser.find("#code").type_text("ABCD-EFGH");
@@ -125,8 +126,15 @@ fn a_person_sets_up_the_box_in_a_browser() {
     browser.find("#password").type_text(PASSWORD);
     browser.find("#confirm").type_text(PASSWORD);
     browser.follow("#save-password");
+    // Claimed over plain HTTP: the box answers over HTTPS only now, and the owner logs in there
+    // after checking the certificate's fingerprint; the session cookie is Secure.
+    assert!(browser.text("#fingerprint").len() == 95, "{}", browser.text("body"));
+    browser.follow("#continue");
+    assert!(browser.url().starts_with(&format!("{}/login", daemon.web_url)), "{}", browser.url());
+    browser.find("#password").type_text(PASSWORD);
+    browser.follow("#login");
     let session = browser.cookies().into_iter().find(|c| c["name"] == "hellas_session").expect("a session cookie");
-    assert_eq!((session["httpOnly"].as_bool(), session["sameSite"].as_str()), (Some(true), Some("Strict")), "{session}");
+    assert_eq!((session["httpOnly"].as_bool(), session["sameSite"].as_str(), session["secure"].as_bool()), (Some(true), Some("Strict"), Some(true)), "{session}");
 
     // 3. Settings: a bad key is explained, then a good name and zone are kept.
     assert!(browser.url().ends_with("/settings"), "{}", browser.url());
@@ -298,4 +306,68 @@ fn bad_model_names_in_api_requests_are_refused() {
         let body: Value = response.json().unwrap();
         assert!(body["error"]["message"].as_str().unwrap().contains("invalid model name"), "{body}");
     }
+}
+
+/// The HTTPS certificate's SHA-256, as the box shows it: `AB:CD:…`.
+fn fingerprint_of(response: &reqwest::blocking::Response) -> String {
+    use sha2::{Digest, Sha256};
+    let info = response.extensions().get::<reqwest::tls::TlsInfo>().expect("TLS information");
+    let der = info.peer_certificate().expect("the box's certificate");
+    Sha256::digest(der).iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":")
+}
+
+#[test]
+fn once_claimed_the_box_is_reached_over_https_with_secure_cookies() {
+    let daemon = unclaimed(None, None);
+    // Before the claim: the setup over plain HTTP, naming the certificate the HTTPS pages present,
+    // as the console does.
+    let mut plain = Visitor::at(&daemon, &daemon.http_url);
+    let page = plain.get("/setup/claim").text().unwrap();
+    let presented = fingerprint_of(&Visitor::new(&daemon).get("/setup/claim"));
+    assert!(page.contains(&presented), "the claim page names the certificate {presented}: {page}");
+    let console = std::fs::read_to_string(daemon.dir.path().join("run/claim.issue")).unwrap();
+    assert!(console.contains(&presented) && console.contains("https://"), "the console names it too: {console}");
+
+    // Someone else's session, begun in the clear before the claim.
+    let mut early = Visitor::at(&daemon, &daemon.http_url);
+    early.get("/setup/claim");
+    let cleartext = early.cookie().to_string();
+
+    // The claim over plain HTTP ends with the way to HTTPS and the fingerprint to check; then
+    // every page redirects there, forms included (307 keeps the method), and no HSTS (it would
+    // lock the browser out of a self-signed certificate).
+    let csrf = plain.csrf("/setup/claim");
+    assert_eq!(plain.post("/setup/claim", &[("csrf", &csrf), ("code", &claim_code(&daemon))]).status(), 303);
+    let csrf = plain.csrf("/setup/owner");
+    let claimed = plain.post("/setup/owner", &[("csrf", &csrf), ("password", PASSWORD), ("confirm", PASSWORD)]);
+    assert_eq!(claimed.status(), 200);
+    let page = claimed.text().unwrap();
+    assert!(page.contains(&format!("{}/login", daemon.web_url)) && page.contains(&presented), "{page}");
+    assert_eq!(plain.get("/dashboard").headers()["location"], format!("{}/dashboard", daemon.web_url), "the claim's cleartext session is no owner's");
+    let tls_port = daemon.web_url.rsplit(':').next().unwrap();
+    for (method, path) in [("GET", "/settings?x=1"), ("POST", "/settings"), ("GET", "/")] {
+        let request = plain.http.request(method.parse().unwrap(), format!("{}{path}", daemon.http_url)).header("cookie", plain.cookie());
+        let response = request.header("host", "kitchen.local:8088").send().unwrap();
+        assert_eq!(response.status(), 307, "{method} {path}");
+        assert_eq!(response.headers()["location"], format!("https://kitchen.local:{tls_port}{path}"), "{method} {path}");
+        assert!(!response.headers().contains_key("strict-transport-security"));
+    }
+    assert_eq!(plain.get("/assets/style.css").status(), 307, "nothing is served in the clear any more");
+
+    // A session begun in the clear, on its first HTTPS request: a new id and a Secure cookie;
+    // the id that travelled in the clear is dropped.
+    let mut secure = Visitor::new(&daemon);
+    let first = secure.http.get(format!("{}/login", daemon.web_url)).header("cookie", &cleartext).send().unwrap();
+    let set_cookie = first.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(set_cookie.contains("Secure") && set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Strict"), "{set_cookie}");
+    let old_id = cleartext.split('=').nth(1).unwrap();
+    assert!(!set_cookie.contains(old_id), "a new id: {set_cookie}");
+    let again = secure.http.get(format!("{}/login", daemon.web_url)).header("cookie", &cleartext).send().unwrap();
+    let renewed = again.headers()["set-cookie"].to_str().unwrap();
+    assert!(!renewed.contains(old_id) && renewed != set_cookie, "the cleartext id opens nothing: {renewed}");
+    // A login over HTTPS gets a Secure cookie too.
+    let csrf = secure.csrf("/login");
+    let login = secure.post("/login", &[("csrf", &csrf), ("password", PASSWORD)]);
+    assert_eq!(login.status(), 303);
+    assert!(login.headers()["set-cookie"].to_str().unwrap().contains("; Secure"));
 }

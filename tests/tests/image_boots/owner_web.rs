@@ -8,6 +8,9 @@ pub struct OwnerWeb {
     base: String,
     cookie: String,
     csrf: String,
+    /// Over HTTPS: the certificate's SHA-256 (`AB:CD:…`) read off the box's console, which every
+    /// answer's certificate must have, as an owner checks it when the browser warns.
+    pinned: Option<String>,
 }
 
 /// What a page answered: status, redirect target and body.
@@ -21,7 +24,21 @@ impl OwnerWeb {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap();
-        OwnerWeb { http, base, cookie: String::new(), csrf: String::new() }
+        OwnerWeb { http, base, cookie: String::new(), csrf: String::new(), pinned: None }
+    }
+
+    /// The owner over HTTPS, trusting only the certificate with this fingerprint.
+    pub fn pinned(base: String, fingerprint: &str) -> OwnerWeb {
+        let http = reqwest::blocking::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(120))
+            .redirect(reqwest::redirect::Policy::none())
+            // No authority vouches for the box's certificate: the fingerprint check below does.
+            .danger_accept_invalid_certs(true)
+            .tls_info(true)
+            .build()
+            .unwrap();
+        OwnerWeb { http, base, cookie: String::new(), csrf: String::new(), pinned: Some(fingerprint.to_string()) }
     }
 
     pub fn get(&mut self, path: &str) -> Visit {
@@ -44,6 +61,12 @@ impl OwnerWeb {
             .header("cookie", &self.cookie)
             .send()
             .unwrap_or_else(|err| panic!("{method} {path}: {err}"));
+        if let Some(pinned) = &self.pinned {
+            use sha2::{Digest, Sha256};
+            let der = response.extensions().get::<reqwest::tls::TlsInfo>().and_then(|i| i.peer_certificate()).expect("the box's certificate");
+            let presented = Sha256::digest(der).iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":");
+            assert_eq!(&presented, pinned, "{method} {path}: the box presents another certificate than its console names");
+        }
         if let Some(set) = response.headers().get("set-cookie") {
             self.cookie = set.to_str().unwrap().split(';').next().unwrap().to_string();
         }

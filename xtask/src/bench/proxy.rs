@@ -287,8 +287,9 @@ impl Sides {
         model: &Path,
     ) -> Result<Sides> {
         let (hellasd_port, web_port, direct_port) = (servers::free_port()?, servers::free_port()?, servers::free_port()?);
+        let tls_port = servers::free_port()?;
         let config = dir.join("hellasd.toml");
-        fs::write(&config, hellasd_config(dir, llama_server, hellasd_port, web_port)).with_context(|| format!("writing {}", config.display()))?;
+        fs::write(&config, hellasd_config(dir, llama_server, hellasd_port, [web_port, tls_port])).with_context(|| format!("writing {}", config.display()))?;
         let cli = |args: &[&str], stdin: Option<&str>| hellasd_cli(hellasd, &config, args, stdin);
         cli(&[
             "models",
@@ -375,13 +376,13 @@ impl Sides {
 /// hellasd's configuration: state in `dir`, the API and the web pages on loopback ports of their
 /// own, and pooling (its control port, mDNS and the RPC worker) off, so that nothing the bench
 /// starts is reachable from another machine.
-fn hellasd_config(dir: &Path, llama_server: &Path, api_port: u16, web_port: u16) -> String {
+fn hellasd_config(dir: &Path, llama_server: &Path, api_port: u16, [web_port, tls_port]: [u16; 2]) -> String {
     // A JSON string is a valid TOML basic string, quotes and escapes included.
     let quoted = |path: &Path| Value::from(path.to_string_lossy()).to_string();
     format!(
         "state_dir = {}\n\n[api]\nlisten = \"127.0.0.1:{api_port}\"\nqueue_depth = 256\n\n\
          [engine]\nllama_server = {}\nctx = {CTX}\nparallel = {PARALLEL}\nthreads = {THREADS}\n\n\
-         [web]\nlisten = \"127.0.0.1:{web_port}\"\nruntime_dir = {}\ncatalog = {}\n\n\
+         [web]\nlisten = \"127.0.0.1:{web_port}\"\ntls_listen = \"127.0.0.1:{tls_port}\"\nruntime_dir = {}\ncatalog = {}\n\n\
          [cluster]\nenabled = false\n\n\
          [sandbox]\nread_only = [{}]\n",
         quoted(&dir.join("state")),
@@ -532,10 +533,11 @@ mod tests {
 
     #[test]
     fn hellasd_listens_on_loopback_only() {
-        let text = hellasd_config(Path::new("/tmp/b \"q\""), Path::new("/e/llama-server"), 1001, 1002);
+        let text = hellasd_config(Path::new("/tmp/b \"q\""), Path::new("/e/llama-server"), 1001, [1002, 1003]);
         let config: toml::Table = text.parse().unwrap();
         assert_eq!(config["api"]["listen"].as_str(), Some("127.0.0.1:1001"));
         assert_eq!(config["web"]["listen"].as_str(), Some("127.0.0.1:1002"));
+        assert_eq!(config["web"]["tls_listen"].as_str(), Some("127.0.0.1:1003"));
         assert_eq!(config["cluster"]["enabled"].as_bool(), Some(false));
         assert_eq!(config["state_dir"].as_str(), Some("/tmp/b \"q\"/state"));
     }

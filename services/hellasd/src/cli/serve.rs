@@ -63,6 +63,11 @@ pub async fn run(config: Config) -> Result<()> {
         .await
         .with_context(|| format!("listening on {} for the web pages", state.config.web.listen))?;
     tracing::info!(address = %web_listener.local_addr()?, "web pages listening");
+    let tls_tcp = tokio::net::TcpListener::bind(state.config.web.tls_listen)
+        .await
+        .with_context(|| format!("listening on {} for the web pages over HTTPS", state.config.web.tls_listen))?;
+    let tls_listener = web::tls::TlsListener::new(tls_tcp, &state.certificate)?;
+    tracing::info!(address = %state.config.web.tls_listen, fingerprint = %state.certificate.fingerprint(), "web pages listening over HTTPS");
     state.start()?;
     if let Some(cluster) = &state.cluster {
         // A peer's re-image without the data is a factory reset, which needs the whole app.
@@ -77,8 +82,12 @@ pub async fn run(config: Config) -> Result<()> {
             }))
             .await?;
     }
-    let pages = web::router(state.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let pages = web::router(state.clone(), false).into_make_service_with_connect_info::<std::net::SocketAddr>();
     let web_server = tokio::spawn(async move { axum::serve(web_listener, pages).with_graceful_shutdown(shutdown_signal()).await });
+    // tap_io: axum gives the peer's address to a tapped listener of any kind.
+    let secure_pages = web::router(state.clone(), true).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let tls_listener = tls_listener.tap_io(|_| {});
+    let tls_server = tokio::spawn(async move { axum::serve(tls_listener, secure_pages).with_graceful_shutdown(shutdown_signal()).await });
     // Streamed tokens are small writes that must leave at once, not wait for an ACK (Nagle).
     let listener = listener.tap_io(|tcp| {
         if let Err(e) = tcp.set_nodelay(true) {
@@ -88,6 +97,7 @@ pub async fn run(config: Config) -> Result<()> {
     let api = api::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
     axum::serve(listener, api).with_graceful_shutdown(shutdown_signal()).await.context("serving the API")?;
     web_server.await.context("the web server task")?.context("serving the web pages")?;
+    tls_server.await.context("the HTTPS server task")?.context("serving the web pages over HTTPS")?;
     tracing::info!("stopping engines");
     supervisor.shutdown().await;
     Ok(())

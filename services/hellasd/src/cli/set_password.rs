@@ -16,7 +16,9 @@ pub fn run(config: &Config) -> Result<()> {
     } else {
         store.claim(password)?;
         let name = store.load()?.settings.box_name;
-        ClaimFiles::new(&config.web.runtime_dir).claimed(&name)?;
+        // Root only reads the certificate: it is made as the daemon's user, who must read it.
+        let fingerprint = crate::web_certificate::WebCertificate::load(&config.state_dir)?.map(|c| c.fingerprint());
+        ClaimFiles::new(&config.web.runtime_dir).with_fingerprint(fingerprint).claimed(&name)?;
         println!("the box is claimed; the owner logs in at http://{name}.local/");
     }
     Ok(())

@@ -21,11 +21,26 @@ use crate::state_file::write_atomically;
 
 pub struct ClaimFiles {
     dir: PathBuf,
+    /// The web certificate's fingerprint, shown with the HTTPS address.
+    fingerprint: Option<String>,
 }
 
 impl ClaimFiles {
     pub fn new(runtime_dir: &Path) -> ClaimFiles {
-        ClaimFiles { dir: runtime_dir.to_path_buf() }
+        ClaimFiles { dir: runtime_dir.to_path_buf(), fingerprint: None }
+    }
+
+    /// Shows the web certificate's fingerprint on the console with the HTTPS address.
+    pub fn with_fingerprint(mut self, fingerprint: Option<String>) -> ClaimFiles {
+        self.fingerprint = fingerprint;
+        self
+    }
+
+    fn certificate_lines(&self, url: &str) -> String {
+        match &self.fingerprint {
+            Some(fingerprint) => format!("Over HTTPS: {url}. When the browser warns about the certificate, check that it shows this SHA-256 fingerprint:\n{fingerprint}\n"),
+            None => String::new(),
+        }
     }
 
     pub fn code_path(&self) -> PathBuf {
@@ -54,7 +69,11 @@ impl ClaimFiles {
         restrict(&self.code_path())?;
         write_atomically(
             &self.issue_path(),
-            format!("\nHellas is not set up yet. Open http://\\4/ or http://hellas.local/ and enter the claim code {code}\n\n").as_bytes(),
+            format!(
+                "\nHellas is not set up yet. Open http://\\4/ or http://hellas.local/ and enter the claim code {code}\n{}\n",
+                self.certificate_lines("https://\\4/")
+            )
+            .as_bytes(),
         )
     }
 
@@ -78,7 +97,8 @@ impl ClaimFiles {
             Err(e) => return Err(e).with_context(|| format!("removing {}", self.code_path().display())),
         }
         if self.dir.exists() {
-            write_atomically(&self.issue_path(), format!("\nHellas: http://{box_name}.local/ (API on port 8080)\n\n").as_bytes())?;
+            let url = format!("https://{box_name}.local/");
+            write_atomically(&self.issue_path(), format!("\nHellas: {url} (API on port 8080)\n{}\n", self.certificate_lines(&url)).as_bytes())?;
         }
         Ok(())
     }

@@ -26,6 +26,8 @@ pub struct Session {
     /// The claim code was entered right in this session.
     pub claim_ok: bool,
     pub owner: bool,
+    /// Its cookie was set over HTTPS (and is `Secure`).
+    pub https: bool,
     last_seen: Instant,
 }
 
@@ -35,8 +37,9 @@ pub struct Sessions {
 }
 
 impl Sessions {
-    /// The session a cookie names, or a new one (the second value says it is new).
-    pub fn resume_or_start(&self, cookie: Option<&str>) -> (Session, bool) {
+    /// The session a cookie names, or a new one (the second value says it is new), made for a
+    /// request over HTTPS or not.
+    pub fn resume_or_start(&self, cookie: Option<&str>, https: bool) -> (Session, bool) {
         let now = Instant::now();
         let mut map = self.map.lock().unwrap();
         if let Some(session) = cookie.and_then(|id| map.get_mut(id)) {
@@ -53,7 +56,7 @@ impl Sessions {
                 map.remove(&oldest);
             }
         }
-        let session = Session { id: token(), csrf: token(), claim_ok: false, owner: false, last_seen: now };
+        let session = Session { id: token(), csrf: token(), claim_ok: false, owner: false, https, last_seen: now };
         map.insert(session.id.clone(), session.clone());
         (session, true)
     }
@@ -86,8 +89,11 @@ impl Sessions {
     }
 }
 
+/// The session's cookie: `Secure` once it is set over HTTPS, so the browser never sends it in
+/// the clear again.
 pub fn set_cookie(session: &Session) -> String {
-    format!("{COOKIE}={}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}", session.id, IDLE.as_secs())
+    let secure = if session.https { "; Secure" } else { "" };
+    format!("{COOKIE}={}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{secure}", session.id, IDLE.as_secs())
 }
 
 pub fn cookie_value<'a>(header: &'a str, name: &str) -> Option<&'a str> {
@@ -158,17 +164,17 @@ mod tests {
     #[test]
     fn sessions_resume_renew_and_end() {
         let sessions = Sessions::default();
-        let (first, new) = sessions.resume_or_start(None);
+        let (first, new) = sessions.resume_or_start(None, false);
         assert!(new);
-        let (again, new) = sessions.resume_or_start(Some(&first.id));
+        let (again, new) = sessions.resume_or_start(Some(&first.id), false);
         assert!(!new);
         assert_eq!(again.csrf, first.csrf);
         let owner = sessions.renew(&first, |s| s.owner = true);
         assert_ne!(owner.id, first.id);
-        assert!(sessions.resume_or_start(Some(&first.id)).1, "the old id is gone");
-        assert!(sessions.resume_or_start(Some(&owner.id)).0.owner);
+        assert!(sessions.resume_or_start(Some(&first.id), false).1, "the old id is gone");
+        assert!(sessions.resume_or_start(Some(&owner.id), false).0.owner);
         sessions.end(&owner.id);
-        assert!(!sessions.resume_or_start(Some(&owner.id)).0.owner);
+        assert!(!sessions.resume_or_start(Some(&owner.id), false).0.owner);
         assert!(set_cookie(&owner).contains("HttpOnly; SameSite=Strict"));
         assert_eq!(cookie_value("a=1; hellas_session=xyz; b=2", COOKIE), Some("xyz"));
     }

@@ -16,6 +16,7 @@ mod page;
 mod pool;
 mod settings;
 mod setup;
+pub mod tls;
 
 use std::sync::Arc;
 
@@ -32,7 +33,12 @@ use crate::owner::session;
 
 pub const ZONEINFO: &str = "/usr/share/zoneinfo";
 
-pub fn router(state: Arc<AppState>) -> Router {
+/// Which listener a request came in on.
+#[derive(Clone, Copy)]
+pub(super) struct Https(pub bool);
+
+/// The pages, for the plain HTTP listener (`https` false) or the HTTPS one.
+pub fn router(state: Arc<AppState>, https: bool) -> Router {
     Router::new()
         .route("/", get(setup::home))
         .route("/setup/claim", get(setup::claim_page).post(setup::claim))
@@ -74,6 +80,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(|| async { (StatusCode::NOT_FOUND, "no such page") })
         .layer(axum::extract::DefaultBodyLimit::max(64 << 10))
         .route_layer(middleware::from_fn_with_state(state.clone(), with_session))
+        .route_layer(axum::Extension(Https(https)))
         .with_state(state)
 }
 
@@ -84,6 +91,13 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
 /// Gives every request its session (starting one when needed), refuses state changes from
 /// other origins, and sets the security headers.
 async fn with_session(State(state): State<Arc<AppState>>, mut request: Request, next: Next) -> Response {
+    let https = request.extensions().get::<Https>().is_some_and(|h| h.0);
+    if !https && state.owner.is_claimed().unwrap_or(true) {
+        return to_https(&state, &request);
+    }
+    // The claim is a form posted over plain HTTP whose answer leads to HTTPS: a browser holds
+    // that redirect to the form's CSP, so the HTTPS origin is named there.
+    let form_action = if https { "'self'".to_string() } else { format!("'self' {}", https_origin(&state, request.headers())) };
     if request.method() == Method::POST && !same_origin(&request) {
         return (StatusCode::FORBIDDEN, "cross-origin form posts are refused").into_response();
     }
@@ -93,7 +107,13 @@ async fn with_session(State(state): State<Arc<AppState>>, mut request: Request, 
         .iter()
         .filter_map(|v| v.to_str().ok())
         .find_map(|v| session::cookie_value(v, session::COOKIE).map(str::to_string));
-    let (session, new) = state.sessions.resume_or_start(cookie.as_deref());
+    let (mut session, mut new) = state.sessions.resume_or_start(cookie.as_deref(), https);
+    if https && !session.https {
+        // A session begun over plain HTTP (the claim) gets a new id and a `Secure` cookie on
+        // its first HTTPS request; the id that travelled in the clear is dropped.
+        session = state.sessions.renew(&session, |s| s.https = true);
+        new = true;
+    }
     request.extensions_mut().insert(session.clone());
     let mut response = next.run(request).await;
     let headers = response.headers_mut();
@@ -109,9 +129,35 @@ async fn with_session(State(state): State<Arc<AppState>>, mut request: Request, 
     headers.insert(
         header::CONTENT_SECURITY_POLICY,
         // connect-src: the "try it" box calls the API on its own port.
-        HeaderValue::from_static("default-src 'self'; connect-src *; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"),
+        HeaderValue::from_str(&format!("default-src 'self'; connect-src *; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'; form-action {form_action}"))
+            .unwrap_or_else(|_| HeaderValue::from_static("default-src 'self'; form-action 'self'")),
     );
     response
+}
+
+/// The same page over HTTPS: a claimed box is reached only that way. Temporary (307), so a
+/// browser does not remember it past a factory reset, and with the method and body kept. No
+/// HSTS: with a self-signed certificate it would make the browser's warning impossible to pass.
+fn to_https(state: &AppState, request: &Request) -> Response {
+    let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+    match HeaderValue::from_str(&format!("{}{path}", https_origin(state, request.headers()))) {
+        Ok(location) => (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, location)]).into_response(),
+        Err(_) => (StatusCode::BAD_REQUEST, "this box is reached over HTTPS now").into_response(),
+    }
+}
+
+/// `https://host[:port]` for the host the request named and the HTTPS listener's port.
+pub(super) fn https_origin(state: &AppState, headers: &axum::http::HeaderMap) -> String {
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("hellas.local");
+    // The host without its port; an IPv6 literal keeps its brackets.
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if !port.contains(']') && port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    };
+    match state.config.web.tls_listen.port() {
+        443 => format!("https://{name}"),
+        port => format!("https://{name}:{port}"),
+    }
 }
 
 /// A POST whose `Origin` (when the browser sends one) is this host.

@@ -21,7 +21,7 @@ use crate::app::AppState;
 pub(super) type St = State<Arc<AppState>>;
 
 const STEPS: [&str; 5] = ["Claim", "Password", "Settings", "Model", "API key"];
-const TEMPLATES: [(&str, &str); 14] = [
+const TEMPLATES: [(&str, &str); 15] = [
     ("layout", include_str!("templates/layout.hbs")),
     ("claim", include_str!("templates/claim.hbs")),
     ("owner", include_str!("templates/owner.hbs")),
@@ -36,6 +36,7 @@ const TEMPLATES: [(&str, &str); 14] = [
     ("message", include_str!("templates/message.hbs")),
     ("pool", include_str!("templates/pool.hbs")),
     ("restored", include_str!("templates/restored.hbs")),
+    ("claimed", include_str!("templates/claimed.hbs")),
 ];
 
 /// The pages, parsed once; `templates_parse` below checks they parse.

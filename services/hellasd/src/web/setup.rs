@@ -3,14 +3,17 @@
 use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, State};
+use axum::http::HeaderMap;
+use axum::Extension;
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::blocking;
+use super::{blocking, https_origin, Https};
 use super::extract::{csrf_forms, Posted, Visitor};
 use super::page::{claimed, guard, internal, redirect, redirect_with, too_many, with_retry_after, Page, St};
+use crate::app::AppState;
 use crate::owner::{self, claim};
 
 pub async fn home(State(state): St, Visitor(session): Visitor) -> Response {
@@ -30,18 +33,23 @@ pub struct ClaimForm {
     code: String,
 }
 
+/// The claim form, with the certificate's fingerprint to check the HTTPS connection against.
+fn claim_form(state: &AppState) -> Page {
+    Page::new("claim", "Claim this box", json!({ "fingerprint": state.certificate.fingerprint() })).step(0)
+}
+
 pub async fn claim_page(State(state): St, Visitor(session): Visitor) -> Response {
     if guard!(claimed(&state)) {
         return redirect("/login");
     }
-    Page::new("claim", "Claim this box", json!({})).step(0).render(&session)
+    claim_form(&state).render(&session)
 }
 
 pub async fn claim(State(state): St, ConnectInfo(peer): ConnectInfo<SocketAddr>, Posted(session, form): Posted<ClaimForm>) -> Response {
     if guard!(claimed(&state)) {
         return redirect("/login");
     }
-    let page = || Page::new("claim", "Claim this box", json!({})).step(0);
+    let page = || claim_form(&state);
     if let Err(wait) = state.guesses.check(peer.ip()) {
         return with_retry_after(page().error(StatusCode::TOO_MANY_REQUESTS, too_many(wait)).render(&session), wait);
     }
@@ -76,7 +84,7 @@ pub async fn owner_page(State(state): St, Visitor(session): Visitor) -> Response
     owner_form().render(&session)
 }
 
-pub async fn set_owner(State(state): St, Posted(session, form): Posted<PasswordForm>) -> Response {
+pub async fn set_owner(State(state): St, Extension(Https(https)): Extension<Https>, headers: HeaderMap, Posted(session, form): Posted<PasswordForm>) -> Response {
     if guard!(claimed(&state)) {
         return redirect("/login");
     }
@@ -98,6 +106,13 @@ pub async fn set_owner(State(state): St, Posted(session, form): Posted<PasswordF
         tracing::warn!("updating the console's claim text: {e:#}");
     }
     tracing::info!("the box was claimed");
+    if !https {
+        // A claimed box answers over HTTPS only, and a session begun in the clear does not
+        // cross over: the owner logs in there, after checking the certificate.
+        state.sessions.end(&session.id);
+        let url = format!("{}/login", https_origin(&state, &headers));
+        return Page::new("claimed", "This box is yours", json!({ "url": url, "fingerprint": state.certificate.fingerprint() })).render(&session);
+    }
     let session = state.sessions.renew(&session, |s| {
         s.owner = true;
         s.claim_ok = false;

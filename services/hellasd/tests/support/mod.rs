@@ -122,8 +122,10 @@ impl Default for Setup {
 pub struct Daemon {
     child: Child,
     pub url: String,
-    /// The setup pages and dashboard.
+    /// The setup pages and dashboard, over HTTPS (the box's self-signed certificate).
     pub web_url: String,
+    /// The same over plain HTTP: the setup until the box is claimed, then a redirect.
+    pub http_url: String,
     pub key: Option<String>,
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
@@ -137,6 +139,7 @@ impl Daemon {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let web_port = free_port();
+        let tls_port = free_port();
         let config = dir.path().join("hellasd.toml");
         let mut text = format!(
             "state_dir = {state:?}\n[api]\nlisten = \"127.0.0.1:{port}\"\nqueue_depth = {queue}\nmax_body_bytes = 1048576\nmetrics_open_to = {open:?}\n\
@@ -159,7 +162,7 @@ impl Daemon {
             }
         }
         text.push_str(&format!(
-            "[web]\nlisten = \"127.0.0.1:{web_port}\"\nruntime_dir = {:?}\ncatalog = {:?}\n",
+            "[web]\nlisten = \"127.0.0.1:{web_port}\"\ntls_listen = \"127.0.0.1:{tls_port}\"\nruntime_dir = {:?}\ncatalog = {:?}\n",
             dir.path().join("run"),
             setup.catalog.clone().unwrap_or_else(|| dir.path().join("no-catalog.toml")),
         ));
@@ -200,7 +203,8 @@ impl Daemon {
         let daemon = Daemon {
             child,
             url: format!("http://127.0.0.1:{port}"),
-            web_url: format!("http://127.0.0.1:{web_port}"),
+            web_url: format!("https://127.0.0.1:{tls_port}"),
+            http_url: format!("http://127.0.0.1:{web_port}"),
             key,
             dir,
             config,
@@ -404,9 +408,17 @@ pub struct Visitor {
 }
 
 impl Visitor {
+    /// A browser on the HTTPS pages that has accepted the box's certificate.
     pub fn new(daemon: &Daemon) -> Visitor {
-        let http = netns::client(daemon.netns.as_deref(), |b| b.redirect(reqwest::redirect::Policy::none()).timeout(Duration::from_secs(120)));
-        Visitor { http, base: daemon.web_url.clone(), cookie: String::new() }
+        Visitor::at(daemon, &daemon.web_url)
+    }
+
+    /// A browser on `base`: the daemon's `web_url` or `http_url`.
+    pub fn at(daemon: &Daemon, base: &str) -> Visitor {
+        let http = netns::client(daemon.netns.as_deref(), |b| {
+            b.redirect(reqwest::redirect::Policy::none()).timeout(Duration::from_secs(120)).danger_accept_invalid_certs(true).tls_info(true)
+        });
+        Visitor { http, base: base.to_string(), cookie: String::new() }
     }
 
     pub fn remember(&mut self, response: &reqwest::blocking::Response) {
