@@ -22,12 +22,7 @@ pub fn bundle(state: &AppState) -> Vec<u8> {
             })
         })
         .collect();
-    let tuning = {
-        let probe = crate::tune::Probe::read(std::path::Path::new("/"));
-        let options = crate::tune::Options { os_reserve: state.config.memory.os_reserve_bytes, iommu_off: false };
-        let decision = crate::tune::decide(&probe, &options);
-        json!({ "state": decision.summary(), "warnings": decision.warnings, "advice": decision.bios_advice })
-    };
+    let tuning = crate::tune::status(state.config.memory.os_reserve_bytes);
     let update = crate::update::UpdateFiles::new(&state.config.state_dir).status().map(|s| json!(s)).unwrap_or_else(|e| json!(format!("{e:#}")));
     let log: Vec<String> = crate::recent_log::lines().iter().map(|line| scrub(line)).collect();
     let bundle = json!({

@@ -80,6 +80,14 @@ pub fn run(args: &TuneArgs, config: &Config) -> Result<()> {
 }
 
 /// The report for people.
+/// This box's tuning state for the dashboard and the diagnostics: a summary, the warnings and
+/// the BIOS advice.
+pub fn status(os_reserve: u64) -> serde_json::Value {
+    let probe = Probe::read(std::path::Path::new("/"));
+    let decision = decide(&probe, &Options { os_reserve, iommu_off: false });
+    json!({ "state": decision.summary(), "warnings": decision.warnings, "advice": decision.bios_advice })
+}
+
 pub fn describe(probe: &Probe, decision: &Decision, root: &std::path::Path, os_reserve: u64) -> String {
     let mut out = String::new();
     let or = |v: &Option<String>| v.clone().unwrap_or_else(|| "unknown".into());

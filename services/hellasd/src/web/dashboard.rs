@@ -41,12 +41,7 @@ pub async fn dashboard(State(state): St, Owner(session): Owner) -> Response {
         .collect();
     let keys = guard!(state.keys.list().map_err(internal));
     let recent = recent_rows(&state.recent.lock().unwrap());
-    let tuning = {
-        let probe = crate::tune::Probe::read(std::path::Path::new("/"));
-        let options = crate::tune::Options { os_reserve: state.config.memory.os_reserve_bytes, iommu_off: false };
-        let decision = crate::tune::decide(&probe, &options);
-        json!({ "state": decision.summary(), "warnings": decision.warnings, "advice": decision.bios_advice })
-    };
+    let tuning = crate::tune::status(state.config.memory.os_reserve_bytes);
     let update = guard!(update_view(&state).map_err(internal));
     let bench: Vec<Value> = state
         .bench
