@@ -55,6 +55,11 @@ impl ClaimFiles {
     /// `owner.json`) when there is one, else a random one.
     pub fn ensure(&self, kept: Option<&str>) -> Result<String> {
         if let Some(code) = self.current()? {
+            // Written again: whoever made the code first (the seed, as root) may not have known
+            // the certificate's fingerprint yet. The code stands either way.
+            if let Err(e) = self.write_issue(&code) {
+                tracing::warn!("updating the console's claim text: {e:#}");
+            }
             return Ok(code);
         }
         let code = kept.filter(|c| check_code(c).is_ok()).map_or_else(generate, str::to_string);
@@ -67,6 +72,11 @@ impl ClaimFiles {
         fs::create_dir_all(&self.dir).with_context(|| format!("creating {}", self.dir.display()))?;
         write_atomically(&self.code_path(), format!("{code}\n").as_bytes())?;
         restrict(&self.code_path())?;
+        self.write_issue(code)
+    }
+
+    /// The console's text for an unclaimed box with this code.
+    fn write_issue(&self, code: &str) -> Result<()> {
         write_atomically(
             &self.issue_path(),
             format!(
