@@ -14,7 +14,7 @@ use duct::cmd;
 use crate::{cache, deps};
 
 /// Each pinned, so a rerun installs the same code; pip resolves their dependencies.
-const PINS: &[&str] = &["openai==3.51.0", "ollama==0.6.3", "gguf==0.19.0", "safetensors==0.8.0"];
+const PINS: &[&str] = &["openai==3.51.0", "ollama==0.6.3", "anthropic==2.16.0", "gguf==0.19.0", "safetensors==0.8.0"];
 
 /// Installs the pinned packages when they are not there yet; returns the directory.
 pub fn ensure() -> Result<PathBuf> {

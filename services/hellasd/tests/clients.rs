@@ -150,3 +150,41 @@ fn embedding_and_vision_models_answer_the_official_clients() {
     let ollama = ask("ollama-vision", &[&name]);
     assert_eq!(ollama, expected, "an Ollama message's images reach the engine as OpenAI's image parts do");
 }
+
+#[test]
+fn responses_and_messages_answer_the_official_sdks() {
+    let daemon = Daemon::start(Setup { ctx: 1024, parallel: 1, ..Setup::default() });
+    let key = daemon.key.clone().unwrap();
+    let prompt = "Name a colour.";
+
+    // OpenAI's Responses: the same greedy text whole and streamed, with the token counts.
+    let responses = client("openai-responses", &daemon.url, &key, &[CHAT_MODEL, prompt]);
+    println!("openai Responses: {responses}");
+    assert!(!responses["text"].as_str().unwrap().is_empty(), "{responses}");
+    assert_eq!(responses["streamed"], responses["text"], "{responses}");
+    assert_eq!(responses["usage"]["output_tokens"], 8, "{responses}");
+
+    // Anthropic's Messages, by the anthropic SDK with its x-api-key header: the same text whole
+    // and streamed, and the prompt counted by the model's own tokenizer as the answer counts it.
+    let messages = client("anthropic-messages", &daemon.url, &key, &[CHAT_MODEL, prompt]);
+    println!("anthropic Messages: {messages}");
+    assert!(!messages["text"].as_str().unwrap().is_empty(), "{messages}");
+    assert_eq!(messages["streamed"], messages["text"], "{messages}");
+    assert_eq!(messages["stop_reason"], "max_tokens", "{messages}");
+    // Anthropic counts the prompt's cached tokens apart from the rest.
+    let prompt_tokens = messages["usage"]["input_tokens"].as_u64().unwrap() + messages["usage"]["cache_read_input_tokens"].as_u64().unwrap_or(0);
+    assert_eq!(messages["counted"], prompt_tokens, "{messages}");
+
+    // Hellas' own refusals in Anthropic's shape, which the SDK turns into its exceptions.
+    let bad_key = client("anthropic-refused", &daemon.url, "hls_wrong", &[CHAT_MODEL]);
+    assert_eq!((bad_key["error"].as_str(), bad_key["type"].as_str()), (Some("AuthenticationError"), Some("authentication_error")), "{bad_key}");
+    let unknown = client("anthropic-refused", &daemon.url, &key, &["no-such-model"]);
+    assert_eq!((unknown["error"].as_str(), unknown["type"].as_str()), (Some("NotFoundError"), Some("not_found_error")), "{unknown}");
+    assert!(unknown["message"].as_str().unwrap().contains(CHAT_MODEL), "the refusal names the models there are: {unknown}");
+
+    // Counted like every other route.
+    let metrics = daemon.get("/metrics").text().unwrap();
+    for route in ["/v1/responses", "/v1/messages", "/v1/messages/count_tokens"] {
+        assert!(metrics.contains(&format!("route=\"{route}\"")), "{route} in /metrics");
+    }
+}

@@ -60,6 +60,37 @@ impl ApiError {
     pub fn into_ollama(self) -> Response {
         self.finish(json!({ "error": self.message }))
     }
+
+    /// Anthropic's shape, with its error types by status, for `/v1/messages`.
+    pub fn into_anthropic(self) -> Response {
+        let kind = match self.status.as_u16() {
+            400 | 422 => "invalid_request_error",
+            401 => "authentication_error",
+            403 => "permission_error",
+            404 => "not_found_error",
+            413 => "request_too_large",
+            429 => "rate_limit_error",
+            503 | 529 => "overloaded_error",
+            _ => "api_error",
+        };
+        let mut error = json!({ "type": kind, "message": self.message });
+        if let (Some(Value::Object(extra)), Some(obj)) = (&self.details, error.as_object_mut()) {
+            obj.extend(extra.clone());
+        }
+        self.finish(json!({ "type": "error", "error": error }))
+    }
+
+    /// In the shape the clients of `path` read: Ollama's under `/api/`, Anthropic's under
+    /// `/v1/messages`, OpenAI's elsewhere.
+    pub fn for_path(self, path: &str) -> Response {
+        if path.starts_with("/api/") {
+            self.into_ollama()
+        } else if path.starts_with("/v1/messages") {
+            self.into_anthropic()
+        } else {
+            self.into_openai()
+        }
+    }
 }
 
 impl IntoResponse for ApiError {

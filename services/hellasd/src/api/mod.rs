@@ -41,6 +41,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/completions", post(openai::completions))
         .route("/v1/embeddings", post(openai::embeddings))
+        .route("/v1/responses", post(openai::responses))
+        .route("/v1/messages", post(openai::messages))
+        .route("/v1/messages/count_tokens", post(openai::count_tokens))
         .route("/api/tags", get(ollama::tags))
         .route("/api/show", post(ollama::show))
         .route("/api/ps", get(ollama::ps))
@@ -116,8 +119,8 @@ async fn not_found(request: Request) -> Response {
 }
 
 async fn require_key(State(state): State<Arc<AppState>>, mut request: Request, next: Next) -> Response {
-    let ollama = request.uri().path().starts_with("/api/");
-    let refuse = |e: ApiError| if ollama { e.into_ollama() } else { e.into_openai() };
+    let path = request.uri().path().to_string();
+    let refuse = |e: ApiError| e.for_path(&path);
     match state.owner.is_claimed() {
         Ok(true) => {}
         Ok(false) => {
@@ -129,17 +132,15 @@ async fn require_key(State(state): State<Arc<AppState>>, mut request: Request, n
         }
         Err(e) => return refuse(internal(e)),
     }
-    let token = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+    // OpenAI's and Ollama's clients send `Authorization: Bearer`, Anthropic's `x-api-key`.
+    let headers = request.headers();
+    let bearer = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    let token = bearer.or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok())).map(str::trim);
     let Some(token) = token else {
         return refuse(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "authentication_error",
-            "missing API key: send the header 'Authorization: Bearer <key>'",
+            "missing API key: send the header 'Authorization: Bearer <key>' (or 'x-api-key: <key>')",
         ));
     };
     match state.keys.verify(token) {

@@ -1,5 +1,6 @@
-//! OpenAI-compatible routes. Requests go to llama-server unchanged (it speaks this API), so the
-//! answer a client gets through hellasd is byte for byte the engine's.
+//! OpenAI-compatible routes, and Anthropic's Messages: requests go to llama-server unchanged (it
+//! speaks these APIs), so the answer a client gets through hellasd is byte for byte the
+//! engine's; hellasd's own errors come in the shape of the route's API.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -30,6 +31,21 @@ pub async fn completions(state: State<Arc<AppState>>, key: Extension<ClientKey>,
 
 pub async fn embeddings(state: State<Arc<AppState>>, key: Extension<ClientKey>, body: Body) -> Result<Response, ApiError> {
     passthrough(state, key, body, "/v1/embeddings").await
+}
+
+/// OpenAI's Responses API.
+pub async fn responses(state: State<Arc<AppState>>, key: Extension<ClientKey>, body: Body) -> Response {
+    passthrough(state, key, body, "/v1/responses").await.unwrap_or_else(|e| e.into_openai())
+}
+
+/// Anthropic's Messages API.
+pub async fn messages(state: State<Arc<AppState>>, key: Extension<ClientKey>, body: Body) -> Response {
+    passthrough(state, key, body, "/v1/messages").await.unwrap_or_else(|e| e.into_anthropic())
+}
+
+/// Anthropic's token counting, by the model's own tokenizer and chat template.
+pub async fn count_tokens(state: State<Arc<AppState>>, key: Extension<ClientKey>, body: Body) -> Response {
+    passthrough(state, key, body, "/v1/messages/count_tokens").await.unwrap_or_else(|e| e.into_anthropic())
 }
 
 async fn passthrough(State(state): State<Arc<AppState>>, Extension(key): Extension<ClientKey>, body: Body, path: &'static str) -> Result<Response, ApiError> {
@@ -80,8 +96,9 @@ impl Relay for Passthrough {
                 reader.feed(&chunk, |data| {
                     // Only the last event carries usage; skip parsing the others.
                     if memchr_str(data, b"\"usage\"") || memchr_str(data, b"\"timings\"") {
-                        if let Some(counts) = serde_json::from_slice(data).ok().as_ref().and_then(relay::token_counts) {
-                            *tokens = counts;
+                        // Anthropic's stream gives the prompt's count first, the answer's last.
+                        if let Some((prompt, answer)) = serde_json::from_slice(data).ok().as_ref().and_then(relay::token_counts) {
+                            *tokens = (tokens.0.max(prompt), tokens.1.max(answer));
                         }
                     }
                 });

@@ -166,8 +166,14 @@ impl SseReader {
 /// Prompt and generated token counts from an OpenAI-style `usage` object or llama-server's
 /// `timings`.
 pub fn token_counts(value: &serde_json::Value) -> Option<(u64, u64)> {
-    if let Some(usage) = value.get("usage").filter(|u| u.is_object()) {
-        return Some((usage["prompt_tokens"].as_u64().unwrap_or(0), usage["completion_tokens"].as_u64().unwrap_or(0)));
+    // At the top, or in a Responses stream's `response.completed` and Anthropic's `message_start`.
+    let usage = [&value["usage"], &value["response"]["usage"], &value["message"]["usage"]].into_iter().find(|u| u.is_object());
+    if let Some(usage) = usage {
+        // OpenAI's chat names, or the Responses' and Anthropic's; Anthropic counts the prompt's
+        // cached tokens apart.
+        let count = |names: &[&str]| names.iter().filter_map(|n| usage[n].as_u64()).sum::<u64>();
+        let prompt = count(&["prompt_tokens", "input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens"]);
+        return Some((prompt, count(&["completion_tokens", "output_tokens"])));
     }
     let timings = value.get("timings").filter(|t| t.is_object())?;
     Some((timings["prompt_n"].as_u64().unwrap_or(0), timings["predicted_n"].as_u64().unwrap_or(0)))
@@ -194,5 +200,9 @@ mod tests {
         let timings = serde_json::json!({"timings": {"prompt_n": 7, "predicted_n": 2}});
         assert_eq!(token_counts(&timings), Some((7, 2)));
         assert_eq!(token_counts(&serde_json::json!({"choices": []})), None);
+        let responses = serde_json::json!({"type": "response.completed", "response": {"usage": {"input_tokens": 31, "output_tokens": 5}}});
+        assert_eq!(token_counts(&responses), Some((31, 5)));
+        let anthropic = serde_json::json!({"type": "message_delta", "usage": {"input_tokens": 1, "cache_read_input_tokens": 33, "output_tokens": 4}});
+        assert_eq!(token_counts(&anthropic), Some((34, 4)));
     }
 }

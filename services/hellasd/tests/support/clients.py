@@ -1,4 +1,4 @@
-"""The official Python clients (openai, ollama) driving a box, for `tests/clients.rs`.
+"""The official Python clients (openai, ollama, anthropic) driving a box, for `tests/clients.rs`.
 
     python3 clients.py STEP BASE_URL API_KEY ARGUMENT...
 
@@ -12,12 +12,60 @@ import struct
 import sys
 import zlib
 
+import anthropic
 import ollama
 import openai
 
 
 def openai_client(base, key):
     return openai.OpenAI(base_url=base + "/v1", api_key=key, max_retries=0, timeout=600)
+
+
+def anthropic_client(base, key):
+    return anthropic.Anthropic(base_url=base, api_key=key, max_retries=0, timeout=600)
+
+
+def openai_responses(base, key, model, prompt):
+    """The Responses API, whole and streamed, greedy."""
+    client = openai_client(base, key)
+    whole = client.responses.create(model=model, input=prompt, max_output_tokens=8, temperature=0)
+    streamed, usage = "", None
+    for event in client.responses.create(model=model, input=prompt, max_output_tokens=8, temperature=0, stream=True):
+        if event.type == "response.output_text.delta":
+            streamed += event.delta
+        elif event.type == "response.completed":
+            usage = event.response.usage.model_dump()
+    return {"text": whole.output_text, "usage": whole.usage.model_dump(), "streamed": streamed, "streamed_usage": usage}
+
+
+def anthropic_messages(base, key, model, prompt):
+    """Messages, whole and streamed, greedy, and the prompt's token count."""
+    client = anthropic_client(base, key)
+    messages = [{"role": "user", "content": prompt}]
+    # This SDK no longer takes a temperature; llama-server does, so it goes in the body as is.
+    greedy = {"temperature": 0}
+    whole = client.messages.create(model=model, max_tokens=8, messages=messages, extra_body=greedy)
+    with client.messages.stream(model=model, max_tokens=8, messages=messages, extra_body=greedy) as stream:
+        streamed = stream.get_final_text()
+        final = stream.get_final_message()
+    counted = client.messages.count_tokens(model=model, messages=messages)
+    return {
+        "text": "".join(b.text for b in whole.content if b.type == "text"),
+        "stop_reason": whole.stop_reason,
+        "usage": whole.usage.model_dump(),
+        "streamed": streamed,
+        "streamed_usage": final.usage.model_dump(),
+        "counted": counted.input_tokens,
+    }
+
+
+def anthropic_refused(base, key, model):
+    """What the client raises for this key and model."""
+    try:
+        anthropic_client(base, key).messages.create(model=model, max_tokens=4, messages=[{"role": "user", "content": "Hi"}])
+    except anthropic.APIStatusError as e:
+        return {"error": type(e).__name__, "status": e.status_code, "type": e.body["error"]["type"], "message": e.body["error"]["message"]}
+    return {"error": None}
 
 
 def ollama_client(base, key):
@@ -101,6 +149,9 @@ STEPS = {
     "ollama-vision": ollama_vision,
     "ollama-pull": ollama_pull,
     "ollama-show": ollama_show,
+    "openai-responses": openai_responses,
+    "anthropic-messages": anthropic_messages,
+    "anthropic-refused": anthropic_refused,
 }
 
 if __name__ == "__main__":
