@@ -315,6 +315,14 @@ impl ModelLibrary {
     }
 
     /// Removes a name; the blob goes too when no other name uses it.
+    /// `destination` names the same files as `source` (Ollama's copy): nothing is copied, and
+    /// the files stay while either name uses them.
+    pub fn copy(&self, source: &str, destination: &str) -> Result<ModelEntry> {
+        let entry = self.get(source)?.with_context(|| format!("no model named '{source}' in the library"))?;
+        self.check_name_is_new(destination)?;
+        self.insert(ModelEntry { name: destination.to_string(), added: unix_now(), ..entry })
+    }
+
     pub fn remove(&self, name: &str) -> Result<ModelEntry> {
         let (entry, orphaned) = self.manifest.update(|m| {
             let entry = m.models.remove(name).with_context(|| format!("no model named '{name}' in the library"))?;

@@ -129,6 +129,22 @@ fn ollama_api_works() {
     assert_eq!(missing.status(), 404);
     let missing: Value = missing.json().unwrap();
     assert!(missing["error"].as_str().unwrap().contains("nope"), "{missing}");
+
+    // Copy gives a second name to the same files; delete takes a name away, and the files only
+    // with the last name.
+    assert_eq!(daemon.post("/api/copy", &json!({"source": SMOL, "destination": "mine:latest"})).status(), 200);
+    assert_eq!(daemon.post("/api/copy", &json!({"source": "nope", "destination": "x"})).status(), 404);
+    assert_eq!(daemon.post("/api/copy", &json!({"source": SMOL, "destination": "mine:latest"})).status(), 400, "the name is taken");
+    let copied: Value = daemon.post("/api/generate", &json!({"model": "mine", "prompt": "What is the capital of France?", "stream": false, "options": {"temperature": 0, "seed": 42, "num_predict": 24}})).json().unwrap();
+    assert_eq!(copied["response"], openai.as_str(), "the copy is the same model: {copied}");
+    let blobs = || std::fs::read_dir(daemon.state_dir().join("models/blobs")).unwrap().count();
+    let delete = |name: &str| daemon.client().delete(format!("{}/api/delete", daemon.url)).bearer_auth(daemon.key.as_ref().unwrap()).json(&json!({"model": name})).send().unwrap();
+    assert_eq!(delete(SMOL).status(), 200);
+    assert_eq!(blobs(), 1, "the copy still uses the file");
+    assert_eq!(delete(SMOL).status(), 404);
+    assert_eq!(delete("mine:latest").status(), 200);
+    assert_eq!(blobs(), 0, "no name uses the file any more");
+    assert!(loaded(&daemon).is_empty(), "a deleted model's engine is stopped");
 }
 
 fn loaded(daemon: &Daemon) -> Vec<String> {

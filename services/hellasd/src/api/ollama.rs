@@ -555,6 +555,43 @@ pub async fn ps(State(state): State<Arc<AppState>>) -> Result<Json<Value>, Ollam
     Ok(Json(json!({ "models": models })))
 }
 
+#[derive(Deserialize)]
+struct CopyRequest {
+    source: String,
+    destination: String,
+}
+
+/// `POST /api/copy`: a second library name for a model (its files are shared, not copied).
+pub async fn copy(State(state): State<Arc<AppState>>, body: Body) -> Result<StatusCode, OllamaError> {
+    let (_, request): (_, CopyRequest) = read_json(&state, body).await?;
+    let (source, destination) = (request.source.to_ascii_lowercase(), request.destination.to_ascii_lowercase());
+    if state.library.get(&source).map_err(internal)?.is_none() {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "model_not_found", format!("model '{source}' is not in the library")).into());
+    }
+    state.library.copy(&source, &destination).map_err(|e| ApiError::bad_request(format!("{e:#}")))?;
+    tracing::info!(%source, %destination, "model copied");
+    Ok(StatusCode::OK)
+}
+
+#[derive(Deserialize)]
+struct DeleteRequest {
+    #[serde(alias = "name")]
+    model: String,
+}
+
+/// `DELETE /api/delete`: a model out of the library, its engine stopped first; its files go
+/// when no other name uses them.
+pub async fn delete(State(state): State<Arc<AppState>>, body: Body) -> Result<StatusCode, OllamaError> {
+    let (_, request): (_, DeleteRequest) = read_json(&state, body).await?;
+    let Some(entry) = state.library.get(&request.model).map_err(internal)? else {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "model_not_found", format!("model '{}' is not in the library", request.model)).into());
+    };
+    state.supervisor.unload(&entry.name).await;
+    state.library.remove(&entry.name).map_err(internal)?;
+    tracing::info!(model = %entry.name, "model deleted");
+    Ok(StatusCode::OK)
+}
+
 pub async fn version() -> Json<Value> {
     Json(json!({ "version": OLLAMA_VERSION }))
 }
