@@ -361,3 +361,45 @@ fn an_idle_model_is_unloaded_and_its_process_stops() {
     // It comes back on demand.
     assert_eq!(daemon.post("/v1/chat/completions", &greedy_chat(SMOL, false)).status(), 200);
 }
+
+#[test]
+fn ollama_keep_alive_loads_holds_and_unloads_per_request() {
+    let daemon = Daemon::start(Setup::default());
+    let expires = || -> u64 {
+        let ps: Value = daemon.get("/api/ps").json().unwrap();
+        let at = ps["models"][0]["expires_at"].as_str().unwrap_or_else(|| panic!("nothing loaded: {ps}"));
+        humantime::parse_rfc3339(at).unwrap().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+    };
+    let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+
+    // An empty prompt loads; "-1" keeps it until it must make room.
+    let loaded_answer: Value = daemon.post("/api/generate", &json!({"model": SMOL, "keep_alive": "-1"})).json().unwrap();
+    assert_eq!(loaded_answer["done_reason"], "load", "{loaded_answer}");
+    assert!(expires() > now() + 50 * 365 * 86400, "kept for good");
+    // A request's duration sets it again: five minutes.
+    let chat = json!({"model": SMOL, "stream": false, "keep_alive": "5m", "messages": [{"role": "user", "content": "Hi"}], "options": {"num_predict": 2}});
+    assert_eq!(daemon.post("/api/chat", &chat).status(), 200);
+    let left = expires() - now();
+    assert!((290..=301).contains(&left), "{left} s left");
+
+    // 0: unloaded as soon as it has answered, its process gone.
+    let pids = daemon.engine_pids();
+    let mut at_once = chat.clone();
+    at_once["keep_alive"] = json!(0);
+    assert_eq!(daemon.post("/api/chat", &at_once).status(), 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !loaded(&daemon).is_empty() {
+        assert!(Instant::now() < deadline, "keep_alive 0 left the model loaded");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(pids.iter().all(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists()), "its engine process stopped");
+
+    // An empty prompt with 0 unloads at once; a duration that is none is refused.
+    daemon.post("/api/generate", &json!({"model": SMOL}));
+    let unloaded: Value = daemon.post("/api/generate", &json!({"model": SMOL, "keep_alive": 0})).json().unwrap();
+    assert_eq!(unloaded["done_reason"], "unload", "{unloaded}");
+    assert!(loaded(&daemon).is_empty());
+    let refused = daemon.post("/api/chat", &json!({"model": SMOL, "keep_alive": "soon", "messages": []}));
+    assert_eq!(refused.status(), 400);
+    assert!(refused.text().unwrap().contains("keep_alive"));
+}

@@ -35,6 +35,7 @@ struct ChatRequest {
     options: Map<String, Value>,
     format: Option<Value>,
     tools: Option<Value>,
+    keep_alive: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -52,6 +53,24 @@ struct GenerateRequest {
     /// Base64 images, seen with the prompt.
     #[serde(default)]
     images: Vec<Value>,
+    keep_alive: Option<Value>,
+}
+
+/// Ollama's `keep_alive`: seconds as a number, or a duration (`"5m"`, `"1h30m"`, `"0"`); a
+/// negative one keeps the model loaded until it must make room.
+fn keep_alive(value: Option<&Value>) -> Result<Option<Duration>, ApiError> {
+    let refuse = |v: &Value| ApiError::bad_request(format!("keep_alive {v} is not a duration: give seconds, or e.g. \"5m\", \"0\" to unload at once, \"-1\" to keep it"));
+    let Some(value) = value.filter(|v| !v.is_null()) else { return Ok(None) };
+    let secs = match value {
+        Value::Number(n) => n.as_f64().ok_or_else(|| refuse(value))?,
+        Value::String(s) => match s.trim().parse::<f64>() {
+            Ok(secs) => secs,
+            Err(_) if s.trim().starts_with('-') => -1.0,
+            Err(_) => humantime::parse_duration(s.trim()).map_err(|_| refuse(value))?.as_secs_f64(),
+        },
+        _ => return Err(refuse(value)),
+    };
+    Ok(Some(if secs < 0.0 { Duration::MAX } else { Duration::from_secs_f64(secs) }))
 }
 
 pub async fn chat(State(state): State<Arc<AppState>>, Extension(key): Extension<ClientKey>, body: Body) -> Result<Response, OllamaError> {
@@ -65,17 +84,29 @@ pub async fn chat(State(state): State<Arc<AppState>>, Extension(key): Extension<
         upstream["tools"] = tools;
     }
     let translator = move |model| Translate::new(model, Shape::Chat, stream, started);
-    respond(state, key, request.model, "/api/chat", "/v1/chat/completions", upstream, translator, stream, started).await
+    let call = Call { key, model: request.model, route: "/api/chat", path: "/v1/chat/completions", stream, started, keep_alive: keep_alive(request.keep_alive.as_ref())? };
+    respond(state, call, upstream, translator).await
 }
 
 pub async fn generate(State(state): State<Arc<AppState>>, Extension(key): Extension<ClientKey>, body: Body) -> Result<Response, OllamaError> {
     let started = Instant::now();
     let (_, request): (_, GenerateRequest) = read_json(&state, body).await?;
     let stream = request.stream.unwrap_or(true);
+    let keep_alive = keep_alive(request.keep_alive.as_ref())?;
     if request.prompt.is_empty() {
-        // Ollama loads the model and answers at once when the prompt is empty.
+        // Ollama loads the model and answers at once when the prompt is empty, and unloads it
+        // when `keep_alive` is 0.
         let entry = find(&state, &request.model)?;
-        drop(state.supervisor.acquire(&entry.name).await.map_err(ApiError::from)?);
+        if keep_alive == Some(Duration::ZERO) {
+            state.supervisor.unload(&entry.name).await;
+            let done = json!({ "model": entry.name, "created_at": now_rfc3339(), "response": "", "done": true, "done_reason": "unload" });
+            return Ok(Json(done).into_response());
+        }
+        let lease = state.supervisor.acquire(&entry.name).await.map_err(ApiError::from)?;
+        if let Some(keep_alive) = keep_alive {
+            lease.set_keep_alive(keep_alive);
+        }
+        drop(lease);
         let done = json!({ "model": entry.name, "created_at": now_rfc3339(), "response": "", "done": true, "done_reason": "load" });
         return Ok(Json(done).into_response());
     }
@@ -92,7 +123,8 @@ pub async fn generate(State(state): State<Arc<AppState>>, Extension(key): Extens
     apply_options(&mut upstream, &request.options, request.format.as_ref(), stream);
     let shape = if request.raw { Shape::GenerateRaw } else { Shape::Generate };
     let translator = move |model| Translate::new(model, shape, stream, started);
-    respond(state, key, request.model, "/api/generate", path, upstream, translator, stream, started).await
+    let call = Call { key, model: request.model, route: "/api/generate", path, stream, started, keep_alive };
+    respond(state, call, upstream, translator).await
 }
 
 /// An Ollama message as OpenAI's: the text maps directly, and images, which Ollama carries apart
@@ -169,17 +201,21 @@ enum Shape {
 /// Sends `upstream` to the engine's `path` and answers with what `translator` (made for the
 /// model's library name) makes of its answer; an engine's error leaves in Ollama's shape.
 #[allow(clippy::too_many_arguments)]
-async fn respond<R: Relay>(
-    state: Arc<AppState>,
+/// An Ollama generation request, as sent on to llama-server.
+struct Call {
     key: ClientKey,
     model: String,
+    /// The Ollama route, for the metrics.
     route: &'static str,
-    path: &str,
-    upstream: Value,
-    translator: impl FnOnce(String) -> R,
+    /// llama-server's route it goes to.
+    path: &'static str,
     stream: bool,
     started: Instant,
-) -> Result<Response, OllamaError> {
+    keep_alive: Option<Duration>,
+}
+
+async fn respond<R: Relay>(state: Arc<AppState>, call: Call, upstream: Value, translator: impl FnOnce(String) -> R) -> Result<Response, OllamaError> {
+    let Call { key, model, route, path, stream, started, keep_alive } = call;
     let body = Bytes::from(serde_json::to_vec(&upstream).expect("JSON values serialise"));
     let dispatched = match state.dispatch(&key, &model, path, body, started).await {
         Ok(d) => d,
@@ -197,6 +233,9 @@ async fn respond<R: Relay>(
             .unwrap_or(text);
         state.metrics.count_request(route, &model, upstream_status.as_u16());
         return Err(ApiError::new(upstream_status, "engine_error", message).into());
+    }
+    if let Some(keep_alive) = keep_alive {
+        dispatched.lease.set_keep_alive(keep_alive);
     }
     let translator = translator(dispatched.model.clone());
     let body = relay::body(state, dispatched, route, translator);
@@ -423,6 +462,7 @@ struct EmbedRequest {
     input: Option<Value>,
     /// Keep the first this many dimensions of each vector (renormalised), as Ollama does.
     dimensions: Option<usize>,
+    keep_alive: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -433,7 +473,7 @@ struct EmbeddingsRequest {
 }
 
 /// `POST /api/embed`: the embeddings of one input or several, each of unit length, from
-/// llama-server's `/v1/embeddings`. Ollama's `truncate`, `options` and `keep_alive` are accepted;
+/// llama-server's `/v1/embeddings`. Ollama's `truncate` and `options` are accepted;
 /// the engine refuses an input longer than its context whatever `truncate` says.
 pub async fn embed(State(state): State<Arc<AppState>>, Extension(key): Extension<ClientKey>, body: Body) -> Result<Response, OllamaError> {
     let started = Instant::now();
@@ -452,7 +492,8 @@ pub async fn embed(State(state): State<Arc<AppState>>, Extension(key): Extension
     }
     let upstream = json!({ "model": request.model, "input": input });
     let translator = move |model| Embeddings { model, started, legacy: false, dimensions: request.dimensions, whole: Vec::new(), prompt_tokens: 0 };
-    respond(state, key, request.model, "/api/embed", "/v1/embeddings", upstream, translator, false, started).await
+    let call = Call { key, model: request.model, route: "/api/embed", path: "/v1/embeddings", stream: false, started, keep_alive: keep_alive(request.keep_alive.as_ref())? };
+    respond(state, call, upstream, translator).await
 }
 
 /// `POST /api/embeddings`, Ollama's older route: one `prompt`, its embedding as the model makes
@@ -468,7 +509,8 @@ pub async fn embeddings(State(state): State<Arc<AppState>>, Extension(key): Exte
     // llama-server normalises unless told not to (-1).
     let upstream = json!({ "model": request.model, "input": [request.prompt], "embd_normalize": -1 });
     let translator = move |model| Embeddings { model, started, legacy: true, dimensions: None, whole: Vec::new(), prompt_tokens: 0 };
-    respond(state, key, request.model, "/api/embeddings", "/v1/embeddings", upstream, translator, false, started).await
+    let call = Call { key, model: request.model, route: "/api/embeddings", path: "/v1/embeddings", stream: false, started, keep_alive: None };
+    respond(state, call, upstream, translator).await
 }
 
 /// Turns llama-server's OpenAI embeddings answer into Ollama's.
@@ -533,11 +575,12 @@ impl Relay for Embeddings {
 }
 
 pub async fn ps(State(state): State<Arc<AppState>>) -> Result<Json<Value>, OllamaError> {
-    let idle_ttl = Duration::from_secs(state.config.engine.idle_unload_secs);
     let mut models = Vec::new();
     for engine in state.supervisor.loaded() {
         let Some(entry) = state.library.get(&engine.model).map_err(internal)? else { continue };
-        let expires = SystemTime::now() + idle_ttl.saturating_sub(engine.idle_for());
+        // A model kept "forever" shows a date a century away, as Ollama's does.
+        let left = state.supervisor.keep_alive(&engine).saturating_sub(engine.idle_for()).min(Duration::from_secs(100 * 365 * 86400));
+        let expires = SystemTime::now() + left;
         let placement = engine.placement();
         models.push(json!({
             "name": engine.model, "model": engine.model, "size": engine.plan.total, "digest": engine.sha256,

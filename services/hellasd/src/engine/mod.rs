@@ -306,17 +306,22 @@ impl Supervisor {
         }
     }
 
-    /// Unloads models nobody used for `idle_unload_secs`, checking a few times per period.
+    /// How long `engine` may stay idle: what a request asked (Ollama's `keep_alive`), else
+    /// `idle_unload_secs`.
+    pub fn keep_alive(&self, engine: &Engine) -> Duration {
+        engine.keep_alive().unwrap_or(Duration::from_secs(self.config.idle_unload_secs))
+    }
+
+    /// Unloads models idle for longer than their keep-alive, checking every second (a request
+    /// may ask for its model to go as soon as it is answered).
     pub fn spawn_idle_reaper(self: &Arc<Self>) {
-        let ttl = Duration::from_secs(self.config.idle_unload_secs);
-        let period = (ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(30));
         let supervisor = Arc::downgrade(self);
         tokio::spawn(async move {
             loop {
-                tokio::time::sleep(period).await;
+                tokio::time::sleep(Duration::from_secs(1)).await;
                 let Some(supervisor) = supervisor.upgrade() else { return };
                 for engine in supervisor.loaded() {
-                    if engine.in_flight() == 0 && engine.status() == EngineStatus::Ready && engine.idle_for() >= ttl {
+                    if engine.in_flight() == 0 && engine.status() == EngineStatus::Ready && engine.idle_for() >= supervisor.keep_alive(&engine) {
                         tracing::info!(model = %engine.model, idle_secs = engine.idle_for().as_secs(), "unloading idle model");
                         supervisor.stop(&engine).await;
                     }

@@ -36,6 +36,9 @@ pub struct Engine {
     placement: Mutex<Placement>,
     /// How far its sandbox is enforced, in words.
     pub sandbox: String,
+    /// How long it may stay idle before it is unloaded, when a request said (Ollama's
+    /// `keep_alive`); otherwise `engine.idle_unload_secs`. `Duration::MAX` keeps it.
+    keep_alive: Mutex<Option<Duration>>,
 }
 
 impl Engine {
@@ -54,6 +57,15 @@ impl Engine {
 
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// How long it may stay idle, as the last request that said so asked.
+    pub fn keep_alive(&self) -> Option<Duration> {
+        *self.keep_alive.lock().unwrap()
+    }
+
+    pub fn set_keep_alive(&self, keep_alive: Duration) {
+        *self.keep_alive.lock().unwrap() = Some(keep_alive);
     }
 
     pub fn idle_for(&self) -> Duration {
@@ -180,6 +192,7 @@ impl Supervisor {
             recent_output: Mutex::new(VecDeque::new()),
             placement: Mutex::new(Placement::default()),
             sandbox: confined.describe(),
+            keep_alive: Mutex::new(None),
         });
         if let Some(out) = child.stdout.take() {
             tokio::spawn(keep_output(engine.clone(), out));
