@@ -402,4 +402,14 @@ fn ollama_keep_alive_loads_holds_and_unloads_per_request() {
     let refused = daemon.post("/api/chat", &json!({"model": SMOL, "keep_alive": "soon", "messages": []}));
     assert_eq!(refused.status(), 400);
     assert!(refused.text().unwrap().contains("keep_alive"));
+
+    // num_ctx within the plan (2048 a request here) is taken; beyond it, refused with the plan's.
+    let mut within = chat.clone();
+    within["options"]["num_ctx"] = json!(2048);
+    assert_eq!(daemon.post("/api/chat", &within).status(), 200);
+    within["options"]["num_ctx"] = json!(8192);
+    let beyond = daemon.post("/api/chat", &within);
+    assert_eq!(beyond.status(), 400);
+    let said = beyond.text().unwrap();
+    assert!(said.contains("num_ctx 8192") && said.contains("2048 tokens"), "{said}");
 }

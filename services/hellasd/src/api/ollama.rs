@@ -84,7 +84,7 @@ pub async fn chat(State(state): State<Arc<AppState>>, Extension(key): Extension<
         upstream["tools"] = tools;
     }
     let translator = move |model| Translate::new(model, Shape::Chat, stream, started);
-    let call = Call { key, model: request.model, route: "/api/chat", path: "/v1/chat/completions", stream, started, keep_alive: keep_alive(request.keep_alive.as_ref())? };
+    let call = Call { key, model: request.model, route: "/api/chat", path: "/v1/chat/completions", stream, started, keep_alive: keep_alive(request.keep_alive.as_ref())?, num_ctx: num_ctx(&request.options) };
     respond(state, call, upstream, translator).await
 }
 
@@ -123,7 +123,7 @@ pub async fn generate(State(state): State<Arc<AppState>>, Extension(key): Extens
     apply_options(&mut upstream, &request.options, request.format.as_ref(), stream);
     let shape = if request.raw { Shape::GenerateRaw } else { Shape::Generate };
     let translator = move |model| Translate::new(model, shape, stream, started);
-    let call = Call { key, model: request.model, route: "/api/generate", path, stream, started, keep_alive };
+    let call = Call { key, model: request.model, route: "/api/generate", path, stream, started, keep_alive, num_ctx: num_ctx(&request.options) };
     respond(state, call, upstream, translator).await
 }
 
@@ -212,10 +212,37 @@ struct Call {
     stream: bool,
     started: Instant,
     keep_alive: Option<Duration>,
+    /// `options.num_ctx`: the context the client counts on.
+    num_ctx: Option<u64>,
+}
+
+/// A request's `num_ctx` within the context each request gets on this box (the plan's: the
+/// configured context, or less where memory is short); beyond it, a clear refusal rather than
+/// a prompt cut short.
+fn check_num_ctx(state: &AppState, model: &str, asked: u64) -> Result<(), ApiError> {
+    let entry = find(state, model)?;
+    let ctx = match state.supervisor.loaded().into_iter().find(|e| e.model == entry.name) {
+        Some(engine) => engine.plan.ctx,
+        None => state.supervisor.plan(&entry).map_err(internal)?.ctx,
+    };
+    if asked > u64::from(ctx) {
+        return Err(ApiError::bad_request(format!(
+            "num_ctx {asked} is more than '{}' has per request on this box ({ctx} tokens: engine.ctx, or less where memory is short); ask within it",
+            entry.name
+        )));
+    }
+    Ok(())
+}
+
+fn num_ctx(options: &Map<String, Value>) -> Option<u64> {
+    options.get("num_ctx").and_then(Value::as_u64)
 }
 
 async fn respond<R: Relay>(state: Arc<AppState>, call: Call, upstream: Value, translator: impl FnOnce(String) -> R) -> Result<Response, OllamaError> {
-    let Call { key, model, route, path, stream, started, keep_alive } = call;
+    let Call { key, model, route, path, stream, started, keep_alive, num_ctx } = call;
+    if let Some(asked) = num_ctx {
+        check_num_ctx(&state, &model, asked)?;
+    }
     let body = Bytes::from(serde_json::to_vec(&upstream).expect("JSON values serialise"));
     let dispatched = match state.dispatch(&key, &model, path, body, started).await {
         Ok(d) => d,
@@ -492,7 +519,7 @@ pub async fn embed(State(state): State<Arc<AppState>>, Extension(key): Extension
     }
     let upstream = json!({ "model": request.model, "input": input });
     let translator = move |model| Embeddings { model, started, legacy: false, dimensions: request.dimensions, whole: Vec::new(), prompt_tokens: 0 };
-    let call = Call { key, model: request.model, route: "/api/embed", path: "/v1/embeddings", stream: false, started, keep_alive: keep_alive(request.keep_alive.as_ref())? };
+    let call = Call { key, model: request.model, route: "/api/embed", path: "/v1/embeddings", stream: false, started, keep_alive: keep_alive(request.keep_alive.as_ref())?, num_ctx: None };
     respond(state, call, upstream, translator).await
 }
 
@@ -509,7 +536,7 @@ pub async fn embeddings(State(state): State<Arc<AppState>>, Extension(key): Exte
     // llama-server normalises unless told not to (-1).
     let upstream = json!({ "model": request.model, "input": [request.prompt], "embd_normalize": -1 });
     let translator = move |model| Embeddings { model, started, legacy: true, dimensions: None, whole: Vec::new(), prompt_tokens: 0 };
-    let call = Call { key, model: request.model, route: "/api/embeddings", path: "/v1/embeddings", stream: false, started, keep_alive: None };
+    let call = Call { key, model: request.model, route: "/api/embeddings", path: "/v1/embeddings", stream: false, started, keep_alive: None, num_ctx: None };
     respond(state, call, upstream, translator).await
 }
 
