@@ -148,7 +148,12 @@ fn to_https(state: &AppState, request: &Request) -> Response {
 
 /// `https://host[:port]` for the host the request named and the HTTPS listener's port.
 pub(super) fn https_origin(state: &AppState, headers: &axum::http::HeaderMap) -> String {
-    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("hellas.local");
+    // Only a host name or address goes into the redirect and the CSP, never other characters.
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b)))
+        .unwrap_or("hellas.local");
     // The host without its port; an IPv6 literal keeps its brackets.
     let name = match host.rsplit_once(':') {
         Some((name, port)) if !port.contains(']') && port.bytes().all(|b| b.is_ascii_digit()) => name,
