@@ -288,6 +288,8 @@ pub async fn factory_reset(state: &AppState) -> Result<()> {
         }
     }
     state.sessions.end_all();
+    // Root stops sshd and puts the default name back.
+    state.owner.ask_root_to_apply()?;
     let code = state.claim_code()?;
     tracing::info!("factory reset done: claim the box again with the code {code}");
     Ok(())

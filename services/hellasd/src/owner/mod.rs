@@ -64,6 +64,11 @@ impl Default for Settings {
     }
 }
 
+/// Where the daemon asks root to apply the owner's settings (see [`OwnerStore::ask_root_to_apply`]).
+pub fn apply_request_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("settings/apply")
+}
+
 /// The owner's store in `state_dir`.
 pub fn owner_store(state_dir: &Path) -> OwnerStore {
     OwnerStore::open(state_dir.join("owner.json"))
@@ -129,7 +134,18 @@ impl OwnerStore {
         self.file.update(|f| {
             f.settings = settings;
             Ok(())
-        })
+        })?;
+        self.ask_root_to_apply()
+    }
+
+    /// `settings/apply` beside `owner.json`: while it exists, hellas-settings.path has root apply
+    /// the settings (`hellasd apply-settings` removes it first). A file that is there, not an
+    /// edge on `owner.json`, so a change made while root applies the last one is not lost.
+    pub fn ask_root_to_apply(&self) -> Result<()> {
+        let flag = apply_request_path(self.path().parent().unwrap_or(Path::new(".")));
+        let dir = flag.parent().expect("in settings/");
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::write(&flag, b"").with_context(|| format!("writing {}", flag.display()))
     }
 
     /// First-boot settings from the stick (`crate::seed`), in one write; refused once the box
@@ -269,6 +285,16 @@ mod tests {
         assert!(!store.verify_password("correct horse batterY").unwrap());
         let text = std::fs::read_to_string(store.path()).unwrap();
         assert!(text.contains("$argon2id$") && !text.contains("correct horse"));
+    }
+
+    #[test]
+    fn a_settings_change_asks_root_to_apply_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = OwnerStore::open(dir.path().join("owner.json"));
+        let request = apply_request_path(dir.path());
+        assert!(!request.exists());
+        store.update_settings(Settings { box_name: "kitchen".into(), ..Settings::default() }).unwrap();
+        assert!(request.exists(), "the request stays until root takes it");
     }
 
     #[test]
