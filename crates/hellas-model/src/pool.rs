@@ -209,7 +209,7 @@ mod tests {
         let req = PlanRequest { ctx: 8192, ..request(head.free) };
         assert!(plan_split(&info, &req, &head, &peers, &Margin::default()).is_none());
         let best = plan_split_largest(&info, &req, &head, &peers, &Margin::default()).expect("a smaller context fits");
-        assert!(best.ctx < 8192 && best.ctx >= MIN_CTX && best.ctx % CTX_STEP == 0, "{}", best.ctx);
+        assert!(best.ctx < 8192 && best.ctx >= MIN_CTX && best.ctx.is_multiple_of(CTX_STEP), "{}", best.ctx);
         let larger = PlanRequest { ctx: best.ctx + CTX_STEP, ..req };
         assert!(plan_split(&info, &larger, &head, &peers, &Margin::default()).is_none());
     }

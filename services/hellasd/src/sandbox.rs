@@ -185,7 +185,7 @@ fn allow_if_present(ruleset: RulesetCreated, path: &Path, access: BitFlags<Acces
 fn enforcement(ruleset: &RulesetCreated) -> Result<RulesetStatus> {
     let copy = ruleset.try_clone().context("duplicating the Landlock ruleset")?;
     let status = std::thread::spawn(move || copy.restrict_self().map(|status| status.ruleset)).join().map_err(|_| anyhow::anyhow!("the Landlock check panicked"))?;
-    Ok(status.context("applying the Landlock ruleset")?)
+    status.context("applying the Landlock ruleset")
 }
 
 /// linux/capability.h

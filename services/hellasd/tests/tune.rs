@@ -187,7 +187,7 @@ fn gttsize_elsewhere(r: &Reading) -> Option<i64> {
 /// stay until the owner changes the BIOS; a modprobe.d gttsize stays too unless the command line
 /// sets one (it comes later); Hellas boots the kernel's own amdgpu, so there is no amdttm.
 fn after_reboot(before: &Reading, options: &str) -> Reading {
-    let last = |key: &str| options.split_whitespace().filter_map(|w| w.strip_prefix(key)).last().map(str::to_string);
+    let last = |key: &str| options.split_whitespace().filter_map(|w| w.strip_prefix(key)).next_back().map(str::to_string);
     let pages = last("ttm.pages_limit=").map_or(before.mem_total_kib / 4 / 2, |p| p.parse().unwrap());
     let gttsize = last("amdgpu.gttsize=").map(|g| g.parse::<i64>().unwrap()).or(gttsize_elsewhere(before));
     let follows_ttm = before.kernel.as_deref().is_some_and(|k| kernel_version(k) >= (6, 5, 0));

@@ -49,7 +49,7 @@ impl FromStr for Reference {
         }
         let selector = match selector {
             None => Selector::Default,
-            Some(s) if s.is_empty() => return Err(bad("nothing follows ':'")),
+            Some("") => return Err(bad("nothing follows ':'")),
             Some(s) if !s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-/".contains(&b)) || s.contains("..") => {
                 return Err(bad("the quantisation or file has characters a file name does not"))
             }

@@ -17,8 +17,8 @@ use rand::Rng;
 
 use crate::state_file::write_atomically;
 
-/// Letters and digits without 0/O and 1/I: 32 symbols, 5 bits each, 40 bits a code.
-
+/// This boot's claim code and the console's text about the box, in the runtime directory.
+/// (The code: letters and digits without 0/O and 1/I, 32 symbols, 5 bits each, 40 bits.)
 pub struct ClaimFiles {
     dir: PathBuf,
     /// The web certificate's fingerprint, shown with the HTTPS address.
