@@ -4,8 +4,13 @@
 //! waits in a bounded queue; past the bound it is refused (429). Waiters are grouped by API key
 //! and served round-robin across keys, so one client sending a hundred requests cannot starve
 //! another sending one.
+//!
+//! A draining box admits nothing new (503 with Retry-After, so a gateway sends the request to
+//! another box) while what runs and what already waits is answered; it is drained when nothing
+//! is left.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
@@ -14,11 +19,22 @@ use tokio::sync::oneshot;
 pub enum AdmissionError {
     /// The queue for this model is full.
     QueueFull { waiting: usize },
+    /// The box is draining.
+    Draining,
 }
 
 pub struct Admission {
     queue_depth: usize,
+    draining: AtomicBool,
     models: Mutex<HashMap<String, ModelQueue>>,
+}
+
+/// One model's requests at a moment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelLoad {
+    pub model: String,
+    pub running: usize,
+    pub waiting: usize,
 }
 
 struct ModelQueue {
@@ -40,13 +56,38 @@ pub struct Permit {
 
 impl Admission {
     pub fn new(queue_depth: usize) -> Arc<Admission> {
-        Arc::new(Admission { queue_depth, models: Mutex::new(HashMap::new()) })
+        Arc::new(Admission { queue_depth, draining: AtomicBool::new(false), models: Mutex::new(HashMap::new()) })
+    }
+
+    /// Starts or ends draining.
+    pub fn set_draining(&self, draining: bool) {
+        self.draining.store(draining, Ordering::SeqCst);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Every model with requests running or waiting.
+    pub fn load(&self) -> Vec<ModelLoad> {
+        let models = self.models.lock().unwrap();
+        let mut load: Vec<ModelLoad> = models
+            .iter()
+            .filter(|(_, q)| q.busy + q.waiting > 0)
+            .map(|(model, q)| ModelLoad { model: model.clone(), running: q.busy, waiting: q.waiting })
+            .collect();
+        load.sort_by(|a, b| a.model.cmp(&b.model));
+        load
     }
 
     /// Waits for a slot of `model` on behalf of `key`.
     pub async fn acquire(self: &Arc<Self>, model: &str, slots: usize, key: &str) -> Result<Permit, AdmissionError> {
         let rx = {
             let mut models = self.models.lock().unwrap();
+            // Read under the lock: a request either counts in `load` or is refused.
+            if self.is_draining() {
+                return Err(AdmissionError::Draining);
+            }
             let q = models.entry(model.to_string()).or_insert_with(|| ModelQueue {
                 slots,
                 busy: 0,
@@ -74,15 +115,6 @@ impl Admission {
         // The permit travels through the channel, so a waiter cancelled after the hand-over
         // drops it there and the slot passes on. Senders are dropped only after sending.
         Ok(rx.await.expect("admission queue dropped a waiter"))
-    }
-
-    /// Requests waiting for `model`.
-    pub fn waiting(&self, model: &str) -> usize {
-        self.models.lock().unwrap().get(model).map_or(0, |q| q.waiting)
-    }
-
-    pub fn busy(&self, model: &str) -> usize {
-        self.models.lock().unwrap().get(model).map_or(0, |q| q.busy)
     }
 
     fn release(self: &Arc<Self>, model: &str) {
@@ -130,11 +162,11 @@ mod tests {
         let adm2 = adm.clone();
         let waiter = tokio::spawn(async move { adm2.acquire("m", 1, "a").await.map(|_| ()) });
         tokio::time::sleep(Duration::from_millis(20)).await;
-        assert_eq!(adm.waiting("m"), 1);
+        assert_eq!(adm.load(), vec![ModelLoad { model: "m".into(), running: 1, waiting: 1 }]);
         assert_eq!(adm.acquire("m", 1, "b").await.err(), Some(AdmissionError::QueueFull { waiting: 1 }));
         drop(p1);
         waiter.await.unwrap().unwrap();
-        assert_eq!(adm.busy("m"), 0);
+        assert!(adm.load().is_empty());
     }
 
     #[tokio::test]
@@ -164,6 +196,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn draining_refuses_new_work_and_finishes_the_rest() {
+        let adm = Admission::new(10);
+        let running = adm.acquire("m", 1, "a").await.unwrap();
+        let adm2 = adm.clone();
+        let waiter = tokio::spawn(async move { adm2.acquire("m", 1, "b").await.map(|_| ()) });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        adm.set_draining(true);
+        assert_eq!(adm.acquire("m", 1, "c").await.err(), Some(AdmissionError::Draining));
+        assert_eq!(adm.load(), vec![ModelLoad { model: "m".into(), running: 1, waiting: 1 }]);
+        drop(running);
+        waiter.await.unwrap().expect("a request waiting before the drain is answered");
+        assert!(adm.load().is_empty(), "drained");
+        adm.set_draining(false);
+        adm.acquire("m", 1, "c").await.expect("admitted again");
+    }
+
+    #[tokio::test]
     async fn cancelled_waiter_does_not_leak_a_slot() {
         let adm = Admission::new(10);
         let p = adm.acquire("m", 1, "a").await.unwrap();
@@ -175,7 +224,7 @@ mod tests {
         cancelled.abort();
         let _ = cancelled.await;
         drop(p);
-        assert_eq!(adm.busy("m"), 0);
+        assert!(adm.load().is_empty());
         let _again = tokio::time::timeout(Duration::from_secs(1), adm.acquire("m", 1, "b")).await.unwrap().unwrap();
     }
 }

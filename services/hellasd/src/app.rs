@@ -52,6 +52,15 @@ pub struct AppState {
     pub bench: BenchReports,
 }
 
+/// `/ready`'s and `/v1/hellas/drain`'s answer.
+#[derive(serde::Serialize, Debug)]
+pub struct DrainStatus {
+    /// `ready`, `draining` or `drained`.
+    pub status: &'static str,
+    pub running: usize,
+    pub waiting: usize,
+}
+
 pub struct RecentRequest {
     pub model: String,
     pub generated: u64,
@@ -71,10 +80,35 @@ pub struct Parts {
 }
 
 impl AppState {
-    /// `/metrics`, with the engines' gauges brought up to date.
-    pub fn metrics_text(&self) -> String {
+    /// `/metrics`, with the engines' and the gateway's gauges brought up to date.
+    pub async fn metrics_text(&self) -> String {
         self.supervisor.update_gauges();
+        let load = self.admission.load();
+        let mut gateway = Vec::new();
+        for engine in self.supervisor.loaded() {
+            let (running, waiting) = load.iter().find(|l| l.model == engine.model).map_or((0, 0), |l| (l.running, l.waiting));
+            // An engine answering nothing holds no cells; only a busy one is asked.
+            let kv_cache = if running > 0 { self.supervisor.kv_cache_usage(&engine).await.unwrap_or(0.0) } else { 0.0 };
+            gateway.push((engine.model.clone(), waiting, running, kv_cache));
+        }
+        // A model still loading has no engine to ask yet, but its queue counts.
+        let loading: Vec<_> = load.iter().filter(|l| !gateway.iter().any(|g| g.0 == l.model)).map(|l| (l.model.clone(), l.waiting, l.running, 0.0)).collect();
+        gateway.extend(loading);
+        self.metrics.set_gateway(&gateway);
         self.metrics.render()
+    }
+
+    /// Whether the box takes new work, and what it still runs.
+    pub fn drain_status(&self) -> DrainStatus {
+        let load = self.admission.load();
+        let running = load.iter().map(|l| l.running).sum();
+        let waiting = load.iter().map(|l| l.waiting).sum();
+        let status = match (self.admission.is_draining(), running + waiting) {
+            (false, _) => "ready",
+            (true, 0) => "drained",
+            (true, _) => "draining",
+        };
+        DrainStatus { status, running, waiting }
     }
 
     pub fn new(config: Config, parts: Parts) -> Result<AppState> {

@@ -71,6 +71,9 @@ enum Command {
     Bench(cli::bench::BenchArgs),
     /// The running models, and where each really sits (GPU or CPU, bytes on the GPU).
     Ps(cli::ps::PsArgs),
+    /// Stop taking new requests and finish what runs (for an update or behind a gateway);
+    /// `--off` to take requests again.
+    Drain(cli::drain::DrainArgs),
 }
 
 fn main() -> Result<()> {
@@ -105,6 +108,7 @@ fn main() -> Result<()> {
         Command::Install(args) => cli::install::run(&config, args),
         Command::Bench(args) => cli::bench::run(&config, &args),
         Command::Ps(args) => cli::ps::run(&config, &args),
+        Command::Drain(args) => cli::drain::run(&config, &args),
         Command::Plan(_) => unreachable!("handled above"),
     }
 }

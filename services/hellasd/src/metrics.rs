@@ -1,4 +1,10 @@
 //! Prometheus metrics served at `/metrics`.
+//!
+//! Hellas' own metrics are named `hellas_…`. Beside them, three gauges per loaded model carry the
+//! names the Kubernetes Gateway API inference extension's endpoint picker reads by default (they
+//! are vLLM's), so a fleet of boxes can sit behind such a gateway with no metric flags at all:
+//! `vllm:num_requests_waiting`, `vllm:num_requests_running` and `vllm:kv_cache_usage_perc`,
+//! labelled `model_name` as vLLM labels them.
 
 use prometheus_client::encoding::{text::encode, EncodeLabelSet};
 use prometheus_client::metrics::counter::Counter;
@@ -6,6 +12,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -25,13 +32,25 @@ pub struct ModelLabels {
     pub model: String,
 }
 
+/// vLLM's label for the model, which the gateway's endpoint picker may filter on.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GatewayLabels {
+    pub model_name: String,
+}
+
+/// The gauges a gateway's endpoint picker reads to choose a box (see the module's doc).
+pub struct GatewayGauges {
+    pub waiting: Family<GatewayLabels, Gauge>,
+    pub running: Family<GatewayLabels, Gauge>,
+    pub kv_cache_usage: Family<GatewayLabels, Gauge<f64, AtomicU64>>,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
     pub tokens: Family<TokenLabels, Counter>,
     pub time_to_first_token: Family<ModelLabels, Histogram>,
     pub request_duration: Family<ModelLabels, Histogram>,
-    pub queue_depth: Family<ModelLabels, Gauge>,
     pub engine_restarts: Family<ModelLabels, Counter>,
     pub models_loaded: Gauge,
     pub memory_budget_bytes: Gauge,
@@ -39,6 +58,7 @@ pub struct Metrics {
     pub memory_used_bytes: Family<ModelLabels, Gauge>,
     pub memory_gpu_bytes: Family<ModelLabels, Gauge>,
     pub placement_problem: Family<ModelLabels, Gauge>,
+    pub gateway: GatewayGauges,
 }
 
 fn latency_histogram() -> Histogram {
@@ -49,12 +69,16 @@ fn latency_histogram() -> Histogram {
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("hellas");
+        let mut root = Registry::default();
+        let gateway = GatewayGauges { waiting: Family::default(), running: Family::default(), kv_cache_usage: Family::default() };
+        root.register("vllm:num_requests_waiting", "Requests waiting for a slot of the model (the gateway's queue depth)", gateway.waiting.clone());
+        root.register("vllm:num_requests_running", "Requests the model's engine is answering", gateway.running.clone());
+        root.register("vllm:kv_cache_usage_perc", "Fraction of the model's KV cache that running requests hold, 0 to 1", gateway.kv_cache_usage.clone());
+        let registry = root.sub_registry_with_prefix("hellas");
         let requests = Family::<RequestLabels, Counter>::default();
         let tokens = Family::<TokenLabels, Counter>::default();
         let time_to_first_token = Family::<ModelLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
         let request_duration = Family::<ModelLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
-        let queue_depth = Family::<ModelLabels, Gauge>::default();
         let engine_restarts = Family::<ModelLabels, Counter>::default();
         let models_loaded = Gauge::default();
         let memory_budget_bytes = Gauge::default();
@@ -66,7 +90,6 @@ impl Metrics {
         registry.register("tokens", "Tokens processed (in: prompt, out: generated)", tokens.clone());
         registry.register("time_to_first_token_seconds", "Time from request to first streamed byte", time_to_first_token.clone());
         registry.register("request_duration_seconds", "Time from request to the end of the response", request_duration.clone());
-        registry.register("queue_depth", "Requests waiting for a slot", queue_depth.clone());
         registry.register("engine_restarts", "Engine processes that exited unexpectedly", engine_restarts.clone());
         registry.register("models_loaded", "Engines running", models_loaded.clone());
         registry.register("memory_budget_bytes", "Memory available to models", memory_budget_bytes.clone());
@@ -75,12 +98,11 @@ impl Metrics {
         registry.register("memory_gpu_bytes", "What each engine holds on the GPU (model, KV cache, compute), from its load log", memory_gpu_bytes.clone());
         registry.register("placement_problem", "1 when an engine runs on the CPU, or offloaded fewer layers than planned, on a box with a GPU", placement_problem.clone());
         Metrics {
-            registry,
+            registry: root,
             requests,
             tokens,
             time_to_first_token,
             request_duration,
-            queue_depth,
             engine_restarts,
             models_loaded,
             memory_budget_bytes,
@@ -88,6 +110,7 @@ impl Metrics {
             memory_used_bytes,
             memory_gpu_bytes,
             placement_problem,
+            gateway,
         }
     }
 
@@ -114,10 +137,49 @@ impl Metrics {
     pub fn model(model: &str) -> ModelLabels {
         ModelLabels { model: model.to_string() }
     }
+
+    /// Sets the gateway's gauges to `models` (name, waiting, running, KV-cache use), and
+    /// forgets every other model's, so the picker never reads a stale queue.
+    pub fn set_gateway(&self, models: &[(String, usize, usize, f64)]) {
+        let gauges = &self.gateway;
+        gauges.waiting.clear();
+        gauges.running.clear();
+        gauges.kv_cache_usage.clear();
+        for (model, waiting, running, kv_cache_usage) in models {
+            let labels = GatewayLabels { model_name: model.clone() };
+            gauges.waiting.get_or_create(&labels).set(*waiting as i64);
+            gauges.running.get_or_create(&labels).set(*running as i64);
+            gauges.kv_cache_usage.get_or_create(&labels).set(*kv_cache_usage);
+        }
+    }
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gateway_gauges_carry_the_endpoint_pickers_names_and_only_current_models() {
+        let metrics = Metrics::new();
+        metrics.set_gateway(&[("old".into(), 1, 1, 0.5)]);
+        metrics.set_gateway(&[("smollm2:135m-q4_1".into(), 2, 1, 0.25)]);
+        let text = metrics.render();
+        for line in [
+            "# TYPE vllm:num_requests_waiting gauge",
+            "vllm:num_requests_waiting{model_name=\"smollm2:135m-q4_1\"} 2",
+            "vllm:num_requests_running{model_name=\"smollm2:135m-q4_1\"} 1",
+            "vllm:kv_cache_usage_perc{model_name=\"smollm2:135m-q4_1\"} 0.25",
+            "# TYPE hellas_models_loaded gauge",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line:?} missing from\n{text}");
+        }
+        assert!(!text.contains("\"old\""), "a model gone is forgotten:\n{text}");
+        assert_eq!(text.matches("# EOF").count(), 1);
     }
 }

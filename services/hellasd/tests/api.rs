@@ -413,3 +413,88 @@ fn ollama_keep_alive_loads_holds_and_unloads_per_request() {
     let said = beyond.text().unwrap();
     assert!(said.contains("num_ctx 8192") && said.contains("2048 tokens"), "{said}");
 }
+
+/// The value of the sample `name{model_name="…"}` in `/metrics`, as an endpoint picker reads it.
+fn gateway_gauge(daemon: &Daemon, name: &str, model: &str) -> Option<f64> {
+    let text = daemon.get("/metrics").text().unwrap();
+    let prefix = format!("{name}{{model_name=\"{model}\"}} ");
+    text.lines().find_map(|line| line.strip_prefix(&prefix)).map(|v| v.parse().unwrap())
+}
+
+fn ready(daemon: &Daemon) -> (u16, Option<String>, Value) {
+    let r = daemon.client().get(format!("{}/ready", daemon.url)).send().unwrap();
+    let retry_after = r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string());
+    (r.status().as_u16(), retry_after, r.json().unwrap())
+}
+
+/// The gateway's view of a box: the queue, running requests and KV cache under the endpoint
+/// picker's default (vLLM) names, and a drain that finishes what runs and what waits while new
+/// work is refused with 503 and Retry-After, on every route and on `/ready`.
+#[test]
+fn a_gateway_reads_the_load_and_a_draining_box_finishes_what_it_runs() {
+    let daemon = Daemon::start(Setup { parallel: 1, queue_depth: 4, ..Setup::default() });
+    let key = daemon.key.clone().unwrap();
+    assert_eq!(daemon.post("/v1/chat/completions", &greedy_chat(SMOL, false)).status(), 200, "warm-up");
+    assert_eq!(ready(&daemon).0, 200);
+    assert_eq!(gateway_gauge(&daemon, "vllm:num_requests_running", SMOL), Some(0.0), "a loaded model is listed while idle");
+
+    let mut long = greedy_chat(SMOL, true);
+    long["max_tokens"] = json!(400);
+    long["ignore_eos"] = json!(true);
+    let drain = |args: &[&str]| {
+        let out = support::run(daemon.cli().arg("drain").args(args).env("HELLAS_API_KEY", &key));
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    std::thread::scope(|s| {
+        let (first_byte_tx, first_byte) = std::sync::mpsc::channel();
+        let (daemon, long) = (&daemon, &long);
+        let running = s.spawn(move || {
+            let mut response = daemon.post("/v1/chat/completions", long);
+            assert_eq!(response.status(), 200);
+            let mut first = [0u8; 1];
+            response.read_exact(&mut first).unwrap();
+            first_byte_tx.send(()).unwrap();
+            let mut rest = String::new();
+            response.read_to_string(&mut rest).unwrap();
+            rest
+        });
+        first_byte.recv().unwrap();
+        let waiting = s.spawn(move || daemon.post("/v1/chat/completions", &greedy_chat(SMOL, false)).status().as_u16());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while gateway_gauge(daemon, "vllm:num_requests_waiting", SMOL) != Some(1.0) {
+            assert!(Instant::now() < deadline, "the second request never showed as waiting");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(gateway_gauge(&daemon, "vllm:num_requests_running", SMOL), Some(1.0));
+        let kv = gateway_gauge(&daemon, "vllm:kv_cache_usage_perc", SMOL).unwrap();
+        assert!(kv > 0.0 && kv < 1.0, "a running request holds part of the KV cache: {kv}");
+
+        // Draining: what runs and what waits goes on; anything new is sent elsewhere.
+        assert_eq!(drain(&[]), "draining");
+        let (status, retry_after, body) = ready(&daemon);
+        assert_eq!((status, retry_after.is_some()), (503, true), "{body}");
+        assert_eq!((body["status"].as_str(), body["running"].as_u64(), body["waiting"].as_u64()), (Some("draining"), Some(1), Some(1)), "{body}");
+        for (path, request) in [
+            ("/v1/chat/completions", greedy_chat(SMOL, false)),
+            ("/api/chat", json!({"model": SMOL, "stream": false, "messages": [{"role": "user", "content": "Hi"}]})),
+        ] {
+            let refused = daemon.post(path, &request);
+            assert_eq!(refused.status(), 503, "{path}");
+            assert!(refused.headers().contains_key("retry-after"), "{path}: 503 without Retry-After");
+            assert!(refused.text().unwrap().contains("draining"), "{path}");
+        }
+        let waited = drain(&["--wait"]);
+        assert!(waited.starts_with("draining: 1 running, 1 waiting") && waited.ends_with("\ndrained"), "{waited}");
+        let rest = running.join().unwrap();
+        assert!(rest.trim_end().ends_with("data: [DONE]"), "the running stream was finished whole: …{}", &rest[rest.len().saturating_sub(200)..]);
+        assert_eq!(waiting.join().unwrap(), 200, "the waiting request was answered");
+    });
+    let (status, _, body) = ready(&daemon);
+    assert_eq!((status, body["status"].as_str()), (503, Some("drained")), "{body}");
+    assert_eq!(gateway_gauge(&daemon, "vllm:kv_cache_usage_perc", SMOL), Some(0.0));
+
+    assert_eq!(drain(&["--off"]), "ready");
+    assert_eq!(ready(&daemon).0, 200);
+    assert_eq!(daemon.post("/v1/chat/completions", &greedy_chat(SMOL, false)).status(), 200, "taking requests again");
+}

@@ -29,7 +29,6 @@ use crate::admission::{AdmissionError, Permit};
 use crate::app::AppState;
 use crate::engine::{EngineLease, EngineStatus};
 use crate::library::ModelEntry;
-use crate::metrics::Metrics;
 
 /// The API key a request was made with (its public id).
 #[derive(Clone)]
@@ -56,10 +55,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/embed", post(ollama::embed))
         .route("/api/embeddings", post(ollama::embeddings))
         .route("/v1/hellas/bench", post(bench))
+        .route("/v1/hellas/drain", get(drain_status).post(drain))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
     let metrics = Router::new().route("/metrics", get(metrics)).route_layer(middleware::from_fn_with_state(state.clone(), metrics_access));
     Router::new()
         .route("/health", get(health))
+        .route("/ready", get(ready))
         .merge(metrics)
         .merge(models)
         .fallback(not_found)
@@ -92,15 +93,54 @@ async fn health() -> Json<serde_json::Value> {
 /// `/metrics` names the models and what they are asked: it needs an API key, like the models,
 /// unless the caller's address is in `api.metrics_open_to`.
 async fn metrics_access(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
-    let peer = request.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
-    if peer.is_some_and(|ip| state.config.api.metrics_open_to.iter().any(|net| net.contains(&ip))) {
+    if peer(&request).is_some_and(|ip| state.config.api.metrics_open_to.iter().any(|net| net.contains(&ip))) {
         return next.run(request).await;
     }
     require_key(State(state), request, next).await
 }
 
+/// The address a request came from.
+fn peer(request: &Request) -> Option<std::net::IpAddr> {
+    request.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip())
+}
+
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    ([(header::CONTENT_TYPE, crate::metrics::Metrics::CONTENT_TYPE)], state.metrics_text()).into_response()
+    ([(header::CONTENT_TYPE, crate::metrics::Metrics::CONTENT_TYPE)], state.metrics_text().await).into_response()
+}
+
+/// Whether this box takes new work, for a load balancer's health check: 200 `ready`, or 503
+/// `draining` (with Retry-After) until what it runs is done, then 503 `drained`. Like
+/// `/health` it answers anyone and tells nothing about the models.
+async fn ready(State(state): State<Arc<AppState>>) -> Response {
+    let drain = state.drain_status();
+    if drain.status == "ready" {
+        return Json(drain).into_response();
+    }
+    let retry_after = state.config.api.retry_after_secs.to_string();
+    (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, retry_after)], Json(drain)).into_response()
+}
+
+/// `GET /v1/hellas/drain`: `/ready`'s answer, always 200.
+async fn drain_status(State(state): State<Arc<AppState>>) -> Json<crate::app::DrainStatus> {
+    Json(state.drain_status())
+}
+
+#[derive(serde::Deserialize)]
+struct DrainRequest {
+    drain: bool,
+}
+
+/// `POST /v1/hellas/drain {"drain": true|false}`: starts or ends draining. Only from this box
+/// itself (`hellasd drain`, or a fleet tool over SSH), so a client holding an API key cannot
+/// take the box out of service.
+async fn drain(State(state): State<Arc<AppState>>, request: Request) -> Result<Json<crate::app::DrainStatus>, ApiError> {
+    if !peer(&request).is_some_and(|ip| ip.is_loopback()) {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "local_only", "draining is started and ended on the box itself: run `hellasd drain` there (e.g. over SSH)"));
+    }
+    let (_, request): (_, DrainRequest) = read_json(&state, request.into_body()).await?;
+    state.admission.set_draining(request.drain);
+    tracing::info!("{}", if request.drain { "draining: taking no new requests" } else { "draining ended: taking requests again" });
+    Ok(Json(state.drain_status()))
 }
 
 #[derive(serde::Deserialize)]
@@ -213,17 +253,21 @@ impl AppState {
             .with_details(json!({ "available": available }))
         })?;
         self.check_kind(&entry, path)?;
-        let queue = self.metrics.queue_depth.get_or_create(&Metrics::model(&entry.name)).clone();
-        queue.inc();
         let admitted = self.admission.acquire(&entry.name, self.config.engine.parallel as usize, &key.0).await;
-        queue.dec();
-        let permit = admitted.map_err(|AdmissionError::QueueFull { waiting }| {
-            ApiError::new(
+        let retry_after = std::time::Duration::from_secs(self.config.api.retry_after_secs);
+        let permit = admitted.map_err(|refused| match refused {
+            AdmissionError::QueueFull { waiting } => ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate_limit_exceeded",
                 format!("model '{}' is busy: {waiting} requests are already waiting", entry.name),
             )
-            .with_retry_after(std::time::Duration::from_secs(self.config.api.retry_after_secs))
+            .with_retry_after(retry_after),
+            AdmissionError::Draining => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "draining",
+                "this box is draining (finishing what it runs, taking nothing new): send the request to another box, or retry later",
+            )
+            .with_retry_after(retry_after),
         })?;
         let lease = self.supervisor.acquire(&entry.name).await?;
         let url = format!("{}{path}", lease.base_url());

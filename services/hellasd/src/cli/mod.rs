@@ -5,6 +5,7 @@
 pub mod apply_settings;
 pub mod bench;
 pub mod claim_code;
+pub mod drain;
 mod daemon;
 pub mod install;
 pub mod keys;

@@ -9,12 +9,14 @@
 //!
 //! * `process`: one engine's child process, its start, health and exit.
 //! * `placement`: where its model really sits (GPU, CPU, peers), from llama-server's load log.
+//! * `kv_cache`: how much of its KV cache running requests hold, for the gateway metrics.
 //! * `bench`: a loaded model's prefill and decode speed against the memory-bandwidth ceiling.
 //! * `settings`: flash attention, batch sizes and load mode per backend, from published
 //!   measurements.
 //! * `pool`: models split across paired boxes, through the [`Pool`] the cluster provides.
 
 pub mod bench;
+mod kv_cache;
 mod placement;
 mod pool;
 mod process;

@@ -66,7 +66,7 @@ pub async fn dashboard(State(state): St, Owner(session): Owner) -> Response {
 
 /// `/metrics` for the owner's browser session, as the API serves it to API keys.
 pub async fn metrics(State(state): St, Owner(_session): Owner) -> Response {
-    ([(axum::http::header::CONTENT_TYPE, crate::metrics::Metrics::CONTENT_TYPE)], state.metrics_text()).into_response()
+    ([(axum::http::header::CONTENT_TYPE, crate::metrics::Metrics::CONTENT_TYPE)], state.metrics_text().await).into_response()
 }
 
 /// The dashboard's update section: what runs, what the channel offers, what is happening.
