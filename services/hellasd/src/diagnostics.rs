@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use crate::app::AppState;
 
 /// The bundle, as pretty JSON.
-pub fn bundle(state: &AppState) -> Vec<u8> {
+pub async fn bundle(state: &AppState) -> Vec<u8> {
     let engines: Vec<Value> = state
         .supervisor
         .loaded()
@@ -27,6 +27,7 @@ pub fn bundle(state: &AppState) -> Vec<u8> {
     let log: Vec<String> = crate::recent_log::lines().iter().map(|line| scrub(line)).collect();
     let bundle = json!({
         "hellasd": env!("CARGO_PKG_VERSION"),
+        "engine": state.supervisor.engine_version().await,
         "image_version": crate::update::booted_version(std::path::Path::new("/")).ok(),
         "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").ok().map(|s| s.trim().to_string()),
         "memory_budget": { "usable_bytes": state.budget.usable, "source": format!("{:?}", state.budget.source) },

@@ -83,6 +83,12 @@ fn greedy_answers_match_the_engine_directly_and_stream_incrementally() {
 #[test]
 fn ollama_api_works() {
     let daemon = Daemon::start(Setup::default());
+    // The API version clients compare, and what really answers beside it.
+    let version: Value = daemon.get("/api/version").json().unwrap();
+    assert!(version["version"].as_str().is_some_and(|v| v.split('.').count() == 3), "{version}");
+    assert_eq!(version["hellasd"], env!("CARGO_PKG_VERSION"), "{version}");
+    let engine = version["engine"].as_str().unwrap_or_else(|| panic!("the engine's version: {version}"));
+    assert!(engine.starts_with("llama.cpp llama-server ") && engine.contains("build "), "{version}");
     let openai = content(&daemon.post("/v1/chat/completions", &greedy_chat(SMOL, false)).json().unwrap());
 
     let request = json!({

@@ -662,8 +662,15 @@ pub async fn delete(State(state): State<Arc<AppState>>, body: Body) -> Result<St
     Ok(StatusCode::OK)
 }
 
-pub async fn version() -> Json<Value> {
-    Json(json!({ "version": OLLAMA_VERSION }))
+/// `version` is the Ollama API this layer follows, which clients compare to enable features;
+/// what really answers is said beside it: hellasd, the image and llama.cpp's llama-server.
+pub async fn version(State(state): State<Arc<AppState>>) -> Json<Value> {
+    Json(json!({
+        "version": OLLAMA_VERSION,
+        "hellasd": env!("CARGO_PKG_VERSION"),
+        "image": crate::update::booted_version(std::path::Path::new("/")).ok(),
+        "engine": state.supervisor.engine_version().await.map(|v| format!("llama.cpp llama-server {v}")),
+    }))
 }
 
 #[derive(Deserialize)]

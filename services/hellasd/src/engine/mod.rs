@@ -115,6 +115,8 @@ pub struct Supervisor {
     pool: OnceLock<Arc<dyn Pool>>,
     /// What every engine may touch, before its own model files and ports.
     sandbox: Sandbox,
+    /// llama-server's version, once asked.
+    engine_version: tokio::sync::OnceCell<Option<String>>,
 }
 
 impl Supervisor {
@@ -132,7 +134,22 @@ impl Supervisor {
             http: reqwest::Client::builder().no_proxy().build().expect("building an HTTP client"),
             pool: OnceLock::new(),
             sandbox,
+            engine_version: tokio::sync::OnceCell::new(),
         })
+    }
+
+    /// llama-server's version as it says it (`0.7.0 (build 11669, commit Debian)`), asked once;
+    /// `None` if it does not say within ten seconds.
+    pub async fn engine_version(&self) -> Option<String> {
+        let ask = async {
+            let mut cmd = tokio::process::Command::new(&self.config.llama_server);
+            cmd.arg("--version").envs(&self.config.env).stdin(std::process::Stdio::null()).kill_on_drop(true);
+            let out = tokio::time::timeout(Duration::from_secs(10), cmd.output()).await.ok()?.ok()?;
+            // It prints to stderr, after the devices it found.
+            let text = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+            text.lines().find_map(|line| line.strip_prefix("version: ")).map(|v| v.trim().to_string())
+        };
+        self.engine_version.get_or_init(|| ask).await.clone()
     }
 
     pub fn budget(&self) -> u64 {

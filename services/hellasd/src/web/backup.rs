@@ -27,7 +27,7 @@ pub async fn download(State(state): St, Owner(_session): Owner) -> Response {
 /// `GET /diagnostics`: the diagnostics bundle, with no secret in it.
 pub async fn diagnostics(State(state): St, Owner(_session): Owner) -> Response {
     let name = format!("hellas-diagnostics-{}.json", crate::state_file::unix_now());
-    attachment(&name, crate::diagnostics::bundle(&state))
+    attachment(&name, crate::diagnostics::bundle(&state).await)
 }
 
 /// `POST /setup/restore` (multipart: `csrf`, `backup`): restores a backup while the box is
