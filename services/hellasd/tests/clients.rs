@@ -8,7 +8,8 @@
 //! ollama client pulls a vision model from a stand-in Hub (Gemma 3 270M beside a projector with
 //! pseudo-random weights): it comes with its projector, says it sees images, and answers a
 //! question about an image, asked by either client, as llama-server does given the same
-//! projector directly.
+//! projector directly. Tool calls and JSON-schema answers go through the OpenAI, Ollama and
+//! Anthropic routes (`anthropic` package too) in each API's own shape, as llama-server makes them.
 
 mod support;
 
@@ -187,4 +188,107 @@ fn responses_and_messages_answer_the_official_sdks() {
     for route in ["/v1/responses", "/v1/messages", "/v1/messages/count_tokens"] {
         assert!(metrics.contains(&format!("route=\"{route}\"")), "{route} in /metrics");
     }
+}
+
+/// SmolLM2's own chat template takes no tools, and this llama.cpp ignores the tools of a request
+/// to a model whose template has none (no generic fallback any more). This one, SmolLM2's ChatML
+/// with tools and calls as bare JSON objects, is given to the engines with `--chat-template`.
+const TOOLS_TEMPLATE: &str = include_str!("fixtures/smollm2-tools.jinja");
+
+/// A JSON answer held to `PICK` in clients.py: a string `colour` and an integer `count`, nothing else.
+fn assert_pick(content: &Value) {
+    let pick: Value = serde_json::from_str(content.as_str().unwrap_or_else(|| panic!("no text: {content}"))).unwrap_or_else(|e| panic!("not JSON ({e}): {content}"));
+    let fields = pick.as_object().unwrap_or_else(|| panic!("not an object: {pick}"));
+    assert_eq!(fields.keys().collect::<Vec<_>>(), ["colour", "count"], "{pick}");
+    assert!(pick["colour"].is_string() && (pick["count"].is_i64() || pick["count"].is_u64()), "{pick}");
+}
+
+/// One call of get_weather with an object of a string `city` for its arguments.
+fn assert_weather_call(calls: &Value, arguments_as_text: bool) {
+    let calls = calls.as_array().unwrap_or_else(|| panic!("no calls: {calls}"));
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    let (name, arguments) = (&calls[0]["name"], &calls[0]["arguments"]);
+    assert_eq!(name, "get_weather", "{calls:?}");
+    let arguments: Value = match arguments_as_text {
+        true => serde_json::from_str(arguments.as_str().expect("OpenAI's arguments are JSON text")).expect("the arguments are JSON"),
+        false => arguments.clone(),
+    };
+    let fields = arguments.as_object().unwrap_or_else(|| panic!("arguments not an object: {arguments}"));
+    assert!(fields.len() == 1 && fields["city"].is_string(), "{arguments}");
+}
+
+#[test]
+fn tools_and_json_schema_through_every_route() {
+    let started = Instant::now();
+    let template_args = ["--chat-template", TOOLS_TEMPLATE];
+    let daemon = Daemon::start(Setup { ctx: 1024, parallel: 1, engine_args: template_args.map(String::from).to_vec(), ..Setup::default() });
+    let key = daemon.key.clone().unwrap();
+    let ask = |step: &str| client(step, &daemon.url, &key, &[CHAT_MODEL]);
+
+    // OpenAI: tool_choice "required" makes even this small model call the tool, by grammar; the
+    // stream's pieces make the same call; given the tool's answer, the model answers in words.
+    let openai = ask("openai-tools");
+    println!("openai tools: {openai}");
+    assert_eq!(openai["finish_reason"], "tool_calls", "{openai}");
+    assert_weather_call(&openai["calls"], true);
+    assert_eq!(openai["streamed"]["finish_reason"], "tool_calls", "{openai}");
+    assert_eq!(openai["streamed"]["calls"], openai["calls"], "streamed, the same call");
+    let answer = &openai["answer"];
+    assert_eq!((answer["finish_reason"].as_str(), answer["calls"].as_u64()), (Some("stop"), Some(0)), "{answer}");
+    assert!(answer["content"].as_str().unwrap().contains("sunny"), "the answer uses the tool's: {answer}");
+
+    // OpenAI's response_format json_schema: JSON that follows the schema, whole and streamed.
+    let schema = ask("openai-json-schema");
+    println!("openai json_schema: {schema}");
+    assert_pick(&schema["content"]);
+    assert_eq!(schema["streamed"], schema["content"], "{schema}");
+
+    // Ollama's chat with tools: no tool_choice there, so the call comes from a conversation that
+    // had one before; it comes back in Ollama's shape (arguments an object, or the client
+    // refuses it), whole and streamed, and the tool's answer sent back gets words.
+    let ollama = ask("ollama-tools");
+    println!("ollama tools: {ollama}");
+    assert_weather_call(&ollama["calls"], false);
+    assert_eq!(ollama["done_reason"], "stop", "{ollama}");
+    assert_eq!(ollama["streamed"]["calls"], ollama["calls"], "streamed, the same call, once");
+    assert_eq!((&ollama["streamed"]["content"], &ollama["streamed"]["done_reason"]), (&ollama["content"], &json!("stop")), "{ollama}");
+    let answer = &ollama["answer"];
+    assert!(answer["calls"] == 0 && !answer["content"].as_str().unwrap().is_empty(), "{answer}");
+    // A question the model answers itself, the tool offered: words, and the tool in the prompt.
+    let plain = &ollama["plain"];
+    assert!(plain["calls"] == json!([]) && !plain["content"].as_str().unwrap().is_empty(), "{plain}");
+    assert!(plain["prompt_tokens"].as_u64() > plain["prompt_tokens_without_tools"].as_u64().map(|n| n + 20), "the tool reaches the prompt: {plain}");
+
+    // Ollama's format with a JSON schema: the same grammar, so the same JSON as OpenAI's.
+    let format = ask("ollama-format");
+    println!("ollama format: {format}");
+    assert_pick(&format["content"]);
+    assert_eq!((&format["content"], &format["streamed"]), (&schema["content"], &schema["content"]), "{format}");
+
+    // Anthropic's Messages: tool_choice "any" and the tool by name each make a tool_use block,
+    // streamed too; a tool_result sent back gets words.
+    let anthropic = ask("anthropic-tools");
+    println!("anthropic tools: {anthropic}");
+    for how in ["any", "tool", "streamed"] {
+        assert_eq!(anthropic[how]["stop_reason"], "tool_use", "{how}: {anthropic}");
+        let blocks = anthropic[how]["content"].as_array().unwrap();
+        assert!(blocks.iter().all(|b| b["type"] == "tool_use"), "{how}: {anthropic}");
+        let calls: Vec<Value> = blocks.iter().map(|b| json!({"name": b["name"], "arguments": b["input"]})).collect();
+        assert_weather_call(&json!(calls), false);
+    }
+    let answer = &anthropic["answer"];
+    assert_eq!(answer["stop_reason"], "end_turn", "{answer}");
+    assert!(answer["content"][0]["type"] == "text" && answer["content"][0]["text"].as_str().unwrap().contains("sunny"), "{answer}");
+
+    // The same requests to llama-server directly, with the same template: the same answers (tool
+    // call ids aside, which the engine makes up each time).
+    drop(daemon);
+    let direct = DirectEngine::start_with(&model(SMOLLM), 1024, 1, &template_args.map(OsStr::new));
+    for (step, through_box) in [("openai-tools", &openai), ("openai-json-schema", &schema), ("anthropic-tools", &anthropic)] {
+        assert_eq!(&client(step, &direct.url, "unused", &["any"]), through_box, "{step}: the box's answer is llama-server's own");
+    }
+    // Ollama's conversation, in OpenAI's shape, makes the engine call what Ollama's client got.
+    let expected = client("openai-tools-history", &direct.url, "unused", &["any"]);
+    assert_eq!(expected["calls"], ollama["calls"], "the Ollama route's call is the engine's");
+    eprintln!("tools and JSON schemas through every route: {:.1}s", started.elapsed().as_secs_f64());
 }

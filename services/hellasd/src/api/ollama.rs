@@ -139,10 +139,33 @@ fn chat_message(message: Value) -> Value {
         content = Value::Array(parts);
     }
     let mut out = json!({ "role": role, "content": content });
-    for field in ["tool_calls", "tool_call_id", "name"] {
+    for field in ["tool_call_id", "name"] {
         if let Some(v) = message.get(field) {
             out[field] = v.clone();
         }
+    }
+    // A tool's answer names its tool in `tool_name`, where OpenAI's has `name`.
+    if let (None, Some(name)) = (message.get("name"), message.get("tool_name")) {
+        out["name"] = name.clone();
+    }
+    if let Some(calls) = message.get("tool_calls").and_then(Value::as_array) {
+        out["tool_calls"] = calls.iter().map(openai_tool_call).collect();
+    }
+    out
+}
+
+/// A tool call the model made, as an Ollama client sends it back (`{"function": {"name",
+/// "arguments": {...}}}`), in OpenAI's shape: typed, its arguments a JSON string.
+fn openai_tool_call(call: &Value) -> Value {
+    let function = &call["function"];
+    let arguments = match &function["arguments"] {
+        Value::String(text) => text.clone(),
+        Value::Null => "{}".to_string(),
+        object => object.to_string(),
+    };
+    let mut out = json!({ "type": "function", "function": { "name": function["name"], "arguments": arguments } });
+    if let Some(id) = call.get("id") {
+        out["id"] = id.clone();
     }
     out
 }
@@ -281,6 +304,15 @@ struct Translate {
     done_reason: Option<String>,
     tokens: (u64, u64),
     timings: Option<Value>,
+    /// The tool calls of the answer so far, by index, their arguments as the engine's text.
+    calls: Vec<ToolCall>,
+}
+
+#[derive(Default)]
+struct ToolCall {
+    id: Option<String>,
+    name: String,
+    arguments: String,
 }
 
 impl Translate {
@@ -295,6 +327,7 @@ impl Translate {
             done_reason: None,
             tokens: (0, 0),
             timings: None,
+            calls: Vec::new(),
         }
     }
 
@@ -310,11 +343,47 @@ impl Translate {
         if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {
             self.done_reason = Some(reason.to_string());
         }
+        let message = choice.get("delta").or_else(|| choice.get("message"));
+        // Tool calls come whole in a message, and in pieces in a stream's deltas: the id and
+        // name first, then the arguments' text.
+        for (n, call) in message.and_then(|m| m.get("tool_calls")).and_then(Value::as_array).into_iter().flatten().enumerate() {
+            let index = call.get("index").and_then(Value::as_u64).map_or(n, |i| i as usize);
+            if self.calls.len() <= index {
+                self.calls.resize_with(index + 1, ToolCall::default);
+            }
+            let pending = &mut self.calls[index];
+            if let Some(id) = call["id"].as_str() {
+                pending.id = Some(id.to_string());
+            }
+            if let Some(name) = call["function"]["name"].as_str().filter(|n| !n.is_empty()) {
+                pending.name = name.to_string();
+            }
+            pending.arguments.push_str(call["function"]["arguments"].as_str().unwrap_or_default());
+        }
         let text = match self.shape {
             Shape::GenerateRaw => choice.get("text"),
-            _ => choice.get("delta").or_else(|| choice.get("message")).and_then(|m| m.get("content")),
+            _ => message.and_then(|m| m.get("content")),
         };
         text.and_then(Value::as_str).map(String::from)
+    }
+
+    /// The tool calls gathered so far, in Ollama's shape (their arguments an object), once.
+    fn take_calls(&mut self) -> Option<Value> {
+        if self.calls.is_empty() {
+            return None;
+        }
+        let calls = std::mem::take(&mut self.calls).into_iter().enumerate().map(|(index, call)| {
+            let arguments = match call.arguments.trim() {
+                "" => json!({}),
+                text => serde_json::from_str(text).unwrap_or(Value::String(call.arguments.clone())),
+            };
+            let mut out = json!({ "function": { "index": index, "name": call.name, "arguments": arguments } });
+            if let Some(id) = call.id {
+                out["id"] = json!(id);
+            }
+            out
+        });
+        Some(calls.collect())
     }
 
     fn object(&self, text: &str, done: bool) -> Value {
@@ -328,7 +397,8 @@ impl Translate {
             let ms = |key: &str| self.timings.as_ref().and_then(|t| t[key].as_f64()).unwrap_or(0.0);
             let ns = |ms: f64| (ms * 1e6) as u64;
             let total = self.started.elapsed();
-            object["done_reason"] = json!(self.done_reason.as_deref().unwrap_or("stop"));
+            // Ollama's answer that calls tools is done because it stopped.
+            object["done_reason"] = json!(self.done_reason.as_deref().filter(|r| *r != "tool_calls").unwrap_or("stop"));
             object["total_duration"] = json!(total.as_nanos() as u64);
             object["load_duration"] = json!(0);
             object["prompt_eval_count"] = json!(prompt);
@@ -337,6 +407,16 @@ impl Translate {
             object["eval_duration"] = json!(ns(ms("predicted_ms")));
         }
         object
+    }
+
+    /// A streamed answer's tool calls, whole, in a line of their own before the last, as
+    /// Ollama sends them.
+    fn push_calls(&mut self, out: &mut Vec<Bytes>) {
+        if let Some(calls) = self.take_calls() {
+            let mut object = self.object("", false);
+            object["message"]["tool_calls"] = calls;
+            out.push(Translate::line(&object));
+        }
     }
 
     fn line(value: &Value) -> Bytes {
@@ -364,6 +444,9 @@ impl Relay for Translate {
             if let Some(text) = self.take_choice(&event).filter(|t| !t.is_empty()) {
                 out.push(Translate::line(&self.object(&text, false)));
             }
+            if self.done_reason.is_some() {
+                self.push_calls(out);
+            }
         }
     }
 
@@ -377,6 +460,7 @@ impl Relay for Translate {
 
     fn end(&mut self, out: &mut Vec<Bytes>) {
         if self.stream {
+            self.push_calls(out);
             out.push(Translate::line(&self.object("", true)));
             return;
         }
@@ -384,7 +468,10 @@ impl Relay for Translate {
         match serde_json::from_slice::<Value>(&whole) {
             Ok(value) => {
                 let text = self.take_choice(&value).unwrap_or_default();
-                let object = self.object(&text, true);
+                let mut object = self.object(&text, true);
+                if let Some(calls) = self.take_calls() {
+                    object["message"]["tool_calls"] = calls;
+                }
                 out.push(Bytes::from(serde_json::to_vec(&object).expect("JSON values serialise")));
             }
             Err(e) => out.push(Bytes::from(json!({ "error": format!("engine answered with invalid JSON: {e}") }).to_string())),
@@ -748,6 +835,56 @@ mod tests {
         );
         let plain = chat_message(json!({ "role": "user", "content": "Hi", "images": [] }));
         assert_eq!(plain, json!({ "role": "user", "content": "Hi" }), "no images: the text as it is");
+    }
+
+    #[test]
+    fn tool_calls_sent_back_go_on_in_openais_shape() {
+        let call = json!({ "function": { "name": "get_weather", "arguments": { "city": "Paris" } } });
+        let message = chat_message(json!({ "role": "assistant", "content": "", "tool_calls": [call] }));
+        assert_eq!(
+            message["tool_calls"],
+            json!([{ "type": "function", "function": { "name": "get_weather", "arguments": "{\"city\":\"Paris\"}" } }]),
+            "typed, the arguments as JSON text"
+        );
+        let answer = chat_message(json!({ "role": "tool", "content": "18 degrees", "tool_name": "get_weather" }));
+        assert_eq!(answer, json!({ "role": "tool", "content": "18 degrees", "name": "get_weather" }));
+    }
+
+    fn translated(stream: bool, chunks: &[&str]) -> Vec<Value> {
+        let mut translate = Translate::new("m".into(), Shape::Chat, stream, Instant::now());
+        let mut out = Vec::new();
+        for chunk in chunks {
+            translate.chunk(Bytes::from(chunk.to_string()), &mut out);
+        }
+        translate.end(&mut out);
+        out.iter().flat_map(|bytes| std::str::from_utf8(bytes).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect::<Vec<Value>>()).collect()
+    }
+
+    #[test]
+    fn tool_calls_come_back_in_ollamas_shape() {
+        let whole = json!({ "choices": [{ "finish_reason": "tool_calls", "message": { "role": "assistant", "content": null, "tool_calls": [
+            { "type": "function", "id": "abc", "function": { "name": "get_weather", "arguments": "{\"city\": \"Paris\"}" } }
+        ] } }] });
+        let out = translated(false, &[&whole.to_string()]);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0]["message"]["tool_calls"], json!([{ "id": "abc", "function": { "index": 0, "name": "get_weather", "arguments": { "city": "Paris" } } }]));
+        assert_eq!((out[0]["message"]["content"].as_str(), out[0]["done_reason"].as_str()), (Some(""), Some("stop")));
+
+        // Streamed: the pieces put together, in a line of their own before the last.
+        let events = [
+            json!({ "choices": [{ "delta": { "role": "assistant", "content": null } }] }),
+            json!({ "choices": [{ "delta": { "tool_calls": [{ "index": 0, "id": "abc", "type": "function", "function": { "name": "get_weather", "arguments": "" } }] } }] }),
+            json!({ "choices": [{ "delta": { "tool_calls": [{ "index": 0, "function": { "arguments": "{\"city\": " } }] } }] }),
+            json!({ "choices": [{ "delta": { "tool_calls": [{ "index": 0, "function": { "arguments": "\"Paris\"}" } }] } }] }),
+            json!({ "choices": [{ "delta": {}, "finish_reason": "tool_calls" }] }),
+        ];
+        let sse: Vec<String> = events.iter().map(|e| format!("data: {e}\n\n")).chain(["data: [DONE]\n\n".to_string()]).collect();
+        let out = translated(true, &sse.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert_eq!(out[0]["message"]["tool_calls"], json!([{ "id": "abc", "function": { "index": 0, "name": "get_weather", "arguments": { "city": "Paris" } } }]));
+        assert_eq!(out[0]["done"], false);
+        assert_eq!((out[1]["done"].as_bool(), out[1]["done_reason"].as_str()), (Some(true), Some("stop")));
+        assert!(out[1]["message"].get("tool_calls").is_none(), "the calls are not repeated: {}", out[1]);
     }
 
     #[test]

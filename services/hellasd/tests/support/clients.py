@@ -140,6 +140,177 @@ def ollama_show(base, key, model):
     return {"capabilities": list(ollama_client(base, key).show(model).capabilities or [])}
 
 
+# A tool, a question that calls for it, and what it answers.
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Get the current weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string", "description": "The city"}}, "required": ["city"]},
+    },
+}
+WEATHER_ASKED = "Call get_weather for Paris."
+WEATHER_ANSWER = "18 degrees and sunny"
+# An earlier turn in which the tool was called and answered, then a new question: how a
+# conversation with tools goes on, and what lets a client without tool_choice (Ollama's) get a call.
+WEATHER_HISTORY = [
+    {"role": "user", "content": "Get the weather in Paris."},
+    {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+    {"role": "tool", "content": WEATHER_ANSWER, "tool_name": "get_weather"},
+    {"role": "assistant", "content": "It is 18 degrees and sunny in Paris."},
+    {"role": "user", "content": "Get the weather in London."},
+]
+# A structured answer: a JSON schema the output must follow.
+PICK = {
+    "type": "object",
+    "properties": {"colour": {"type": "string"}, "count": {"type": "integer"}},
+    "required": ["colour", "count"],
+    "additionalProperties": False,
+}
+PICK_ASKED = "Name a colour and a number."
+GREEDY = {"temperature": 0, "seed": 42}
+
+
+def openai_tools(base, key, model):
+    """A call forced by tool_choice "required", whole and streamed, then the tool's answer sent
+    back with it and the model's answer in words."""
+    client = openai_client(base, key)
+    messages = [{"role": "user", "content": WEATHER_ASKED}]
+    ask = dict(model=model, messages=messages, tools=[WEATHER], tool_choice="required", parallel_tool_calls=False, max_tokens=64, **GREEDY)
+    whole = client.chat.completions.create(**ask)
+    choice = whole.choices[0]
+    calls = [{"name": c.function.name, "arguments": c.function.arguments} for c in choice.message.tool_calls or []]
+    # The stream's deltas put together as a client does: the name once, the arguments in pieces.
+    streamed, finish_reason = {}, None
+    for chunk in client.chat.completions.create(**ask, stream=True):
+        for c in chunk.choices:
+            for delta in c.delta.tool_calls or []:
+                call = streamed.setdefault(delta.index, {"name": "", "arguments": ""})
+                call["name"] = (delta.function and delta.function.name) or call["name"]
+                call["arguments"] += (delta.function and delta.function.arguments) or ""
+            finish_reason = c.finish_reason or finish_reason
+    out = {
+        "finish_reason": choice.finish_reason,
+        "content": choice.message.content,
+        "calls": calls,
+        "streamed": {"finish_reason": finish_reason, "calls": [streamed[i] for i in sorted(streamed)]},
+    }
+    if not calls:
+        return out
+    messages += [
+        choice.message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": choice.message.tool_calls[0].id, "content": WEATHER_ANSWER},
+    ]
+    # A new connection, as anthropic_tools' follow-up has.
+    answer = openai_client(base, key).chat.completions.create(model=model, messages=messages, tools=[WEATHER], max_tokens=32, **GREEDY).choices[0]
+    out["answer"] = {"finish_reason": answer.finish_reason, "content": answer.message.content, "calls": len(answer.message.tool_calls or [])}
+    return out
+
+
+def openai_tools_history(base, key, model):
+    """WEATHER_HISTORY as OpenAI's messages, tool_choice left to the model: the calls it makes."""
+    messages = []
+    for m in WEATHER_HISTORY:
+        m = dict(m)
+        if "tool_calls" in m:
+            m["tool_calls"] = [{"id": "call_0", "type": "function", "function": {"name": c["function"]["name"], "arguments": json.dumps(c["function"]["arguments"])}} for c in m["tool_calls"]]
+        if m["role"] == "tool":
+            m = {"role": "tool", "tool_call_id": "call_0", "content": m["content"]}
+        messages.append(m)
+    answer = openai_client(base, key).chat.completions.create(model=model, messages=messages, tools=[WEATHER], max_tokens=64, **GREEDY).choices[0]
+    return {"calls": [{"name": c.function.name, "arguments": json.loads(c.function.arguments)} for c in answer.message.tool_calls or []]}
+
+
+def openai_json_schema(base, key, model):
+    """An answer held to a JSON schema (response_format json_schema, strict), whole and streamed."""
+    client = openai_client(base, key)
+    schema = {"type": "json_schema", "json_schema": {"name": "pick", "strict": True, "schema": PICK}}
+    ask = dict(model=model, messages=[{"role": "user", "content": PICK_ASKED}], response_format=schema, max_tokens=64, **GREEDY)
+    whole = client.chat.completions.create(**ask)
+    streamed = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(**ask, stream=True) if c.choices)
+    return {"content": whole.choices[0].message.content, "finish_reason": whole.choices[0].finish_reason, "streamed": streamed}
+
+
+def ollama_calls(message):
+    return [{"name": c.function.name, "arguments": dict(c.function.arguments)} for c in message.tool_calls or []]
+
+
+def ollama_tools(base, key, model):
+    """Ollama's chat with tools: WEATHER_HISTORY's new question, whole and streamed; the tool's
+    answer sent back; and a plain question with the tool offered."""
+    client = ollama_client(base, key)
+    options = {"temperature": 0, "seed": 42, "num_predict": 64}
+    whole = client.chat(model=model, messages=WEATHER_HISTORY, tools=[WEATHER], options=options)
+    streamed, content, done_reason = [], "", None
+    for part in client.chat(model=model, messages=WEATHER_HISTORY, tools=[WEATHER], options=options, stream=True):
+        streamed += ollama_calls(part.message)
+        content += part.message.content or ""
+        done_reason = part.done_reason if part.done else done_reason
+    out = {
+        "calls": ollama_calls(whole.message),
+        "content": whole.message.content,
+        "done_reason": whole.done_reason,
+        "streamed": {"calls": streamed, "content": content, "done_reason": done_reason},
+    }
+    if whole.message.tool_calls:
+        follow = WEATHER_HISTORY + [whole.message, {"role": "tool", "content": "11 degrees and raining", "tool_name": "get_weather"}]
+        answer = client.chat(model=model, messages=follow, tools=[WEATHER], options=options)
+        out["answer"] = {"content": answer.message.content, "calls": len(answer.message.tool_calls or [])}
+    plain = [{"role": "user", "content": "What is the weather in Paris?"}]
+    with_tool = client.chat(model=model, messages=plain, tools=[WEATHER], options=options)
+    without = client.chat(model=model, messages=plain, options={**options, "num_predict": 1})
+    out["plain"] = {
+        "content": with_tool.message.content,
+        "calls": ollama_calls(with_tool.message),
+        "prompt_tokens": with_tool.prompt_eval_count,
+        "prompt_tokens_without_tools": without.prompt_eval_count,
+    }
+    return out
+
+
+def ollama_format(base, key, model):
+    """Ollama's `format` with a JSON schema, whole and streamed."""
+    client = ollama_client(base, key)
+    ask = dict(model=model, messages=[{"role": "user", "content": PICK_ASKED}], format=PICK, options={"temperature": 0, "seed": 42, "num_predict": 64})
+    whole = client.chat(**ask)
+    streamed = "".join(part.message.content or "" for part in client.chat(**ask, stream=True))
+    return {"content": whole.message.content, "streamed": streamed}
+
+
+def anthropic_blocks(message):
+    return [{"type": "tool_use", "name": b.name, "input": b.input} if b.type == "tool_use" else {"type": b.type, "text": getattr(b, "text", None)} for b in message.content]
+
+
+def anthropic_tools(base, key, model):
+    """Messages with a tool, forced by tool_choice "any" and by naming it, whole and streamed; then
+    its tool_result sent back and the model's answer in words."""
+    client = anthropic_client(base, key)
+    tool = {"name": WEATHER["function"]["name"], "description": WEATHER["function"]["description"], "input_schema": WEATHER["function"]["parameters"]}
+    messages = [{"role": "user", "content": WEATHER_ASKED}]
+    greedy = {"temperature": 0}
+    out = {}
+    for name, choice in [("any", {"type": "any"}), ("tool", {"type": "tool", "name": "get_weather"})]:
+        m = client.messages.create(model=model, max_tokens=64, messages=messages, tools=[tool], tool_choice=choice, extra_body=greedy)
+        out[name] = {"stop_reason": m.stop_reason, "content": anthropic_blocks(m)}
+        if name == "any":
+            first = m
+    with client.messages.stream(model=model, max_tokens=64, messages=messages, tools=[tool], tool_choice={"type": "any"}, extra_body=greedy) as stream:
+        final = stream.get_final_message()
+    out["streamed"] = {"stop_reason": final.stop_reason, "content": anthropic_blocks(final)}
+    uses = [b for b in first.content if b.type == "tool_use"]
+    if not uses:
+        return out
+    follow = messages + [
+        {"role": "assistant", "content": [{"type": "tool_use", "id": uses[0].id, "name": uses[0].name, "input": uses[0].input}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": uses[0].id, "content": WEATHER_ANSWER}]},
+    ]
+    # A new connection: llama-server, asked directly, closes one after a stream that the client
+    # would take up again.
+    answer = anthropic_client(base, key).messages.create(model=model, max_tokens=32, messages=follow, tools=[tool], extra_body=greedy)
+    out["answer"] = {"stop_reason": answer.stop_reason, "content": anthropic_blocks(answer)}
+    return out
+
+
 STEPS = {
     "openai-embed": openai_embed,
     "openai-embed-refused": openai_embed_refused,
@@ -152,6 +323,12 @@ STEPS = {
     "openai-responses": openai_responses,
     "anthropic-messages": anthropic_messages,
     "anthropic-refused": anthropic_refused,
+    "openai-tools": openai_tools,
+    "openai-tools-history": openai_tools_history,
+    "openai-json-schema": openai_json_schema,
+    "ollama-tools": ollama_tools,
+    "ollama-format": ollama_format,
+    "anthropic-tools": anthropic_tools,
 }
 
 if __name__ == "__main__":

@@ -87,6 +87,8 @@ pub struct Setup {
     pub expect_gpu: Option<bool>,
     /// `engine.env`, e.g. [`lavapipe`] to run the engines on the software Vulkan device.
     pub engine_env: Vec<(&'static str, String)>,
+    /// `engine.extra_args`, e.g. `--chat-template TEMPLATE`.
+    pub engine_args: Vec<String>,
     /// `api.metrics_open_to`: networks that may read `/metrics` without a key.
     pub metrics_open_to: Vec<&'static str>,
     /// Another program in llama-server's place (`engine.llama_server`); its directory is added
@@ -113,6 +115,7 @@ impl Default for Setup {
             hub: None,
             expect_gpu: None,
             engine_env: Vec::new(),
+            engine_args: Vec::new(),
             metrics_open_to: Vec::new(),
             engine: None,
         }
@@ -154,6 +157,10 @@ impl Daemon {
         );
         if let Some(expect) = setup.expect_gpu {
             text.push_str(&format!("expect_gpu = {expect}\n"));
+        }
+        if !setup.engine_args.is_empty() {
+            let args = toml::Value::Array(setup.engine_args.iter().cloned().map(toml::Value::String).collect());
+            text.push_str(&format!("extra_args = {args}\n"));
         }
         if !setup.engine_env.is_empty() {
             text.push_str("[engine.env]\n");
