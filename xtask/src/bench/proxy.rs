@@ -299,7 +299,7 @@ impl Sides {
             MODEL_NAME,
         ], None)?;
         // The API answers no one on a box without an owner: claim it, as an owner would.
-        cli(&["set-password"], Some(&format!("bench-{}\n", std::process::id())))?;
+        cli(&["set-password"], Some(&format!("bench-owner-{}\n", std::process::id())))?;
         let key = cli(&["keys", "create", "bench"], None)?.trim().to_string();
         let endpoints = [
             Endpoint {
