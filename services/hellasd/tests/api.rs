@@ -438,9 +438,19 @@ fn ready(daemon: &Daemon) -> (u16, Option<String>, Value) {
 /// work is refused with 503 and Retry-After, on every route and on `/ready`.
 #[test]
 fn a_gateway_reads_the_load_and_a_draining_box_finishes_what_it_runs() {
-    let daemon = Daemon::start(Setup { parallel: 1, queue_depth: 4, ..Setup::default() });
+    let daemon = Daemon::start(Setup { parallel: 1, queue_depth: 4, api_on_every_address: true, ..Setup::default() });
     let key = daemon.key.clone().unwrap();
     assert_eq!(daemon.post("/v1/chat/completions", &greedy_chat(SMOL, false)).status(), 200, "warm-up");
+
+    // A client on the network, key or not, cannot drain the box; only the box itself can.
+    let port = daemon.url.rsplit(':').next().unwrap();
+    let address = support::run(std::process::Command::new("ip").args(["-4", "-o", "addr", "show", "scope", "global"]));
+    let address = String::from_utf8_lossy(&address.stdout).split_whitespace().skip_while(|w| *w != "inet").nth(1).and_then(|a| a.split('/').next()).map(str::to_string);
+    let address = address.expect("this machine has a non-loopback IPv4 address to test from");
+    let remote = daemon.client().post(format!("http://{address}:{port}/v1/hellas/drain")).bearer_auth(&key).json(&json!({"drain": true})).send().unwrap();
+    assert_eq!(remote.status(), 403, "a drain from {address}");
+    assert!(remote.text().unwrap().contains("hellasd drain"));
+    assert_eq!(ready(&daemon).0, 200, "still ready");
     assert_eq!(ready(&daemon).0, 200);
     assert_eq!(gateway_gauge(&daemon, "vllm:num_requests_running", SMOL), Some(0.0), "a loaded model is listed while idle");
 

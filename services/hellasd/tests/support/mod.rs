@@ -91,6 +91,8 @@ pub struct Setup {
     pub engine_args: Vec<String>,
     /// `api.metrics_open_to`: networks that may read `/metrics` without a key.
     pub metrics_open_to: Vec<&'static str>,
+    /// The API listens on every address, not only on loopback (`url` stays on loopback).
+    pub api_on_every_address: bool,
     /// Another program in llama-server's place (`engine.llama_server`); its directory is added
     /// to what engines may read.
     pub engine: Option<PathBuf>,
@@ -117,6 +119,7 @@ impl Default for Setup {
             engine_env: Vec::new(),
             engine_args: Vec::new(),
             metrics_open_to: Vec::new(),
+            api_on_every_address: false,
             engine: None,
         }
     }
@@ -145,9 +148,10 @@ impl Daemon {
         let tls_port = free_port();
         let config = dir.path().join("hellasd.toml");
         let mut text = format!(
-            "state_dir = {state:?}\n[api]\nlisten = \"127.0.0.1:{port}\"\nqueue_depth = {queue}\nmax_body_bytes = 1048576\nmetrics_open_to = {open:?}\n\
+            "state_dir = {state:?}\n[api]\nlisten = \"{ip}:{port}\"\nqueue_depth = {queue}\nmax_body_bytes = 1048576\nmetrics_open_to = {open:?}\n\
              [engine]\nllama_server = {server:?}\nctx = {ctx}\nparallel = {parallel}\nthreads = 2\nidle_unload_secs = {idle}\nstartup_timeout_secs = 120\n",
             state = dir.path().join("state"),
+            ip = if setup.api_on_every_address { "0.0.0.0" } else { "127.0.0.1" },
             queue = setup.queue_depth,
             server = setup.engine.clone().unwrap_or_else(llama_server),
             ctx = setup.ctx,
