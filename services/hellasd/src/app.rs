@@ -19,7 +19,7 @@ use crate::engine::{EngineError, Supervisor};
 use crate::keys::KeyStore;
 use crate::library::ModelLibrary;
 use crate::memory_budget::MemoryBudget;
-use crate::metrics::Metrics;
+use crate::metrics::{GatewayLoad, Metrics};
 use crate::web_certificate::WebCertificate;
 use crate::owner::{owner_store, ClaimFiles, Limiter, OwnerStore, Sessions};
 
@@ -84,16 +84,18 @@ impl AppState {
     pub async fn metrics_text(&self) -> String {
         self.supervisor.update_gauges();
         let load = self.admission.load();
-        let mut gateway = Vec::new();
-        for engine in self.supervisor.loaded() {
+        let engines = self.supervisor.loaded();
+        // Each busy engine is asked at once; an idle one holds no cells.
+        let gateway = engines.iter().map(|engine| async {
             let (running, waiting) = load.iter().find(|l| l.model == engine.model).map_or((0, 0), |l| (l.running, l.waiting));
-            // An engine answering nothing holds no cells; only a busy one is asked.
-            let kv_cache = if running > 0 { self.supervisor.kv_cache_usage(&engine).await.unwrap_or(0.0) } else { 0.0 };
-            gateway.push((engine.model.clone(), waiting, running, kv_cache));
-        }
+            let kv_cache_usage = if running > 0 { self.supervisor.kv_cache_usage(engine).await.unwrap_or(0.0) } else { 0.0 };
+            GatewayLoad { model: engine.model.clone(), waiting, running, kv_cache_usage }
+        });
+        let mut gateway = futures_util::future::join_all(gateway).await;
         // A model still loading has no engine to ask yet, but its queue counts.
-        let loading: Vec<_> = load.iter().filter(|l| !gateway.iter().any(|g| g.0 == l.model)).map(|l| (l.model.clone(), l.waiting, l.running, 0.0)).collect();
-        gateway.extend(loading);
+        for l in load.iter().filter(|l| !engines.iter().any(|e| e.model == l.model)) {
+            gateway.push(GatewayLoad { model: l.model.clone(), waiting: l.waiting, running: l.running, kv_cache_usage: 0.0 });
+        }
         self.metrics.set_gateway(&gateway);
         self.metrics.render()
     }

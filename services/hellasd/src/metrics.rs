@@ -38,6 +38,15 @@ pub struct GatewayLabels {
     pub model_name: String,
 }
 
+/// One model's load, as the gateway's gauges carry it.
+pub struct GatewayLoad {
+    pub model: String,
+    pub waiting: usize,
+    pub running: usize,
+    /// 0 to 1.
+    pub kv_cache_usage: f64,
+}
+
 /// The gauges a gateway's endpoint picker reads to choose a box (see the module's doc).
 pub struct GatewayGauges {
     pub waiting: Family<GatewayLabels, Gauge>,
@@ -138,18 +147,18 @@ impl Metrics {
         ModelLabels { model: model.to_string() }
     }
 
-    /// Sets the gateway's gauges to `models` (name, waiting, running, KV-cache use), and
-    /// forgets every other model's, so the picker never reads a stale queue.
-    pub fn set_gateway(&self, models: &[(String, usize, usize, f64)]) {
+    /// Sets the gateway's gauges to `models`, and forgets every other model's, so the picker
+    /// never reads a stale queue.
+    pub fn set_gateway(&self, models: &[GatewayLoad]) {
         let gauges = &self.gateway;
         gauges.waiting.clear();
         gauges.running.clear();
         gauges.kv_cache_usage.clear();
-        for (model, waiting, running, kv_cache_usage) in models {
-            let labels = GatewayLabels { model_name: model.clone() };
-            gauges.waiting.get_or_create(&labels).set(*waiting as i64);
-            gauges.running.get_or_create(&labels).set(*running as i64);
-            gauges.kv_cache_usage.get_or_create(&labels).set(*kv_cache_usage);
+        for load in models {
+            let labels = GatewayLabels { model_name: load.model.clone() };
+            gauges.waiting.get_or_create(&labels).set(load.waiting as i64);
+            gauges.running.get_or_create(&labels).set(load.running as i64);
+            gauges.kv_cache_usage.get_or_create(&labels).set(load.kv_cache_usage);
         }
     }
 }
@@ -167,8 +176,9 @@ mod tests {
     #[test]
     fn gateway_gauges_carry_the_endpoint_pickers_names_and_only_current_models() {
         let metrics = Metrics::new();
-        metrics.set_gateway(&[("old".into(), 1, 1, 0.5)]);
-        metrics.set_gateway(&[("smollm2:135m-q4_1".into(), 2, 1, 0.25)]);
+        let load = |model: &str, waiting, running, kv_cache_usage| GatewayLoad { model: model.into(), waiting, running, kv_cache_usage };
+        metrics.set_gateway(&[load("old", 1, 1, 0.5)]);
+        metrics.set_gateway(&[load("smollm2:135m-q4_1", 2, 1, 0.25)]);
         let text = metrics.render();
         for line in [
             "# TYPE vllm:num_requests_waiting gauge",
