@@ -12,6 +12,7 @@ mod image;
 mod proxy;
 mod servers;
 mod setup;
+mod speculative;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -34,6 +35,8 @@ pub enum Bench {
     Flash(flash::FlashBench),
     /// A model split over llama.cpp RPC against the same model on one box.
     Cluster(cluster::ClusterBench),
+    /// Decode speed with and without speculative decoding from n-grams.
+    Speculative(speculative::SpeculativeBench),
     /// Every bench's smoke form, as `cargo xtask test` runs them after the tests.
     Smoke,
 }
@@ -46,6 +49,7 @@ impl Bench {
             Bench::Setup(setup) => setup.run(),
             Bench::Flash(flash) => flash.run(),
             Bench::Cluster(cluster) => cluster.run(),
+            Bench::Speculative(speculative) => speculative.run(),
             Bench::Smoke => {
                 let root = crate::workspace::root()?;
                 smoke_all(crate::image::Image::for_profile("qemu-test", &root).build()?.image)
@@ -64,6 +68,7 @@ pub fn smoke_all(test_image: PathBuf) -> Result<()> {
         ("setup", Bench::Setup(setup::SetupBench { smoke: true })),
         ("flash", Bench::Flash(flash::FlashBench::smoke())),
         ("cluster", Bench::Cluster(cluster::ClusterBench::smoke())),
+        ("speculative", Bench::Speculative(speculative::SpeculativeBench::smoke())),
     ];
     let mut failed = Vec::new();
     for (name, bench) in benches {

@@ -73,6 +73,10 @@ pub struct EngineConfig {
     /// Whether engines must run on the GPU, so that one on the CPU is an error the owner sees;
     /// unset: when the box has an AMD GPU (and `gpu_layers` is not 0).
     pub expect_gpu: Option<bool>,
+    /// Speculative decoding: `ngram` drafts tokens from sequences the engine has already seen
+    /// (llama-server `--spec-type ngram-mod`), which speeds up answers that repeat what came
+    /// before, such as code being copied or edited, and costs a little on free text.
+    pub speculative: Speculative,
     /// Extra arguments appended to every llama-server command line.
     pub extra_args: Vec<String>,
     /// Environment variables every llama-server gets, e.g. `GGML_VK_VISIBLE_DEVICES`.
@@ -81,6 +85,25 @@ pub struct EngineConfig {
     pub idle_unload_secs: u64,
     /// A child that is not healthy after this long is killed and reported as failed.
     pub startup_timeout_secs: u64,
+}
+
+/// `engine.speculative`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Speculative {
+    #[default]
+    Off,
+    Ngram,
+}
+
+impl Speculative {
+    /// llama-server's arguments for it.
+    pub fn args(self) -> &'static [&'static str] {
+        match self {
+            Speculative::Off => &[],
+            Speculative::Ngram => &["--spec-type", "ngram-mod"],
+        }
+    }
 }
 
 /// llama-server's `--load-mode`, spelled as it takes it.
@@ -248,6 +271,7 @@ impl Default for EngineConfig {
             load_mode: None,
             batch_size: None,
             expect_gpu: None,
+            speculative: Speculative::Off,
             extra_args: Vec::new(),
             env: Default::default(),
             idle_unload_secs: 30 * 60,

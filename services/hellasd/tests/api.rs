@@ -514,3 +514,31 @@ fn a_gateway_reads_the_load_and_a_draining_box_finishes_what_it_runs() {
     assert_eq!(ready(&daemon).0, 200);
     assert_eq!(daemon.post("/v1/chat/completions", &greedy_chat(SMOL, false)).status(), 200, "taking requests again");
 }
+
+/// `engine.speculative = "ngram"`: the engine drafts from what it has seen and the model checks
+/// the drafts, so copying code takes drafted tokens and gives the text it gives without them.
+#[test]
+fn speculative_decoding_drafts_from_what_the_engine_has_seen() {
+    let code: String = (0..8).map(|i| format!("def scale_{i}(x):\n    return x * {i} + {}\n\n", i * i)).collect();
+    let copy = json!({
+        "model": SMOL, "temperature": 0, "seed": 42, "max_tokens": 96,
+        "messages": [{"role": "user", "content": format!("Copy this Python code exactly, without any change:\n\n{code}")}],
+    });
+    let answer = |daemon: &Daemon| -> Value {
+        let response = daemon.post("/v1/chat/completions", &copy);
+        assert_eq!(response.status(), 200);
+        response.json().unwrap()
+    };
+    let plain = Daemon::start(Setup { parallel: 1, ..Setup::default() });
+    let expected = answer(&plain);
+    assert!(expected["timings"]["draft_n"].is_null(), "no drafts without it: {}", expected["timings"]);
+    drop(plain);
+
+    let drafting = Daemon::start(Setup { parallel: 1, speculative: Some("ngram"), ..Setup::default() });
+    answer(&drafting);
+    // The second time, the sequences of the first answer are there to draft from.
+    let drafted = answer(&drafting);
+    let accepted = drafted["timings"]["draft_n_accepted"].as_u64().unwrap_or(0);
+    assert!(accepted > 20, "drafted tokens accepted: {}", drafted["timings"]);
+    assert_eq!(content(&drafted), content(&expected), "the same greedy text");
+}

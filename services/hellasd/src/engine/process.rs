@@ -239,6 +239,7 @@ impl Supervisor {
         cmd.args(["--cache-ram", "0"]);
         let cache_type = c.cache_type.as_str();
         cmd.args(["--cache-type-k", cache_type, "--cache-type-v", cache_type]);
+        cmd.args(c.speculative.args());
         if let Some(threads) = c.threads {
             cmd.args(["--threads", &threads.to_string()]);
         }

@@ -89,6 +89,8 @@ pub struct Setup {
     pub engine_env: Vec<(&'static str, String)>,
     /// `engine.extra_args`, e.g. `--chat-template TEMPLATE`.
     pub engine_args: Vec<String>,
+    /// `engine.speculative`, e.g. `"ngram"`.
+    pub speculative: Option<&'static str>,
     /// `api.metrics_open_to`: networks that may read `/metrics` without a key.
     pub metrics_open_to: Vec<&'static str>,
     /// The API listens on every address, not only on loopback (`url` stays on loopback).
@@ -118,6 +120,7 @@ impl Default for Setup {
             expect_gpu: None,
             engine_env: Vec::new(),
             engine_args: Vec::new(),
+            speculative: None,
             metrics_open_to: Vec::new(),
             api_on_every_address: false,
             engine: None,
@@ -161,6 +164,9 @@ impl Daemon {
         );
         if let Some(expect) = setup.expect_gpu {
             text.push_str(&format!("expect_gpu = {expect}\n"));
+        }
+        if let Some(speculative) = setup.speculative {
+            text.push_str(&format!("speculative = {speculative:?}\n"));
         }
         if !setup.engine_args.is_empty() {
             let args = toml::Value::Array(setup.engine_args.iter().cloned().map(toml::Value::String).collect());
