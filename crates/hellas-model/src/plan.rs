@@ -501,7 +501,7 @@ mod tests {
             parameter_count: 1 << 31,
             file_type: Some("Q4_0".into()),
             chat_template: None,
-            embedding: false,
+            kind: crate::gguf::ModelKind::Generative,
             projector: None,
         }
     }

@@ -1,6 +1,6 @@
 //! Fixtures for tests here and in the crates that use this one (feature `testing`).
 
-use crate::gguf::{GgufFile, ModelInfo, MAGIC};
+use crate::gguf::{GgufFile, ModelInfo, ModelKind, MAGIC};
 use crate::plan::{CacheType, Margin, PlanRequest};
 use crate::split::Member;
 
@@ -34,7 +34,7 @@ pub fn model() -> ModelInfo {
         parameter_count: 135_000_000,
         file_type: Some("Q4_1".into()),
         chat_template: None,
-        embedding: false,
+        kind: ModelKind::Generative,
         projector: None,
     }
 }

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hellas_model::gguf::GgufFile;
+use hellas_model::gguf::{GgufFile, ModelKind};
 use hellas_model::plan::{self, CacheType};
 use hellas_model::projector;
 
@@ -224,7 +224,7 @@ fn planner_matches_llama_server_on_catalog_shapes() {
     let mut projectors: Vec<(&str, PathBuf, Reported)> = Vec::new();
     for c in CASES {
         let info = GgufFile::open(&engine.model(c.model)).unwrap().model_info().unwrap();
-        let real = measure(&engine, c, info.embedding, logs.path());
+        let real = measure(&engine, c, info.kind == ModelKind::Embedding, logs.path());
         assert!(real.model > 0.0 && real.kv > 0.0 && real.compute > 0.0, "no buffer sizes logged for {}", c.model);
 
         let e = plan::estimate(&info, c.ctx, c.parallel, c.cache);

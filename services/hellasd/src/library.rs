@@ -20,7 +20,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use hellas_model::gguf::{split, GgufFile, ModelInfo};
+use hellas_model::gguf::{split, GgufFile, ModelInfo, ModelKind};
 use crate::state_file::{sync_dir, unix_now, StateFile};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -63,11 +63,14 @@ impl ModelEntry {
 }
 
 /// What a model can be asked for, as Ollama's `/api/show` names it: an embedding model makes
-/// embeddings only; a generative one completes text, calls tools when its chat template takes
-/// them, and sees images when it has a projector.
+/// embeddings only; a reranker only reranks (`/v1/rerank`: Ollama has no name or route for
+/// it, so "rerank" is this box's); a generative one completes text, calls tools when its chat
+/// template takes them, and sees images when it has a projector.
 pub fn capabilities(entry: &ModelEntry, info: &ModelInfo) -> Vec<&'static str> {
-    if info.embedding {
-        return vec!["embedding"];
+    match info.kind {
+        ModelKind::Embedding => return vec!["embedding"],
+        ModelKind::Reranker => return vec!["rerank"],
+        ModelKind::Generative => {}
     }
     let mut capabilities = vec!["completion"];
     if info.chat_template.as_deref().is_some_and(|t| t.contains("tools")) {

@@ -10,6 +10,8 @@
 //! question about an image, asked by either client, as llama-server does given the same
 //! projector directly. Tool calls and JSON-schema answers go through the OpenAI, Ollama and
 //! Anthropic routes (`anthropic` package too) in each API's own shape, as llama-server makes them.
+//! A reranker (all-MiniLM-L6-v2 given a classification head by `cargo xtask models`) answers
+//! `/v1/rerank` as llama-server does; no official client reranks, so it is asked over HTTP.
 
 mod support;
 
@@ -23,6 +25,10 @@ use support::{cache_dir, model, Daemon, DirectEngine, Setup, GEMMA, GEMMA_PROJEC
 
 const CHAT_MODEL: &str = "smollm2:135m-q4_1";
 const EMBEDDING_MODEL: &str = "all-minilm:l6-v2";
+/// all-MiniLM-L6-v2 with rank pooling and a classification head of pseudo-random weights, made
+/// by `cargo xtask models` (xtask/scripts/minilm_reranker.py).
+const RERANKER: &str = "minilm-reranker-test-F16.gguf";
+const RERANK_MODEL: &str = "minilm-reranker:test";
 const VISION_REPO: &str = "test/gemma-3-270m-vision-GGUF";
 /// Two alike and one apart; the reference file holds sentence-transformers' vectors for them.
 const SENTENCES: [&str; 3] = ["The cat sits on the mat.", "A cat is sitting on a rug.", "Stock markets fell sharply on Monday."];
@@ -150,6 +156,71 @@ fn embedding_and_vision_models_answer_the_official_clients() {
     assert_eq!(answer, expected, "the box's answer is llama-server's own, image tokens included");
     let ollama = ask("ollama-vision", &[&name]);
     assert_eq!(ollama, expected, "an Ollama message's images reach the engine as OpenAI's image parts do");
+}
+
+#[test]
+fn a_reranker_answers_rerank_as_llama_server_does() {
+    let started = Instant::now();
+    let daemon = Daemon::start(Setup { models: vec![(CHAT_MODEL, SMOLLM), (RERANK_MODEL, RERANKER)], ..Setup::default() });
+    let documents = ["Paris is the capital of France.", "The cat sits on the mat.", "Stock markets fell sharply on Monday.", "Berlin is a city in Germany."];
+    let request = json!({"model": RERANK_MODEL, "query": "What is the capital of France?", "documents": documents});
+    let top_two = json!({"model": RERANK_MODEL, "query": "What is the capital of France?", "documents": documents, "top_n": 2});
+    let rerank = |body: &Value| {
+        let response = daemon.post("/v1/rerank", body);
+        assert_eq!(response.status(), 200);
+        response.json::<Value>().unwrap()
+    };
+
+    // Every document scored once, each differently, the same again when asked again.
+    let answer = rerank(&request);
+    eprintln!("reranked through the box: {answer}");
+    let results = answer["results"].as_array().unwrap_or_else(|| panic!("no results: {answer}"));
+    let mut indices: Vec<u64> = results.iter().map(|r| r["index"].as_u64().unwrap()).collect();
+    indices.sort();
+    assert_eq!(indices, [0, 1, 2, 3], "{answer}");
+    let mut scores: Vec<f64> = results.iter().map(|r| r["relevance_score"].as_f64().unwrap()).collect();
+    scores.sort_by(f64::total_cmp);
+    scores.dedup();
+    assert_eq!(scores.len(), 4, "a score for each document, each its own: {answer}");
+    assert_eq!(rerank(&request), answer, "the same scores again");
+    assert!(answer["usage"]["prompt_tokens"].as_u64().is_some_and(|n| n > 0), "{answer}");
+    let top = rerank(&top_two);
+    assert_eq!(top["results"].as_array().unwrap().len(), 2, "top_n: {top}");
+
+    // Each kind of model is asked for what it does, or told which to ask.
+    let refused = daemon.post("/v1/rerank", &json!({"model": CHAT_MODEL, "query": "q", "documents": ["d"]}));
+    assert_eq!(refused.status(), 400);
+    let refused: Value = refused.json().unwrap();
+    eprintln!("chat model asked to rerank: {refused}");
+    assert_eq!(refused["error"]["type"], "model_not_reranker", "{refused}");
+    assert!(refused["error"]["message"].as_str().unwrap().contains(RERANK_MODEL), "names the reranker: {refused}");
+    let chat = daemon.post("/v1/chat/completions", &json!({"model": RERANK_MODEL, "messages": [{"role": "user", "content": "hi"}]}));
+    assert_eq!(chat.status(), 400);
+    let chat: Value = chat.json().unwrap();
+    eprintln!("reranker asked to chat: {chat}");
+    assert!(chat["error"]["message"].as_str().unwrap().contains("/v1/rerank"), "{chat}");
+    let embeddings = daemon.post("/v1/embeddings", &json!({"model": RERANK_MODEL, "input": "hi"}));
+    assert_eq!(embeddings.status(), 400, "a reranker's embeddings would be its score, not a vector");
+    let ollama = daemon.post("/api/chat", &json!({"model": RERANK_MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": false}));
+    assert_eq!(ollama.status(), 400);
+    let shown: Value = daemon.post("/api/show", &json!({"model": RERANK_MODEL})).json().unwrap();
+    assert_eq!(shown["capabilities"], json!(["rerank"]), "{shown}");
+    let anonymous = daemon.client().post(format!("{}/v1/rerank", daemon.url)).json(&request).send().unwrap();
+    assert_eq!(anonymous.status(), 401, "reranking needs an API key like every model route");
+    let metrics = daemon.get("/metrics").text().unwrap();
+    for (model, status, count) in [(RERANK_MODEL, 200, 3), (CHAT_MODEL, 400, 1)] {
+        let line = format!("hellas_requests_total{{route=\"/v1/rerank\",model=\"{model}\",status=\"{status}\"}} {count}");
+        assert!(metrics.contains(&line), "{line} in {metrics}");
+    }
+    drop(daemon);
+
+    // llama-server started directly with --reranking gives the same answers.
+    let direct = DirectEngine::start_with(&model(RERANKER), 2048, 2, &[OsStr::new("--reranking")]);
+    let expected: Value = direct.post("/v1/rerank", &request).json().unwrap();
+    eprintln!("reranked by llama-server directly: {expected}");
+    assert_eq!(answer, expected, "the box's answer is llama-server's own");
+    assert_eq!(top, direct.post("/v1/rerank", &top_two).json::<Value>().unwrap(), "top_n: the box's answer is llama-server's own");
+    eprintln!("reranking through the box and directly: {:.1}s", started.elapsed().as_secs_f64());
 }
 
 #[test]

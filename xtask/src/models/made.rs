@@ -1,9 +1,10 @@
 //! Test models made here by a script under `xtask/scripts/`, for the model kinds no small GGUF
 //! is published for where the tests fetch from: the embedding model, converted from published
-//! weights (checked against a pinned sha256), and the vision projector paired with Gemma 3 270M.
-//! Each is written into a temporary folder with the files the script writes beside it, then
-//! renamed into `models/`; a stamp beside it (the digest of the script, the Python packages' pins
-//! and the inputs) makes a rerun rebuild it only when one of those changes.
+//! weights (checked against a pinned sha256), the reranker made from it, and the vision
+//! projector paired with Gemma 3 270M. Each is written into a temporary folder with the files
+//! the script writes beside it, then renamed into `models/`; a stamp beside it (the digest of
+//! the script, the Python packages' pins and the inputs) makes a rerun rebuild it only when one
+//! of those changes.
 
 use std::fs;
 use std::path::Path;
@@ -18,9 +19,12 @@ use crate::{cache, workspace};
 pub struct Made {
     /// Its name in `models/`.
     file: &'static str,
-    /// Run as `python3 xtask/scripts/SCRIPT [SOURCE_DIR] OUT BESIDE...`.
+    /// Run as `python3 xtask/scripts/SCRIPT [SOURCE_DIR] [FROM] OUT BESIDE...`.
     script: &'static str,
     source: Option<Source>,
+    /// A model made before it in [`MADE`] that it is made from, passed as `FROM`; its stamp is
+    /// part of this one's, so remaking it remakes this.
+    from: Option<&'static str>,
     /// Files the script writes beside the model, e.g. reference outputs for the tests.
     beside: &'static [&'static str],
 }
@@ -47,12 +51,21 @@ pub const MADE: &[Made] = &[
             weights: "model.safetensors",
             sha256: "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
         }),
+        from: None,
         beside: &["all-MiniLM-L6-v2.reference.json"],
+    },
+    Made {
+        file: "minilm-reranker-test-F16.gguf",
+        script: "minilm_reranker.py",
+        source: None,
+        from: Some("all-MiniLM-L6-v2-F16.gguf"),
+        beside: &[],
     },
     Made {
         file: "mmproj-gemma-3-270m-test-F16.gguf",
         script: "gemma3_projector.py",
         source: None,
+        from: None,
         beside: &[],
     },
 ];
@@ -62,7 +75,7 @@ pub fn make(model: &Made, models: &Path, wheels: &Path, python: &Path) -> Result
     let dest = models.join(model.file);
     let stamp_path = models.join(format!("{}.stamp", model.file));
     let script = workspace::root()?.join("xtask/scripts").join(model.script);
-    let stamp = stamp(model, &script, python)?;
+    let stamp = stamp(model, &script, python, models)?;
     cache::remove_stale(&dest)?;
     let present = dest.is_file() && model.beside.iter().all(|f| models.join(f).is_file());
     if present && fs::read_to_string(&stamp_path).ok().as_deref() == Some(stamp.as_str()) {
@@ -76,6 +89,9 @@ pub fn make(model: &Made, models: &Path, wheels: &Path, python: &Path) -> Result
         let mut args = vec![script.into_os_string()];
         if let Some(source) = &model.source {
             args.push(unpack(source, wheels, &staging)?.into_os_string());
+        }
+        if let Some(from) = model.from {
+            args.push(models.join(from).into_os_string());
         }
         args.push(staging.join(model.file).into_os_string());
         args.extend(
@@ -116,8 +132,8 @@ pub fn make(model: &Made, models: &Path, wheels: &Path, python: &Path) -> Result
 }
 
 /// The digest of what the model is made from: the script, the Python packages it runs with
-/// (their pins) and the pinned inputs.
-fn stamp(model: &Made, script: &Path, python: &Path) -> Result<String> {
+/// (their pins), the pinned inputs and the stamp of the model it is made from.
+fn stamp(model: &Made, script: &Path, python: &Path, models: &Path) -> Result<String> {
     let mut hasher = Sha256::new();
     hasher.update(fs::read(script).with_context(|| format!("reading {}", script.display()))?);
     hasher.update(fs::read(python.join("pins.txt")).unwrap_or_default());
@@ -126,6 +142,12 @@ fn stamp(model: &Made, script: &Path, python: &Path) -> Result<String> {
             "\n{}=={} {}",
             source.wheel.package, source.wheel.version, source.sha256
         ));
+    }
+    if let Some(from) = model.from {
+        let from_stamp = models.join(format!("{from}.stamp"));
+        hasher.update(
+            fs::read(&from_stamp).with_context(|| format!("reading {}", from_stamp.display()))?,
+        );
     }
     Ok(hex::encode(hasher.finalize()) + "\n")
 }

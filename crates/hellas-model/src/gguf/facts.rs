@@ -109,9 +109,7 @@ impl GgufFile {
             parameter_count,
             file_type,
             chat_template: self.get_str("tokenizer.chat_template").map(str::to_string),
-            // llama.cpp's LLAMA_POOLING_TYPE_NONE is 0; mean, CLS, last and rank pool the
-            // output into one vector per input, which is what an embedding model is for.
-            embedding: self.get_u32(&key("pooling_type"))?.is_some_and(|pooling| pooling != 0),
+            kind: ModelKind::of_pooling(self.get_u32(&key("pooling_type"))?),
             projector: None,
         })
     }
@@ -259,11 +257,39 @@ pub struct ModelInfo {
     /// e.g. "Q4_K_M", from `general.file_type`.
     pub file_type: Option<String>,
     pub chat_template: Option<String>,
-    /// An embedding model: it pools its output into one vector per input (`{arch}.pooling_type`).
-    pub embedding: bool,
+    /// What it is for: generating text, embeddings or reranking (`{arch}.pooling_type`).
+    pub kind: ModelKind,
     /// The vision projector llama-server loads beside the model (`--mmproj`): not in the model's
     /// file, so set by whoever pairs the two; the plan counts it.
     pub projector: Option<crate::projector::ProjectorEstimate>,
+}
+
+/// What a model is for, which decides how llama-server is started for it and which routes it
+/// answers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelKind {
+    /// It generates text: chat, completions.
+    #[default]
+    Generative,
+    /// It pools its output into one vector per input (`--embeddings`, `/v1/embeddings`).
+    Embedding,
+    /// A cross-encoder: it scores a query against each document through a classification head
+    /// (`--reranking`, `/v1/rerank`).
+    Reranker,
+}
+
+impl ModelKind {
+    /// By llama.cpp's `enum llama_pooling_type`: NONE (0) or none given generates; mean (1), CLS
+    /// (2) and last (3) pool into an embedding; RANK (4) pools the first token into the
+    /// classification head's score.
+    pub fn of_pooling(pooling_type: Option<u32>) -> ModelKind {
+        match pooling_type {
+            None | Some(0) => ModelKind::Generative,
+            Some(4) => ModelKind::Reranker,
+            Some(_) => ModelKind::Embedding,
+        }
+    }
 }
 
 impl ModelInfo {

@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use std::io;
 use std::path::PathBuf;
 
-pub use facts::{file_type_name, ModelInfo};
+pub use facts::{file_type_name, ModelInfo, ModelKind};
 pub use types::{GgmlType, MetaArray, MetaType, MetaValue, TensorInfo};
 
 /// The four bytes every GGUF file starts with.

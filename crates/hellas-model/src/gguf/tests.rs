@@ -257,14 +257,17 @@ fn real_models_if_present() {
 }
 
 #[test]
-fn a_pooling_model_is_an_embedding_model() {
-    let info = |builder: GgufBuilder| {
+fn the_pooling_type_says_the_kind_of_model() {
+    let kind = |builder: GgufBuilder| {
         let bytes = builder.build();
-        GgufFile::parse(&bytes[..], bytes.len() as u64).unwrap().model_info().unwrap()
+        GgufFile::parse(&bytes[..], bytes.len() as u64).unwrap().model_info().unwrap().kind
     };
-    assert!(!info(small_model()).embedding);
-    assert!(!info(small_model().u32("llama.pooling_type", 0)).embedding, "pooling none: a generative model");
-    assert!(info(small_model().u32("llama.pooling_type", 1)).embedding, "mean pooling: an embedding model");
+    assert_eq!(kind(small_model()), ModelKind::Generative);
+    assert_eq!(kind(small_model().u32("llama.pooling_type", 0)), ModelKind::Generative, "pooling none");
+    for pooling in [1, 2, 3] {
+        assert_eq!(kind(small_model().u32("llama.pooling_type", pooling)), ModelKind::Embedding, "mean, CLS, last pooling");
+    }
+    assert_eq!(kind(small_model().u32("llama.pooling_type", 4)), ModelKind::Reranker, "rank pooling: a classification head's score");
 }
 
 /// Every input in the fuzz corpus (real headers) and every crasher the fuzzer ever found, through

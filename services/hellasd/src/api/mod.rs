@@ -20,6 +20,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use hellas_model::gguf::ModelKind;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
@@ -40,6 +41,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/completions", post(openai::completions))
         .route("/v1/embeddings", post(openai::embeddings))
+        .route("/v1/rerank", post(openai::rerank))
         .route("/v1/responses", post(openai::responses))
         .route("/v1/messages", post(openai::messages))
         .route("/v1/messages/count_tokens", post(openai::count_tokens))
@@ -221,23 +223,42 @@ pub struct Dispatched {
 }
 
 impl AppState {
-    /// Refuses what the model's kind cannot answer (embeddings from a chat model, chat from an
-    /// embedding model) with what to use instead, rather than the engine's bare 501.
+    /// Refuses what the model's kind cannot answer (embeddings or reranking from a chat model,
+    /// chat from an embedding model or a reranker, one of those two asked for the other's work)
+    /// with what to use instead, rather than the engine's bare 501 or 500.
     fn check_kind(&self, entry: &ModelEntry, path: &str) -> Result<(), ApiError> {
-        let embedding = |entry: &ModelEntry| self.supervisor.model_info(entry).is_ok_and(|info| info.embedding);
-        let wants_embeddings = path == "/v1/embeddings";
-        if wants_embeddings == embedding(entry) {
+        let kind = |entry: &ModelEntry| self.supervisor.model_info(entry).map_or(ModelKind::Generative, |info| info.kind);
+        let wanted = match path {
+            "/v1/embeddings" => ModelKind::Embedding,
+            "/v1/rerank" => ModelKind::Reranker,
+            _ => ModelKind::Generative,
+        };
+        let is = kind(entry);
+        if is == wanted {
             return Ok(());
         }
-        if !wants_embeddings {
-            return Err(ApiError::bad_request(format!("model '{}' is an embedding model: ask it through /v1/embeddings (Ollama: /api/embed)", entry.name)));
-        }
-        let models: Vec<String> = self.library.list().unwrap_or_default().into_iter().filter(|e| embedding(e)).map(|e| e.name).collect();
+        let (code, refusal, example) = match wanted {
+            ModelKind::Generative => {
+                let ask = match is {
+                    ModelKind::Reranker => "a reranker: ask it through /v1/rerank",
+                    _ => "an embedding model: ask it through /v1/embeddings (Ollama: /api/embed)",
+                };
+                return Err(ApiError::bad_request(format!("model '{}' is {ask}", entry.name)));
+            }
+            ModelKind::Embedding => ("model_not_embedding", "makes no embeddings", "an embedding GGUF"),
+            ModelKind::Reranker => ("model_not_reranker", "does not rerank", "a reranker GGUF (rank pooling, e.g. bge-reranker-v2-m3)"),
+        };
+        let what = match is {
+            ModelKind::Generative => "it generates text",
+            ModelKind::Embedding => "it is an embedding model",
+            ModelKind::Reranker => "it is a reranker",
+        };
+        let models: Vec<String> = self.library.list().unwrap_or_default().into_iter().filter(|e| kind(e) == wanted).map(|e| e.name).collect();
         let instead = match models.as_slice() {
-            [] => "there is none in the library: pull one, e.g. `hellasd models pull hf.co/ORG/REPO:QUANT` of an embedding GGUF".to_string(),
+            [] => format!("there is none in the library: pull one, e.g. `hellasd models pull hf.co/ORG/REPO:QUANT` of {example}"),
             models => format!("use {}", models.join(" or ")),
         };
-        Err(ApiError::new(StatusCode::BAD_REQUEST, "model_not_embedding", format!("model '{}' makes no embeddings (it generates text); {instead}", entry.name)))
+        Err(ApiError::new(StatusCode::BAD_REQUEST, code, format!("model '{}' {refusal} ({what}); {instead}", entry.name)))
     }
 
     /// Admits a request for `model` and sends `body` to `path` on its engine.

@@ -33,6 +33,12 @@ pub async fn embeddings(state: State<Arc<AppState>>, key: Extension<ClientKey>, 
     passthrough(state, key, body, "/v1/embeddings").await
 }
 
+/// Reranking, as Jina's and Cohere's APIs shape it (`query`, `documents`, `top_n`), by a
+/// reranker model.
+pub async fn rerank(state: State<Arc<AppState>>, key: Extension<ClientKey>, body: Body) -> Result<Response, ApiError> {
+    passthrough(state, key, body, "/v1/rerank").await
+}
+
 /// OpenAI's Responses API.
 pub async fn responses(state: State<Arc<AppState>>, key: Extension<ClientKey>, body: Body) -> Response {
     passthrough(state, key, body, "/v1/responses").await.unwrap_or_else(|e| e.into_openai())

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use hellas_model::gguf::ModelKind;
 use hellas_model::plan::Plan;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::sync::watch;
@@ -220,8 +221,19 @@ impl Supervisor {
         if let Some(projector) = self.library.projector_path(entry) {
             cmd.arg("--mmproj").arg(projector);
         }
-        if self.model_info(entry).is_ok_and(|info| info.embedding) {
-            cmd.arg("--embeddings");
+        // llama-server answers embeddings, or reranking, only when told to (501 otherwise);
+        // `--reranking` turns embeddings on with rank pooling, which a reranker's file says too.
+        // Only a model that generates text has anything to draft.
+        match self.model_info(entry).map(|info| info.kind) {
+            Ok(ModelKind::Embedding) => {
+                cmd.arg("--embeddings");
+            }
+            Ok(ModelKind::Reranker) => {
+                cmd.arg("--reranking");
+            }
+            Ok(ModelKind::Generative) | Err(_) => {
+                cmd.args(c.speculative.args());
+            }
         }
         cmd.args(["--alias", &entry.name, "--host", "127.0.0.1", "--port", &port.to_string()]);
         // Level 4 makes llama-server log its devices and buffers as it loads, which is how
@@ -239,7 +251,6 @@ impl Supervisor {
         cmd.args(["--cache-ram", "0"]);
         let cache_type = c.cache_type.as_str();
         cmd.args(["--cache-type-k", cache_type, "--cache-type-v", cache_type]);
-        cmd.args(c.speculative.args());
         if let Some(threads) = c.threads {
             cmd.args(["--threads", &threads.to_string()]);
         }

@@ -130,7 +130,7 @@ mod tests {
     use std::num::NonZeroU32;
     use std::sync::Arc;
 
-    use hellas_model::gguf::ModelInfo;
+    use hellas_model::gguf::{ModelInfo, ModelKind};
     use hellas_model::plan::{self as planner, CacheType, PlanRequest};
 
     use super::*;
@@ -140,18 +140,31 @@ mod tests {
 
     /// The arguments hellasd starts an engine with, on a box whose engines are on its GPU or not.
     fn engine_args(config: EngineConfig, on_gpu: bool) -> Vec<String> {
+        model_engine_args(config, on_gpu, None)
+    }
+
+    /// The same for a model in the library made of `gguf`; with none, for a model whose file
+    /// cannot be read.
+    fn model_engine_args(config: EngineConfig, on_gpu: bool, gguf: Option<Vec<u8>>) -> Vec<String> {
         let dir = tempfile::tempdir().unwrap();
-        let library = Arc::new(ModelLibrary::open(dir.path().to_path_buf()));
-        let supervisor = Supervisor::new(config, Default::default(), 1 << 30, on_gpu, library, Arc::new(Metrics::new()));
-        let entry = ModelEntry {
-            name: "tiny".into(),
-            sha256: "0".repeat(64),
-            size: 0,
-            added: 0,
-            parts: Vec::new(),
-            projector: None,
-            source: None,
+        let library = Arc::new(ModelLibrary::open(dir.path().join("library")));
+        let entry = match gguf {
+            Some(bytes) => {
+                let file = dir.path().join("tiny.gguf");
+                std::fs::write(&file, bytes).unwrap();
+                library.add_file(&file, "tiny").unwrap()
+            }
+            None => ModelEntry {
+                name: "tiny".into(),
+                sha256: "0".repeat(64),
+                size: 0,
+                added: 0,
+                parts: Vec::new(),
+                projector: None,
+                source: None,
+            },
         };
+        let supervisor = Supervisor::new(config, Default::default(), 1 << 30, on_gpu, library, Arc::new(Metrics::new()));
         let request = PlanRequest { ctx: 2048, parallel: 1, cache_type: CacheType::F16, budget: 1 << 30 };
         let command = supervisor.command(&entry, 8080, &planner::plan(&tiny_model(), &request));
         command.as_std().get_args().map(|a| a.to_string_lossy().into_owned()).collect()
@@ -188,7 +201,7 @@ mod tests {
             parameter_count: 1 << 19,
             file_type: None,
             chat_template: None,
-            embedding: false,
+            kind: ModelKind::Generative,
             projector: None,
         }
     }
@@ -202,6 +215,32 @@ mod tests {
             assert_eq!(value(&args, "--batch-size"), table.batch.to_string());
             assert_eq!(value(&args, "--ubatch-size"), table.ubatch.to_string());
             assert_eq!(value(&args, "--load-mode"), table.load_mode.as_str());
+        }
+    }
+
+    #[test]
+    fn an_engine_is_started_for_what_its_model_is_for() {
+        // llama-server answers /v1/embeddings only with --embeddings and /v1/rerank only with
+        // --reranking; the model's pooling type says which it is.
+        let model = |pooling: Option<u32>| {
+            let mut builder = hellas_model::testing::GgufBuilder::new()
+                .str("general.architecture", "bert")
+                .u32("bert.block_count", 1)
+                .u32("bert.context_length", 512)
+                .u32("bert.embedding_length", 64)
+                .u32("bert.attention.head_count", 4)
+                .u32("bert.feed_forward_length", 128)
+                .tensor("token_embd.weight", &[64, 256], 0, 64 * 256 * 4);
+            if let Some(pooling) = pooling {
+                builder = builder.u32("bert.pooling_type", pooling);
+            }
+            builder.build()
+        };
+        for (pooling, flag) in [(None, None), (Some(0), None), (Some(1), Some("--embeddings")), (Some(2), Some("--embeddings")), (Some(4), Some("--reranking"))] {
+            let args = model_engine_args(EngineConfig::default(), false, Some(model(pooling)));
+            for kind_flag in ["--embeddings", "--reranking"] {
+                assert_eq!(args.iter().any(|a| a == kind_flag), flag == Some(kind_flag), "pooling {pooling:?}: {args:?}");
+            }
         }
     }
 
