@@ -75,7 +75,7 @@ pub struct EngineConfig {
     pub expect_gpu: Option<bool>,
     /// Speculative decoding: `ngram` drafts tokens from sequences the engine has already seen
     /// (llama-server `--spec-type ngram-mod`), which speeds up answers that repeat what came
-    /// before, such as code being copied or edited, and costs a little on free text.
+    /// before, such as code being copied or edited; on free text it gains or costs a little.
     pub speculative: Speculative,
     /// Extra arguments appended to every llama-server command line.
     pub extra_args: Vec<String>,
