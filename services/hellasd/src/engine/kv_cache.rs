@@ -4,8 +4,14 @@
 //! it has generated so far (`n_prompt_tokens` counts both as it goes); an idle slot's cells only
 //! keep a prefix llama-server may reuse or overwrite, so they count as free, as a freed block
 //! in vLLM's prefix cache does.
+//!
+//! llama-server answers `/slots` between two decoding steps, with every slot's parameters. A
+//! gateway's endpoint picker scrapes every 50 ms by default; so an engine is asked at most once
+//! per [`FRESH_FOR`] and scrapes in between get that answer.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
@@ -29,14 +35,38 @@ fn usage(slots: &[Slot]) -> f64 {
     held as f64 / total as f64
 }
 
+/// How long an engine's answer stands for the next scrapes.
+const FRESH_FOR: Duration = Duration::from_millis(250);
+
+/// The last answer of each engine (by its process), with when it was read.
+#[derive(Default)]
+pub struct KvCacheReadings(Mutex<HashMap<u32, (Instant, f64)>>);
+
+impl KvCacheReadings {
+    fn fresh(&self, pid: u32, now: Instant) -> Option<f64> {
+        self.0.lock().unwrap().get(&pid).filter(|(at, _)| now.duration_since(*at) < FRESH_FOR).map(|(_, usage)| *usage)
+    }
+
+    fn keep(&self, pid: u32, now: Instant, usage: f64) {
+        let mut readings = self.0.lock().unwrap();
+        // Engines come and go; the stale readings of those gone are dropped on the way.
+        readings.retain(|_, (at, _)| now.duration_since(*at) < FRESH_FOR);
+        readings.insert(pid, (now, usage));
+    }
+}
+
 impl Supervisor {
-    /// The share of `engine`'s KV cache in use; `None` when it does not say within a moment
-    /// (it answers `/slots` between two decoding steps).
+    /// The share of `engine`'s KV cache in use; `None` when it does not say within a moment.
     pub async fn kv_cache_usage(&self, engine: &Engine) -> Option<f64> {
+        if let Some(usage) = self.kv_cache.fresh(engine.pid, Instant::now()) {
+            return Some(usage);
+        }
         let url = format!("{}/slots", engine.base_url());
         let response = self.http.get(&url).timeout(Duration::from_millis(500)).send().await.ok()?;
         let slots: Vec<Slot> = response.error_for_status().ok()?.json().await.ok()?;
-        Some(usage(&slots))
+        let usage = usage(&slots);
+        self.kv_cache.keep(engine.pid, Instant::now(), usage);
+        Some(usage)
     }
 }
 
@@ -55,5 +85,18 @@ mod tests {
         assert_eq!(usage(&[]), 0.0);
         let overfull = [Slot { n_ctx: 10, is_processing: true, n_prompt_tokens: 50 }];
         assert_eq!(usage(&overfull), 1.0);
+    }
+
+    #[test]
+    fn a_reading_stands_for_a_quarter_second() {
+        let readings = KvCacheReadings::default();
+        let at = Instant::now();
+        assert_eq!(readings.fresh(7, at), None);
+        readings.keep(7, at, 0.5);
+        assert_eq!(readings.fresh(7, at + Duration::from_millis(200)), Some(0.5));
+        assert_eq!(readings.fresh(7, at + FRESH_FOR), None, "then the engine is asked again");
+        assert_eq!(readings.fresh(8, at), None, "each engine its own");
+        readings.keep(8, at + FRESH_FOR, 0.1);
+        assert_eq!(readings.0.lock().unwrap().len(), 1, "stale readings are dropped");
     }
 }

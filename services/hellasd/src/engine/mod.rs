@@ -117,6 +117,8 @@ pub struct Supervisor {
     sandbox: Sandbox,
     /// llama-server's version, once asked.
     engine_version: tokio::sync::OnceCell<Option<String>>,
+    /// The engines' latest KV-cache use, for the gateway's scrapes.
+    kv_cache: kv_cache::KvCacheReadings,
 }
 
 impl Supervisor {
@@ -135,6 +137,7 @@ impl Supervisor {
             pool: OnceLock::new(),
             sandbox,
             engine_version: tokio::sync::OnceCell::new(),
+            kv_cache: Default::default(),
         })
     }
 
