@@ -236,11 +236,14 @@ mod tests {
             }
             builder.build()
         };
+        // Speculative decoding, when on, only for a model that generates: the others draft nothing.
+        let drafting = EngineConfig { speculative: crate::config::Speculative::Ngram, ..EngineConfig::default() };
         for (pooling, flag) in [(None, None), (Some(0), None), (Some(1), Some("--embeddings")), (Some(2), Some("--embeddings")), (Some(4), Some("--reranking"))] {
-            let args = model_engine_args(EngineConfig::default(), false, Some(model(pooling)));
+            let args = model_engine_args(drafting.clone(), false, Some(model(pooling)));
             for kind_flag in ["--embeddings", "--reranking"] {
                 assert_eq!(args.iter().any(|a| a == kind_flag), flag == Some(kind_flag), "pooling {pooling:?}: {args:?}");
             }
+            assert_eq!(args.iter().any(|a| a == "--spec-type"), flag.is_none(), "pooling {pooling:?}: {args:?}");
         }
     }
 
