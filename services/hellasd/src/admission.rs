@@ -61,7 +61,9 @@ impl Admission {
 
     /// Starts or ends draining.
     pub fn set_draining(&self, draining: bool) {
-        self.draining.store(draining, Ordering::SeqCst);
+        if self.draining.swap(draining, Ordering::SeqCst) != draining {
+            tracing::info!("{}", if draining { "draining: taking no new requests" } else { "draining ended: taking requests again" });
+        }
     }
 
     pub fn is_draining(&self) -> bool {

@@ -513,6 +513,20 @@ fn a_gateway_reads_the_load_and_a_draining_box_finishes_what_it_runs() {
     assert_eq!(drain(&["--off"]), "ready");
     assert_eq!(ready(&daemon).0, 200);
     assert_eq!(daemon.post("/v1/chat/completions", &greedy_chat(SMOL, false)).status(), 200, "taking requests again");
+
+    // The owner drains from the dashboard too; while it lasts the dashboard says so, with the
+    // button that ends it.
+    let mut owner = Visitor::login(&daemon);
+    let csrf = owner.csrf("/dashboard");
+    assert!(!owner.get("/dashboard").text().unwrap().contains("id=\"draining\""));
+    assert_eq!(owner.post("/drain", &[("csrf", &csrf), ("drain", "true")]).status(), 303);
+    assert_eq!(ready(&daemon).2["status"], "drained");
+    let page = owner.get("/dashboard").text().unwrap();
+    assert!(page.contains("id=\"draining\"") && page.contains("This box is drained") && page.contains("id=\"end-drain\""), "{page}");
+    assert_eq!(owner.post("/drain", &[("csrf", "forged"), ("drain", "false")]).status(), 403, "a forged form changes nothing");
+    assert_eq!(ready(&daemon).0, 503);
+    assert_eq!(owner.post("/drain", &[("csrf", &csrf), ("drain", "false")]).status(), 303);
+    assert_eq!(ready(&daemon).0, 200);
 }
 
 /// `engine.speculative = "ngram"`: the engine drafts from what it has seen and the model checks

@@ -141,7 +141,6 @@ async fn drain(State(state): State<Arc<AppState>>, request: Request) -> Result<J
     }
     let (_, request): (_, DrainRequest) = read_json(&state, request.into_body()).await?;
     state.admission.set_draining(request.drain);
-    tracing::info!("{}", if request.drain { "draining: taking no new requests" } else { "draining ended: taking requests again" });
     Ok(Json(state.drain_status()))
 }
 

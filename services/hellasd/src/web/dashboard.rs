@@ -60,8 +60,21 @@ pub async fn dashboard(State(state): St, Owner(session): Owner) -> Response {
         "memory": memory_bar(&state, used), "models": models, "downloads": downloads, "keys": keys, "bench": bench,
         "recent": recent, "ssh_key_count": file.settings.ssh_keys.len(), "settings": file.settings, "tuning": tuning, "update": update,
         "wipe_request": state.cluster.as_ref().and_then(|c| c.wipe_request()),
+        "draining": state.admission.is_draining().then(|| state.drain_status()),
     });
     Page::new("dashboard", format!("{}.local", file.settings.box_name), data).render(&session)
+}
+
+#[derive(Deserialize)]
+pub struct DrainForm {
+    csrf: String,
+    drain: bool,
+}
+
+/// Starts or ends draining from the dashboard, as `hellasd drain` does on the box.
+pub async fn drain(State(state): St, OwnerForm(_session, form): OwnerForm<DrainForm>) -> Response {
+    state.admission.set_draining(form.drain);
+    redirect("/dashboard")
 }
 
 /// `/metrics` for the owner's browser session, as the API serves it to API keys.
@@ -204,4 +217,4 @@ fn recent_rows(recent: &VecDeque<crate::app::RecentRequest>) -> Vec<Value> {
         .collect()
 }
 
-csrf_forms!(UpdateForm, InstallForm);
+csrf_forms!(UpdateForm, InstallForm, DrainForm);

@@ -64,6 +64,7 @@ pub fn router(state: Arc<AppState>, https: bool) -> Router {
         .route("/setup/restore", post(backup::restore).layer(axum::extract::DefaultBodyLimit::max(1 << 20)))
         .route("/update", get(dashboard::update_status).post(dashboard::request_update))
         .route("/install", post(dashboard::request_install))
+        .route("/drain", post(dashboard::drain))
         .route("/pool", get(pool::pool_page))
         .route("/pool.json", get(pool::pool_json))
         .route("/pool/code", post(pool::new_code))

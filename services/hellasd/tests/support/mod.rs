@@ -57,7 +57,14 @@ pub fn hellasd() -> Command {
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    free_ports::<1>()[0]
+}
+
+/// `N` distinct free ports: each listener is held until all are chosen, since the kernel may
+/// hand a port it just got back to the next `bind` to port 0.
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let listeners: Vec<_> = (0..N).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    std::array::from_fn(|i| listeners[i].local_addr().unwrap().port())
 }
 
 /// Runs a hellasd command and returns its output, whether it succeeded or not.
@@ -146,9 +153,7 @@ pub struct Daemon {
 impl Daemon {
     pub fn start(setup: Setup) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let web_port = free_port();
-        let tls_port = free_port();
+        let [port, web_port, tls_port] = free_ports();
         let config = dir.path().join("hellasd.toml");
         let mut text = format!(
             "state_dir = {state:?}\n[api]\nlisten = \"{ip}:{port}\"\nqueue_depth = {queue}\nmax_body_bytes = 1048576\nmetrics_open_to = {open:?}\n\
