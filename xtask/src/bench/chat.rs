@@ -45,6 +45,20 @@ pub fn healthy(agent: &ureq::Agent, base: &str) -> bool {
         .is_ok_and(|response| response.status() == 200)
 }
 
+/// `POST {base}{path}` with `body`, and its JSON answer.
+pub fn post_json(agent: &ureq::Agent, base: &str, path: &str, body: &Value) -> Result<Value> {
+    let url = format!("{base}{path}");
+    let text = agent
+        .post(&url)
+        .header("Content-Type", "application/json")
+        .send(&body.to_string())
+        .with_context(|| format!("POST {url}"))?
+        .into_body()
+        .read_to_string()
+        .with_context(|| format!("reading the answer to POST {url}"))?;
+    serde_json::from_str(&text).with_context(|| format!("POST {url} answered no JSON: {text}"))
+}
+
 /// Sends `request` (which must ask for `stream: true`) and reads the event stream to its end.
 pub fn stream(agent: &ureq::Agent, endpoint: &Endpoint, request: &Value) -> Result<Timed> {
     let url = format!("{}/v1/chat/completions", endpoint.base);

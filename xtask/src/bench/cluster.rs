@@ -9,7 +9,7 @@ use std::ffi::OsString;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::servers::{free_port, Scratch, Server};
 use super::{load_average, median, Machine};
@@ -173,20 +173,11 @@ fn wait_for_port(port: u16) -> Result<()> {
 fn complete(agent: &ureq::Agent, base: &str) -> Result<(f64, f64, String)> {
     let prompt = "The history of the lighthouse is a history of people who kept a light burning for strangers. ".repeat(16);
     let body = json!({ "prompt": prompt, "n_predict": PREDICT, "temperature": 0, "cache_prompt": false, "ignore_eos": true });
-    let url = format!("{base}/completion");
-    let text = agent
-        .post(&url)
-        .header("Content-Type", "application/json")
-        .send(&body.to_string())
-        .with_context(|| format!("POST {url}"))?
-        .into_body()
-        .read_to_string()
-        .with_context(|| format!("reading the answer to POST {url}"))?;
-    let answer: Value = serde_json::from_str(&text).with_context(|| format!("POST {url} answered no JSON: {text}"))?;
+    let answer = super::chat::post_json(agent, base, "/completion", &body)?;
     let timings = &answer["timings"];
     let (prefill, decode) = (timings["prompt_per_second"].as_f64(), timings["predicted_per_second"].as_f64());
     match (prefill, decode) {
         (Some(p), Some(d)) => Ok((p, d, answer["content"].as_str().unwrap_or_default().to_string())),
-        _ => bail!("POST {url} reported no timings: {answer}"),
+        _ => bail!("{base}/completion reported no timings: {answer}"),
     }
 }

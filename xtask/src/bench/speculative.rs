@@ -10,7 +10,7 @@ use std::ffi::OsString;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::servers::{free_port, Scratch, Server};
 use super::{load_average, median, Machine};
@@ -162,18 +162,9 @@ fn complete(agent: &ureq::Agent, base: &str, prompt: &str) -> Result<Answer> {
         "messages": [{ "role": "user", "content": prompt }],
         "max_tokens": PREDICT, "temperature": 0, "seed": 42, "ignore_eos": true,
     });
-    let url = format!("{base}/v1/chat/completions");
-    let text = agent
-        .post(&url)
-        .header("Content-Type", "application/json")
-        .send(&body.to_string())
-        .with_context(|| format!("POST {url}"))?
-        .into_body()
-        .read_to_string()
-        .with_context(|| format!("reading the answer to POST {url}"))?;
-    let answer: Value = serde_json::from_str(&text).with_context(|| format!("POST {url} answered no JSON: {text}"))?;
+    let answer = super::chat::post_json(agent, base, "/v1/chat/completions", &body)?;
     let timings = &answer["timings"];
-    let Some(decode) = timings["predicted_per_second"].as_f64() else { bail!("POST {url} reported no timings: {answer}") };
+    let Some(decode) = timings["predicted_per_second"].as_f64() else { bail!("{base} reported no timings: {answer}") };
     Ok(Answer {
         decode,
         drafted: timings["draft_n"].as_u64().unwrap_or(0),
