@@ -129,6 +129,14 @@ impl Machine {
 }
 
 /// The 1-minute load average, to tell a quiet machine from a busy one.
+/// Fails naming the first of `files` (the engine's programs, the test models) that is not there.
+pub fn require_built<P: AsRef<Path>>(files: &[P]) -> Result<()> {
+    if let Some(missing) = files.iter().map(AsRef::as_ref).find(|file| !file.is_file()) {
+        bail!("{} is missing: run `cargo xtask engine` and `cargo xtask models` first", missing.display());
+    }
+    Ok(())
+}
+
 pub fn load_average() -> Result<f64> {
     let text = fs::read_to_string("/proc/loadavg").context("reading /proc/loadavg")?;
     text.split_whitespace()

@@ -62,11 +62,7 @@ impl ClusterBench {
         let cache = cache::root()?;
         let engine = cache.join("engine/bin");
         let model = cache.join("models").join(MODEL_FILE);
-        for needed in [engine.join("llama-server"), engine.join("ggml-rpc-server"), model.clone()] {
-            if !needed.exists() {
-                bail!("{} is missing: run `cargo xtask engine` and `cargo xtask models` first", needed.display());
-            }
-        }
+        super::require_built(&[engine.join("llama-server"), engine.join("ggml-rpc-server"), model.clone()])?;
         let machine = Machine::describe()?;
         let load_before = load_average()?;
         let scratch = Scratch::create("cluster")?;

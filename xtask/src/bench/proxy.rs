@@ -82,13 +82,7 @@ impl Proxy {
         let cache = cache::root()?;
         let model = cache.join("models").join(MODEL_FILE);
         let llama_server = cache.join("engine/bin/llama-server");
-        if !model.is_file() || !llama_server.is_file() {
-            bail!(
-                "{} or {} is missing: run `cargo xtask engine` and `cargo xtask models` first",
-                llama_server.display(),
-                model.display()
-            );
-        }
+        super::require_built(&[&llama_server, &model])?;
         let workspace = crate::workspace::locate()?;
         let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         println!("==> bench: cargo build --release -p hellasd");

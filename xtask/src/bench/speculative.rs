@@ -60,11 +60,7 @@ impl SpeculativeBench {
         let cache = cache::root()?;
         let server = cache.join("engine/bin/llama-server");
         let model = cache.join("models").join(MODEL_FILE);
-        for needed in [&server, &model] {
-            if !needed.exists() {
-                bail!("{} is missing: run `cargo xtask engine` and `cargo xtask models` first", needed.display());
-            }
-        }
+        super::require_built(&[&server, &model])?;
         let machine = Machine::describe()?;
         let load_before = load_average()?;
         let mut scratch = Scratch::create("speculative")?;
