@@ -4,6 +4,7 @@
 //! `$HELLAS_CACHE/image`: tools tree → root tree from the lock → overlay and normalise →
 //! partitions (systemd-repart) with the UKI (ukify) → outputs in `out/`.
 
+mod firmware;
 mod overlay;
 pub mod packages;
 mod partitions;

@@ -249,6 +249,7 @@ pub fn rootfs(spec: &Spec, lock: &Lock, dracut_conf: &Path, progress: &Progress,
         .text("lock", &lock.render(&set))
         .text("mirror", &super::mirror().unwrap_or_default())
         .file("dracut.conf", dracut_conf)?
+        .text("firmware", &format!("{:?}", spec.firmware))
         .text("recipe", "2")
         .finish();
     let dir = step::cached_dir(progress, "rootfs", &digest, |out| {
@@ -258,7 +259,8 @@ pub fn rootfs(spec: &Spec, lock: &Lock, dracut_conf: &Path, progress: &Progress,
             format!("--setup-hook=mkdir -p \"$1/etc/dracut.conf.d\" && cp {} \"$1/etc/dracut.conf.d/50-hellas.conf\"", dracut_conf.display()).into(),
             r#"--customize-hook=chroot "$1" sh -ec 'for k in /lib/modules/*; do k=${k##*/}; dracut --force --kver "$k" "/boot/initrd.img-$k"; done'"#.into(),
         ];
-        install(&set, lock, &out.join("tree"), hooks, "root tree", progress, apt_options)
+        install(&set, lock, &out.join("tree"), hooks, "root tree", progress, apt_options)?;
+        super::firmware::trim(&out.join("tree"), &spec.firmware, progress)
     })?;
     Ok(dir.join("tree"))
 }

@@ -15,6 +15,9 @@ pub struct Spec {
     /// Package groups by purpose (base, boot, amdgpu, engine, network, …).
     pub packages: BTreeMap<String, Vec<String>>,
     pub kernel: KernelSection,
+    /// Firmware packages trimmed to what the boxes' drivers load.
+    #[serde(default)]
+    pub firmware: FirmwareSection,
     pub partitions: PartitionsSection,
     /// The profile built when none is named.
     pub default_profile: String,
@@ -45,6 +48,17 @@ pub struct KernelSection {
     /// The oldest acceptable version of the locked kernel package's kernel (e.g. 6.18.4).
     pub min_version: String,
     pub cmdline: Vec<String>,
+}
+
+/// `[firmware]`: of each package in `trim`, only the files that a module in `modules` asks for
+/// (`modinfo -F firmware`) stay in the image; the rest is firmware for chips no box has.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FirmwareSection {
+    #[serde(default)]
+    pub trim: Vec<String>,
+    #[serde(default)]
+    pub modules: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -141,6 +155,12 @@ impl Spec {
             if let Some(bad) = packages.iter().find(|p| !is_package_name(p)) {
                 bail!("packages.{group}: {bad:?} is not a Debian package name");
             }
+        }
+        if let Some(bad) = self.firmware.trim.iter().find(|p| !self.package_list().contains(p)) {
+            bail!("firmware.trim: {bad:?} is in no [packages] group, so there is nothing of it to trim");
+        }
+        if !self.firmware.trim.is_empty() && self.firmware.modules.is_empty() {
+            bail!("firmware.modules is empty, so trimming would remove every file of {}: name the drivers whose firmware stays", self.firmware.trim.join(", "));
         }
         if self.partitions.esp.0 < 300 << 20 {
             bail!("partitions.esp must be at least 300M: OVMF and some firmware ignore a FAT32 ESP with too few clusters");
