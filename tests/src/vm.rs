@@ -28,6 +28,10 @@ pub const GUEST_API_PORT: u16 = 8080;
 pub const GUEST_WEB_PORT: u16 = 80;
 /// The web pages over HTTPS in the guest.
 pub const GUEST_HTTPS_PORT: u16 = 443;
+/// The qemu-test image's Wi-Fi lab (hellas-wifi-lab): the box's web pages reached from its
+/// "phone" across the setup hotspot (HTTP, HTTPS).
+pub const GUEST_PHONE_WEB_PORT: u16 = 9080;
+pub const GUEST_PHONE_HTTPS_PORT: u16 = 9443;
 /// Disk the guest sees beyond the image, for the data partition to grow into on first boot.
 pub const EXTRA_DISK_BYTES: u64 = 2 << 30;
 /// How much of the console an error shows.
@@ -84,6 +88,8 @@ pub struct Vm {
     web_port: u16,
     https_port: u16,
     ssh_port: u16,
+    /// The Wi-Fi lab's ways in: phone HTTP, phone HTTPS.
+    lab_ports: [u16; 2],
 }
 
 impl Vm {
@@ -102,7 +108,7 @@ impl Vm {
         fs::copy(OVMF_VARS, &vars)
             .with_context(|| format!("copying {OVMF_VARS} to {}", vars.display()))?;
         let accel = pick_accel(&run_dir)?;
-        let [api_port, web_port, https_port, ssh_port] = free_ports()?;
+        let [api_port, web_port, https_port, ssh_port, phone_web, phone_https] = free_ports()?;
 
         let mut qemu = qemu_command();
         qemu.args(
@@ -122,7 +128,8 @@ impl Vm {
             qemu.args(["-device", "virtio-blk-pci,drive=internal"]);
         }
         qemu.arg("-netdev").arg(format!(
-            "user,id=net,hostfwd=tcp:127.0.0.1:{api_port}-:{GUEST_API_PORT},hostfwd=tcp:127.0.0.1:{web_port}-:{GUEST_WEB_PORT},hostfwd=tcp:127.0.0.1:{https_port}-:{GUEST_HTTPS_PORT},hostfwd=tcp:127.0.0.1:{ssh_port}-:22"
+            "user,id=net,hostfwd=tcp:127.0.0.1:{api_port}-:{GUEST_API_PORT},hostfwd=tcp:127.0.0.1:{web_port}-:{GUEST_WEB_PORT},hostfwd=tcp:127.0.0.1:{https_port}-:{GUEST_HTTPS_PORT},hostfwd=tcp:127.0.0.1:{ssh_port}-:22,\
+             hostfwd=tcp:127.0.0.1:{phone_web}-:{GUEST_PHONE_WEB_PORT},hostfwd=tcp:127.0.0.1:{phone_https}-:{GUEST_PHONE_HTTPS_PORT}"
         ));
         qemu.args(["-device", "virtio-net-pci,netdev=net"]);
         let console = option_path(&run_dir.join(CONSOLE));
@@ -165,6 +172,7 @@ impl Vm {
             web_port,
             https_port,
             ssh_port,
+            lab_ports: [phone_web, phone_https],
         })
     }
 
@@ -286,6 +294,16 @@ impl Vm {
     /// The web pages over HTTPS (the box's self-signed certificate), forwarded.
     pub fn https_url(&self) -> String {
         format!("https://127.0.0.1:{}", self.https_port)
+    }
+
+    /// The box's web pages as the Wi-Fi lab's phone reaches them, over the setup hotspot.
+    pub fn phone_web_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.lab_ports[0])
+    }
+
+    /// The same over HTTPS.
+    pub fn phone_https_url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.lab_ports[1])
     }
 
     /// The guest's SSH port, forwarded.

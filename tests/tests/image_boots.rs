@@ -25,6 +25,8 @@ mod owner_web;
 mod install;
 #[path = "image_boots/update.rs"]
 mod update;
+#[path = "image_boots/wifi.rs"]
+mod wifi;
 
 use owner_web::OwnerWeb;
 
@@ -80,9 +82,12 @@ fn qemu_test_image_boots_serves_its_model_updates_rolls_back_and_powers_off() {
         vm.accel()
     );
     check_report(&report, &vm);
+    check_status_screen(&vm);
+    wifi::the_phone_finds_the_hotspot_and_the_setup_page(&vm, &report);
 
     let (key, mut web) = claim_through_the_web(&vm);
     check_api(&vm, &key, &expected);
+    wifi::the_owner_on_the_phone_moves_the_box_to_the_home_network(&vm);
     let booted = update::update_roll_back_and_refuse(&mut vm, &mut web, &key, &image_version());
     install::install_and_boot_from_the_disk(&mut vm, &mut web, &key, &booted);
 
@@ -257,6 +262,44 @@ fn claim_through_the_web(vm: &Vm) -> (String, OwnerWeb) {
     (page[at..].split('<').next().unwrap().to_string(), web)
 }
 
+/// The box's status screen as agetty draws it on the serial console: the seeded name, the
+/// guest's address, where the engine runs and the tuning (its QR code: `wifi.rs`).
+fn check_status_screen(vm: &Vm) {
+    let console = console_text(vm);
+    let Some((_, screen)) = console.rsplit_once(&format!("Box:       {SEEDED_HOSTNAME}.local\n")) else {
+        panic!("the serial console shows no status screen naming {SEEDED_HOSTNAME}\n{}", vm.console_tail(80));
+    };
+    let lines: Vec<&str> = screen.lines().take(60).collect();
+    let has = |prefix: &str| lines.iter().any(|l| l.starts_with(prefix));
+    assert!(has("Network:   10.0.2.15 ("), "the screen shows no address:\n{}", lines.join("\n"));
+    assert!(has("Engine:    on the CPU") && has("Memory:    "), "the screen shows no engine or tuning:\n{}", lines.join("\n"));
+}
+
+/// The serial console so far, as text, without carriage returns.
+fn console_text(vm: &Vm) -> String {
+    String::from_utf8_lossy(&fs::read(vm.console_log()).unwrap_or_default()).replace('\r', "")
+}
+
+/// Reads a half-block QR code back as a camera would (a lit half is a light module).
+fn decode_qr(lines: &[&str]) -> String {
+    const SCALE: usize = 4;
+    // Only the code's own lines: the journal's lines may come between them on the console.
+    let rows: Vec<Vec<char>> = lines
+        .iter()
+        .filter(|l| l.contains('█') && l.chars().all(|c| "█▀▄ ".contains(c)))
+        .map(|l| l.chars().collect())
+        .collect();
+    let width = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let light = |x: usize, y: usize| {
+        let c = rows[y / 2].get(x).copied().unwrap_or(' ');
+        c == '█' || (y.is_multiple_of(2) && c == '▀') || (!y.is_multiple_of(2) && c == '▄')
+    };
+    let mut image = rqrr::PreparedImage::prepare_from_greyscale(width * SCALE, rows.len() * 2 * SCALE, |x, y| if light(x / SCALE, y / SCALE) { 255 } else { 0 });
+    let grids = image.detect_grids();
+    assert_eq!(grids.len(), 1, "one QR code on the screen:\n{}", lines.join("\n"));
+    grids[0].decode().expect("the screen's QR code decodes").1
+}
+
 /// The web certificate's SHA-256 on the console's issue text, on the line after its label.
 fn fingerprint_in(console: &str) -> Option<String> {
     let (_, after) = console.rsplit_once("SHA-256 fingerprint:")?;
@@ -359,6 +402,8 @@ const EXPOSURE_LIMITS: &[(&str, f64)] = &[
     ("hellas-tune", 2.0),
     // Starts the engine on the GPU, reaches hellasd over TCP.
     ("hellas-health", 3.0),
+    // Root, to drive iwd and write its store; reads addresses over netlink.
+    ("hellas-network", 2.5),
     // Serves the network, keeps the GPU's devices, Mesa needs W+X.
     ("hellasd", 3.0),
     // systemd-sysupdate and systemd-repart write raw block devices and the ESP as root.

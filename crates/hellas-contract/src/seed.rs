@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::network::{StaticWired, Wifi};
 use crate::{box_name, claim_code, ssh_keys};
 
 /// Where the seed lies, relative to the ESP's root.
@@ -25,6 +26,12 @@ pub struct Seed {
     /// The claim code of every boot until the box is claimed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub claim_code: Option<String>,
+    /// A Wi-Fi network to join (`[wifi]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wifi: Option<Wifi>,
+    /// A static wired address (`[wired]`), for a network without DHCP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wired: Option<StaticWired>,
 }
 
 impl Seed {
@@ -67,6 +74,12 @@ impl Seed {
         if let Some(code) = &self.claim_code {
             claim_code::check(code).map_err(|e| format!("key `claim_code`: {e}"))?;
         }
+        if let Some(wifi) = &self.wifi {
+            wifi.check().map_err(|e| format!("section [wifi]: {e}"))?;
+        }
+        if let Some(wired) = &self.wired {
+            wired.check().map_err(|e| format!("section [wired]: {e}"))?;
+        }
         Ok(())
     }
 
@@ -92,6 +105,8 @@ mod tests {
             hostname: Some("box-2".into()),
             ssh_authorized_keys: Some(vec![KEY.into(), KEY.replace("me@laptop", "other")]),
             claim_code: Some("ZZZZ-2345".into()),
+            wifi: Some(Wifi { ssid: "Home Net".into(), passphrase: Some(" spaces and \"quotes\" ".into()) }),
+            wired: Some(StaticWired { address: "192.168.1.50/24".into(), gateway: Some("192.168.1.1".into()), dns: vec![] }),
         };
         assert_eq!(Seed::parse(seed.render().as_bytes()).unwrap(), seed);
         assert!(Seed::parse(b"").unwrap().is_empty(), "an empty seed is allowed and changes nothing");
@@ -108,6 +123,10 @@ mod tests {
             ("claim_code = \"ABCD-EF20\"\n", "key `claim_code`: 'ABCD-EF20' is not a claim code"),
             ("ssh_authorized_keys = [\"ssh-ed25519 notbase64\"]\n", "key `ssh_authorized_keys`, entry 1"),
             ("ssh_authorized_keys = []\n", "the list is empty"),
+            ("[wifi]\nssid = \"Home\"\npassphrase = \"short\"\n", "section [wifi]: the Wi-Fi passphrase is 5 characters long"),
+            ("[wifi]\npassphrase = \"long enough\"\n", "missing field `ssid`"),
+            ("[wifi]\nssid = \"Home\"\npassword = \"long enough\"\n", "unknown field `password`"),
+            ("[wired]\naddress = \"10.0.0.5\"\n", "section [wired]: address \"10.0.0.5\" has no prefix length"),
         ];
         for (text, expected) in cases {
             let err = Seed::parse(text.as_bytes()).unwrap_err();

@@ -32,6 +32,7 @@ pub struct Config {
     pub cluster: ClusterConfig,
     pub hub: HubConfig,
     pub sandbox: SandboxConfig,
+    pub network: NetworkConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -171,6 +172,27 @@ impl Config {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+pub struct NetworkConfig {
+    /// Without a network this long, a box with Wi-Fi opens its setup hotspot.
+    pub hotspot_after_secs: u64,
+    /// How long joining a Wi-Fi network may take before it counts as failed.
+    pub join_timeout_secs: u64,
+    /// While the hotspot is open and no one is on it, the known Wi-Fi networks are tried again
+    /// this often (a router that came up after the box).
+    pub retry_known_secs: u64,
+    /// Interfaces whose addresses do not count as being on the owner's network (a management
+    /// link, the boot test's own).
+    pub ignore_interfaces: Vec<String>,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        NetworkConfig { hotspot_after_secs: 60, join_timeout_secs: 45, retry_known_secs: 300, ignore_interfaces: Vec::new() }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct HubConfig {
     /// The Hugging Face Hub that `hf.co/…` references resolve against (its API and file
     /// downloads); a mirror speaking the same API may stand in.
@@ -243,6 +265,7 @@ impl Default for Config {
             cluster: ClusterConfig::default(),
             hub: HubConfig::default(),
             sandbox: SandboxConfig::default(),
+            network: NetworkConfig::default(),
         }
     }
 }

@@ -5,9 +5,10 @@
 //!
 //! * verbs: [`cli`], one module per subcommand, called from `main.rs`;
 //! * surfaces: [`api`] (the OpenAI- and Ollama-compatible routes) and [`web`] (setup, dashboard);
-//! * the app: [`app`], the shared state both surfaces serve from;
+//! * the app: [`app`], the shared state both surfaces serve from, and [`status_screen`], the
+//!   box's own display;
 //! * services, each owning its state files: [`engine`], [`cluster`], [`catalog`], [`update`],
-//!   [`tune`], [`seed`], [`system_settings`];
+//!   [`tune`], [`network`], [`seed`], [`system_settings`];
 //! * the domain: [`owner`], [`keys`], [`library`], [`admission`], [`metrics`], [`config`],
 //!   [`memory_budget`], [`state_file`].
 //!
@@ -27,7 +28,9 @@ pub mod catalog;
 pub mod cluster;
 pub mod hub;
 pub mod engine;
+pub mod network;
 pub mod seed;
+pub mod status_screen;
 pub mod system_settings;
 pub mod tune;
 pub mod update;

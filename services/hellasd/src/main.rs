@@ -58,6 +58,9 @@ enum Command {
         #[arg(long, default_value = "/boot")]
         esp: PathBuf,
     },
+    /// Keep a box with Wi-Fi reachable (as root; hellas-network.service runs it): open the setup
+    /// hotspot while there is no network, join the Wi-Fi networks the owner gives.
+    NetworkWatch,
     /// AMD Strix Halo memory tuning: GTT/TTM limits for the next boot and BIOS advice.
     Tune(hellasd::tune::TuneArgs),
     /// A/B updates from the signed release channel.
@@ -102,6 +105,7 @@ fn main() -> Result<()> {
         Command::SetPassword => cli::set_password::run(&config),
         Command::ApplySettings => cli::apply_settings::run(&config),
         Command::ApplySeed { esp } => hellasd::seed::apply(&config, &esp).map(drop),
+        Command::NetworkWatch => hellasd::network::watch::run(&config),
         Command::Tune(args) => hellasd::tune::run(&args, &config),
         Command::Update(command) => cli::update::run(&config, command),
         Command::Health(args) => hellasd::update::health::run(&args, &config),

@@ -9,15 +9,15 @@
 //! not tried again at every boot; the error says what to fix.
 
 use std::fs;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use hellas_contract::network::IWD_DIR;
 use hellas_contract::seed::{self, Seed, MAX_LEN};
 
 use crate::config::Config;
 use crate::owner::{owner_store, ClaimFiles};
-use crate::state_file::sync_dir;
+use crate::state_file::{give_to_directory_owner, sync_dir};
 
 /// What [`apply`] did.
 #[derive(Debug, PartialEq, Eq)]
@@ -38,6 +38,10 @@ pub fn seed_path(esp: &Path) -> PathBuf {
 /// Applies `<esp>/hellas/seed.toml`, when there is one, and removes it. Running it again does
 /// nothing, and a crash before the removal applies the same settings again.
 pub fn apply(config: &Config, esp: &Path) -> Result<Outcome> {
+    apply_with_iwd(config, esp, Path::new(IWD_DIR))
+}
+
+fn apply_with_iwd(config: &Config, esp: &Path, iwd_dir: &Path) -> Result<Outcome> {
     let path = seed_path(esp);
     let Some(bytes) = read(&path)? else { return Ok(Outcome::Absent) };
     let store = owner_store(&config.state_dir);
@@ -52,16 +56,25 @@ pub fn apply(config: &Config, esp: &Path) -> Result<Outcome> {
             let rejected = path.with_extension("toml.rejected");
             fs::rename(&path, &rejected).with_context(|| format!("renaming {} to {}", path.display(), rejected.display()))?;
             sync_dir(rejected.parent().expect("below the ESP"))?;
-            bail!(
+            let message = format!(
                 "{}: {problem}. Nothing of it was applied; it is now {}: fix it and rename it back to seed.toml, or remove it \
                  (docs/operator-guide.md, \"Seed file\")",
                 path.display(),
                 rejected.display()
             );
+            // The box's screen and the setup page say so too, this boot.
+            if let Err(e) = record_refusal(&config.web.runtime_dir, &message) {
+                tracing::warn!("{e:#}");
+            }
+            bail!(message);
         }
     };
 
-    store.seed(seed.hostname.as_deref(), seed.ssh_authorized_keys.as_deref(), seed.claim_code.as_deref())?;
+    // The Wi-Fi passphrase goes to root's iwd store, never to the owner's state.
+    if let Some(wifi) = &seed.wifi {
+        crate::network::save_wifi(iwd_dir, wifi)?;
+    }
+    store.seed(&seed)?;
     give_to_directory_owner(&config.state_dir, &[store.path().to_path_buf(), store.path().with_extension("lock")])?;
     if let Some(code) = &seed.claim_code {
         // hellas-seed.service runs before the claim code is made; this is for a hand-run
@@ -76,13 +89,31 @@ pub fn apply(config: &Config, esp: &Path) -> Result<Outcome> {
     }
     remove(&path)?;
     tracing::info!(
-        "{}: applied and removed (box name: {}, SSH keys: {}, claim code: {})",
+        "{}: applied and removed (box name: {}, SSH keys: {}, claim code: {}, Wi-Fi: {}, wired: {})",
         path.display(),
         seed.hostname.as_deref().unwrap_or("unchanged"),
         seed.ssh_authorized_keys.as_ref().map_or("unchanged".to_string(), |k| k.len().to_string()),
         if seed.claim_code.is_some() { "seeded" } else { "random" },
+        seed.wifi.as_ref().map_or("none", |w| w.ssid.as_str()),
+        seed.wired.as_ref().map_or("DHCP", |w| w.address.as_str()),
     );
     Ok(Outcome::Applied)
+}
+
+/// Where this boot's refused seed is described, for the box's screen and the setup page.
+pub fn refusal_path(runtime_dir: &Path) -> PathBuf {
+    runtime_dir.join("seed.refused")
+}
+
+/// Why this boot's seed was refused, if it was.
+pub fn refusal(runtime_dir: &Path) -> Option<String> {
+    fs::read_to_string(refusal_path(runtime_dir)).ok().map(|t| t.trim().to_string()).filter(|t| !t.is_empty())
+}
+
+fn record_refusal(runtime_dir: &Path, message: &str) -> Result<()> {
+    let path = refusal_path(runtime_dir);
+    crate::state_file::write_atomically(&path, message.as_bytes())?;
+    give_to_directory_owner(runtime_dir, &[path])
 }
 
 fn read(path: &Path) -> Result<Option<Vec<u8>>> {
@@ -103,20 +134,10 @@ fn remove(path: &Path) -> Result<()> {
     sync_dir(path.parent().expect("below the ESP"))
 }
 
-/// apply-seed runs as root, but hellasd (User=hellas) rewrites these files later, so they go to
-/// the owner of their directory. A directory that is root's still (made just now, or by the
-/// image builder) goes to hellas with everything in it when a unit with
-/// `StateDirectory=hellas` starts, because systemd then fixes its ownership recursively.
-fn give_to_directory_owner(dir: &Path, paths: &[PathBuf]) -> Result<()> {
-    let owner = fs::metadata(dir).with_context(|| format!("reading {}", dir.display()))?;
-    for path in paths.iter().filter(|p| p.exists()) {
-        std::os::unix::fs::chown(path, Some(owner.uid()), Some(owner.gid())).with_context(|| format!("handing {} to uid {}", path.display(), owner.uid()))?;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::MetadataExt;
+
     use super::*;
 
     const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl me@laptop";
@@ -174,6 +195,19 @@ mod tests {
     }
 
     #[test]
+    fn the_wifi_passphrase_goes_to_iwd_alone_and_the_wired_address_to_the_settings() {
+        let b = first_boot();
+        let iwd = tempfile::tempdir().unwrap();
+        b.write_seed("[wifi]\nssid = \"Home Net\"\npassphrase = \"a long and private phrase\"\n\n[wired]\naddress = \"192.168.7.2/24\"\n");
+        assert_eq!(apply_with_iwd(&b.config, &b.esp, iwd.path()).unwrap(), Outcome::Applied);
+        let network = fs::read_to_string(iwd.path().join("Home Net.psk")).unwrap();
+        assert!(network.contains("Passphrase=a\\slong"), "{network}");
+        let state = fs::read_to_string(b.owner().path()).unwrap();
+        assert!(!state.contains("private phrase"), "the passphrase is not in the owner's state: {state}");
+        assert_eq!(b.owner().load().unwrap().settings.static_wired.unwrap().address, "192.168.7.2/24");
+    }
+
+    #[test]
     fn the_seeded_claim_code_is_the_one_claim_code_reports_until_the_box_is_claimed() {
         let b = first_boot();
         b.write_seed("claim_code = \"ABCD-EF23\"\n");
@@ -216,6 +250,8 @@ mod tests {
             ("hostname = \"kitchen\"\nssh_authorized_keys = [\"ssh-ed25519 notbase64\"]\n", "key `ssh_authorized_keys`, entry 1: not an OpenSSH public key"),
             ("hostname = \"kitchen\"\nssh_authorized_keys = []\n", "key `ssh_authorized_keys`: the list is empty"),
             ("hostname = \"kitchen\"\nssh_authorized_keys = \"ssh-ed25519 AAAA\"\n", "line 2"),
+            ("hostname = \"kitchen\"\n[wifi]\nssid = \"Home\"\npassphrase = \"short\"\n", "section [wifi]: the Wi-Fi passphrase is 5 characters long"),
+            ("hostname = \"kitchen\"\n[wifi]\nname = \"Home\"\n", "unknown field `name`"),
         ];
         for (text, expected) in cases {
             let b = first_boot();
@@ -226,6 +262,7 @@ mod tests {
             assert!(!seed_path(&b.esp).exists());
             assert!(b.esp.join("hellas/seed.toml.rejected").exists());
             assert!(!b.owner().path().exists(), "{text:?}: nothing is applied");
+            assert_eq!(refusal(&b.config.web.runtime_dir).as_deref(), Some(err.as_str()), "the screen and the setup page say why");
             assert_eq!(ClaimFiles::new(&b.config.web.runtime_dir).current().unwrap(), None);
             assert_eq!(apply(&b.config, &b.esp).unwrap(), Outcome::Absent, "a rejected seed is not retried");
         }

@@ -129,6 +129,18 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
         .with_context(|| format!("syncing directory {}", dir.display()))
 }
 
+/// Files root writes for hellasd (User=hellas) to read or rewrite later go to the owner of
+/// their directory (the seed's, the network watcher's). A directory that is root's still (made just now, or by the
+/// image builder) goes to hellas with everything in it when a unit with
+/// `StateDirectory=hellas` starts, because systemd then fixes its ownership recursively.
+pub fn give_to_directory_owner(dir: &Path, paths: &[PathBuf]) -> Result<()> {
+    let owner = fs::metadata(dir).with_context(|| format!("reading {}", dir.display()))?;
+    for path in paths.iter().filter(|p| p.exists()) {
+        std::os::unix::fs::chown(path, Some(owner.uid()), Some(owner.gid())).with_context(|| format!("handing {} to uid {}", path.display(), owner.uid()))?;
+    }
+    Ok(())
+}
+
 /// Seconds since the epoch, as the state files record times.
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)

@@ -1,7 +1,8 @@
 //! The owner's settings applied to the system, as root (`hellasd apply-settings`, run by
 //! hellas-settings.service at boot and by hellas-settings.path whenever `owner.json` changes):
 //! the box name becomes this boot's host name, which avahi announces as `<name>.local`, and sshd
-//! runs with the owner's public keys while there are any (never with passwords).
+//! runs with the owner's public keys while there are any (never with passwords), and a static
+//! wired address becomes networkd's unit (DHCP otherwise).
 //!
 //! Time zones are kept in the settings but not applied yet: the image ships no tz database and
 //! `/etc/localtime` is on the read-only root.
@@ -18,7 +19,23 @@ pub fn apply(settings: &Settings) -> Result<()> {
         anyhow::bail!("refusing the owner's settings, which the web setup would not have saved: {why}; nothing applied");
     }
     apply_ssh_keys(&settings.ssh_keys)?;
+    apply_static_wired(settings.static_wired.as_ref())?;
     apply_box_name(&settings.box_name)
+}
+
+/// At boot this runs before networkd, which then reads the unit; later, networkd reloads it.
+fn apply_static_wired(wired: Option<&hellas_contract::network::StaticWired>) -> Result<()> {
+    let unit = std::path::Path::new(hellas_contract::network::STATIC_WIRED_UNIT);
+    if crate::network::write_static_wired(unit, wired)? {
+        println!("wired network: {}", wired.map_or("DHCP".to_string(), |w| format!("static {}", w.address)));
+        if let Err(e) = std::process::Command::new("networkctl").args(["reload"]).status().map_err(anyhow::Error::from).and_then(|s| {
+            anyhow::ensure!(s.success(), "networkctl reload failed ({s})");
+            Ok(())
+        }) {
+            eprintln!("warning: {e:#}; the wired network follows at the next boot");
+        }
+    }
+    Ok(())
 }
 
 /// `/var/lib/hellas-ssh`, as `rootfs-overlay/etc/ssh/sshd_config.d/hellas.conf` names it.
@@ -93,6 +110,10 @@ mod tests {
             Settings { update_channel: "file:///etc/".into(), ..good.clone() },
             Settings { update_channel: "https://x.example/?MatchPattern=*".into(), ..good.clone() },
             Settings { timezone: "../../etc/shadow".into(), ..good.clone() },
+            Settings {
+                static_wired: Some(hellas_contract::network::StaticWired { address: "10.0.0.2/24\n[Network]\nDHCP=yes".into(), gateway: None, dns: vec![] }),
+                ..good.clone()
+            },
         ];
         for settings in hostile {
             let refused = apply(&settings).unwrap_err();

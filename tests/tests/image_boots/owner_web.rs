@@ -50,6 +50,10 @@ impl OwnerWeb {
     }
 
     fn visit(&mut self, method: &str, path: &str, form: &[(&str, &str)]) -> Visit {
+        self.try_visit(method, path, form).unwrap_or_else(|err| panic!("{method} {path}: {err}"))
+    }
+
+    fn try_visit(&mut self, method: &str, path: &str, form: &[(&str, &str)]) -> Result<Visit, reqwest::Error> {
         let mut form: Vec<(&str, &str)> = form.to_vec();
         form.push(("csrf", &self.csrf));
         let url = format!("{}{path}", self.base);
@@ -57,10 +61,7 @@ impl OwnerWeb {
             "GET" => self.http.get(&url),
             _ => self.http.post(&url).form(&form),
         };
-        let response = request
-            .header("cookie", &self.cookie)
-            .send()
-            .unwrap_or_else(|err| panic!("{method} {path}: {err}"));
+        let response = request.header("cookie", &self.cookie).send()?;
         if let Some(pinned) = &self.pinned {
             use sha2::{Digest, Sha256};
             let der = response.extensions().get::<reqwest::tls::TlsInfo>().and_then(|i| i.peer_certificate()).expect("the box's certificate");
@@ -76,7 +77,7 @@ impl OwnerWeb {
         if let Some(at) = page.find("name=\"csrf\" value=\"") {
             self.csrf = page[at + 19..at + 19 + 64].to_string();
         }
-        (status, location, page)
+        Ok((status, location, page))
     }
 
     /// Logs in again, as after a reboot (sessions live in the daemon's memory).
@@ -84,5 +85,10 @@ impl OwnerWeb {
         self.get("/login");
         let (_, location, page) = self.post("/login", &[("password", password)]);
         assert!(location.is_some(), "logging in failed: {page}");
+    }
+
+    /// Logs in when the box answers; false when it does not (yet).
+    pub fn try_log_in(&mut self, password: &str) -> bool {
+        self.try_visit("GET", "/login", &[]).is_ok() && self.try_visit("POST", "/login", &[("password", password)]).is_ok_and(|(_, location, _)| location.is_some())
     }
 }

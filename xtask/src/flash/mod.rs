@@ -22,15 +22,8 @@ pub struct Flash {
     /// The image; default: out/hellas-<version>-<default profile>.img.
     #[arg(long)]
     image: Option<PathBuf>,
-    /// Seed: the box's name (hellas.local otherwise).
-    #[arg(long)]
-    hostname: Option<String>,
-    /// Seed: an OpenSSH public key file allowed to log in.
-    #[arg(long)]
-    ssh_key: Option<PathBuf>,
-    /// Seed: the claim code to use instead of a random one (XXXX-XXXX).
-    #[arg(long)]
-    claim_code: Option<String>,
+    #[command(flatten)]
+    seed: seed::SeedFlags,
     /// Write to a regular file.
     #[arg(long)]
     allow_file: bool,
@@ -48,9 +41,7 @@ impl Flash {
         Flash {
             device,
             image: Some(image),
-            hostname: Some(hostname.into()),
-            ssh_key: None,
-            claim_code: Some(claim_code.into()),
+            seed: seed::SeedFlags { hostname: Some(hostname.into()), claim_code: Some(claim_code.into()), ..Default::default() },
             allow_file: true,
             force: false,
             yes: true,
@@ -63,7 +54,7 @@ impl Flash {
             None => default_image()?,
         };
         let len = std::fs::metadata(&image).with_context(|| format!("{} is missing: build it with `cargo xtask image`", image.display()))?.len();
-        let seed = seed::Seed::from_flags(self.hostname.as_deref(), self.ssh_key.as_deref(), self.claim_code.as_deref())?;
+        let seed = seed::Seed::from_flags(&self.seed)?;
         let target = target::check(&self.device, len, &target::Checks { allow_file: self.allow_file, force: self.force })?;
         println!("image:  {} ({:.1} MB)\ntarget: {}", image.display(), len as f64 / 1e6, target.description);
         if !self.yes {

@@ -1,11 +1,47 @@
 //! First-boot settings for the device, written to `/hellas/seed.toml` on the stick's ESP (FAT,
 //! so also writable by hand from any OS), in the form `hellas_contract::seed` gives it.
 
-use std::path::Path;
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
+use hellas_contract::network::{StaticWired, Wifi};
 use hellas_contract::{box_name, claim_code, ssh_keys};
 use duct::cmd;
+
+/// The flags of `cargo xtask flash` that become the seed.
+#[derive(clap::Args, Default)]
+pub struct SeedFlags {
+    /// Seed: the box's name (hellas.local otherwise).
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// Seed: an OpenSSH public key file allowed to log in.
+    #[arg(long)]
+    pub ssh_key: Option<PathBuf>,
+    /// Seed: the claim code to use instead of a random one (XXXX-XXXX).
+    #[arg(long)]
+    pub claim_code: Option<String>,
+    /// Seed: the Wi-Fi network the box joins (its name, as the router shows it).
+    #[arg(long)]
+    pub wifi_ssid: Option<String>,
+    /// Seed: a file whose first line is the Wi-Fi passphrase (`-` reads it from stdin), or the
+    /// HELLAS_WIFI_PASSPHRASE variable; never a flag, which others on the machine could read.
+    #[arg(long, requires = "wifi_ssid", conflicts_with = "wifi_open")]
+    pub wifi_passphrase_file: Option<PathBuf>,
+    /// Seed: the Wi-Fi network has no passphrase.
+    #[arg(long, requires = "wifi_ssid")]
+    pub wifi_open: bool,
+    /// Seed: a static wired address with its prefix length (192.168.1.50/24), for a network
+    /// without DHCP.
+    #[arg(long)]
+    pub wired_address: Option<String>,
+    /// Seed: the wired network's router.
+    #[arg(long, requires = "wired_address")]
+    pub wired_gateway: Option<String>,
+    /// Seed: a name server for the static wired address (repeat for more).
+    #[arg(long, requires = "wired_address")]
+    pub wired_dns: Vec<String>,
+}
 
 /// The seed to write: `hellas_contract::seed`, from the flags.
 pub struct Seed {
@@ -13,14 +49,14 @@ pub struct Seed {
 }
 
 impl Seed {
-    pub fn from_flags(hostname: Option<&str>, ssh_key: Option<&Path>, claim_code: Option<&str>) -> Result<Option<Seed>> {
-        if let Some(name) = hostname {
+    pub fn from_flags(flags: &SeedFlags) -> Result<Option<Seed>> {
+        if let Some(name) = &flags.hostname {
             box_name::check(name).map_err(|e| anyhow!("--hostname: {e}"))?;
         }
-        if let Some(code) = claim_code {
+        if let Some(code) = &flags.claim_code {
             claim_code::check(code).map_err(|e| anyhow!("--claim-code: {e}"))?;
         }
-        let ssh_authorized_keys = match ssh_key {
+        let ssh_authorized_keys = match &flags.ssh_key {
             Some(file) => {
                 let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
                 let keys = ssh_keys::parse(&text).map_err(|e| anyhow!("--ssh-key {}: {e}", file.display()))?;
@@ -31,7 +67,26 @@ impl Seed {
             }
             None => None,
         };
-        let seed = hellas_contract::seed::Seed { hostname: hostname.map(str::to_string), ssh_authorized_keys, claim_code: claim_code.map(str::to_string) };
+        let wifi = match &flags.wifi_ssid {
+            Some(ssid) => {
+                let passphrase = wifi_passphrase(flags)?;
+                let wifi = Wifi { ssid: ssid.clone(), passphrase };
+                wifi.check().map_err(|e| anyhow!("--wifi-ssid/--wifi-passphrase-file: {e}"))?;
+                Some(wifi)
+            }
+            None => None,
+        };
+        let wired = flags.wired_address.as_ref().map(|address| StaticWired { address: address.clone(), gateway: flags.wired_gateway.clone(), dns: flags.wired_dns.clone() });
+        if let Some(wired) = &wired {
+            wired.check().map_err(|e| anyhow!("--wired-address/--wired-gateway/--wired-dns: {e}"))?;
+        }
+        let seed = hellas_contract::seed::Seed {
+            hostname: flags.hostname.clone(),
+            ssh_authorized_keys,
+            claim_code: flags.claim_code.clone(),
+            wifi,
+            wired,
+        };
         if seed.is_empty() {
             return Ok(None);
         }
@@ -53,6 +108,30 @@ impl Seed {
         copied?;
         Ok(())
     }
+}
+
+/// The passphrase from `--wifi-passphrase-file` (its first line; `-` is stdin) or
+/// HELLAS_WIFI_PASSPHRASE; none with `--wifi-open`.
+fn wifi_passphrase(flags: &SeedFlags) -> Result<Option<String>> {
+    const VAR: &str = "HELLAS_WIFI_PASSPHRASE";
+    if flags.wifi_open {
+        return Ok(None);
+    }
+    let line = match &flags.wifi_passphrase_file {
+        Some(file) if file.as_os_str() == "-" => {
+            let mut line = String::new();
+            std::io::stdin().lock().read_line(&mut line).context("reading the Wi-Fi passphrase from stdin")?;
+            line
+        }
+        Some(file) => {
+            let text = std::fs::read_to_string(file).with_context(|| format!("reading the Wi-Fi passphrase from {}", file.display()))?;
+            text.lines().next().unwrap_or_default().to_string()
+        }
+        None => std::env::var(VAR).map_err(|_| {
+            anyhow!("--wifi-ssid needs the network's passphrase: give --wifi-passphrase-file FILE (or -), set {VAR}, or pass --wifi-open for a network without one")
+        })?,
+    };
+    Ok(Some(line.trim_end_matches(['\r', '\n']).to_string()))
 }
 
 fn tempfile_dir() -> Result<std::path::PathBuf> {

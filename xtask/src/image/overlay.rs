@@ -65,6 +65,8 @@ pub fn stage(work: &Path, inputs: &OverlayInputs, tools: &ToolsTree, progress: &
     let issue = root.join("etc/issue.d");
     fs::create_dir_all(&issue).with_context(|| format!("creating {}", issue.display()))?;
     std::os::unix::fs::symlink("/run/hellas/claim.issue", issue.join("50-hellas.issue")).context("linking the claim code's issue file")?;
+    // Below it, the box's status screen (hellasd's status_screen).
+    std::os::unix::fs::symlink("/run/hellas/status.issue", issue.join("60-hellas-status.issue")).context("linking the status screen's issue file")?;
 
     let keyring = root.join("usr/lib/systemd/import-pubring.pgp");
     fs::write(&keyring, inputs.keyring).with_context(|| format!("writing the release key to {}", keyring.display()))?;

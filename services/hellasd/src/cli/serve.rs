@@ -69,6 +69,7 @@ pub async fn run(config: Config) -> Result<()> {
     let tls_listener = web::tls::TlsListener::new(tls_tcp, &state.certificate)?;
     tracing::info!(address = %state.config.web.tls_listen, fingerprint = %state.certificate.fingerprint(), "web pages listening over HTTPS");
     state.start()?;
+    tokio::spawn(crate::status_screen::run(state.clone()));
     if let Some(cluster) = &state.cluster {
         // A peer's re-image without the data is a factory reset, which needs the whole app.
         let app = Arc::downgrade(&state);

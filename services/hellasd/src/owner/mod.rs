@@ -13,6 +13,8 @@ use anyhow::{bail, Context, Result};
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
 use serde::{Deserialize, Serialize};
+use hellas_contract::network::StaticWired;
+use hellas_contract::seed::Seed;
 
 use crate::state_file::{unix_now, StateFile};
 
@@ -56,11 +58,20 @@ pub struct Settings {
     /// Paired boxes may wipe this one (re-image without the data) without asking; otherwise
     /// such a request waits for the owner on the Pool page.
     pub peers_may_wipe: bool,
+    /// A static address for the wired network; none: DHCP.
+    pub static_wired: Option<StaticWired>,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { box_name: "hellas".into(), timezone: "UTC".into(), ssh_keys: Vec::new(), update_channel: String::new(), peers_may_wipe: false }
+        Settings {
+            box_name: "hellas".into(),
+            timezone: "UTC".into(),
+            ssh_keys: Vec::new(),
+            update_channel: String::new(),
+            peers_may_wipe: false,
+            static_wired: None,
+        }
     }
 }
 
@@ -150,19 +161,23 @@ impl OwnerStore {
 
     /// First-boot settings from the stick (`crate::seed`), in one write; refused once the box
     /// has an owner. Settings the seed leaves out keep their values.
-    pub fn seed(&self, box_name: Option<&str>, ssh_keys: Option<&[String]>, claim_code: Option<&str>) -> Result<()> {
+    /// The seed's settings (its Wi-Fi network aside, which is root's: `seed::apply`).
+    pub fn seed(&self, seed: &Seed) -> Result<()> {
         self.file.update(|f| {
             if f.owner.is_some() {
                 bail!("this box has an owner already");
             }
-            if let Some(name) = box_name {
-                f.settings.box_name = name.to_string();
+            if let Some(name) = &seed.hostname {
+                f.settings.box_name = name.clone();
             }
-            if let Some(keys) = ssh_keys {
-                f.settings.ssh_keys = keys.to_vec();
+            if let Some(keys) = &seed.ssh_authorized_keys {
+                f.settings.ssh_keys = keys.clone();
             }
-            if let Some(code) = claim_code {
-                f.claim_code = Some(code.to_string());
+            if let Some(code) = &seed.claim_code {
+                f.claim_code = Some(code.clone());
+            }
+            if let Some(wired) = &seed.wired {
+                f.settings.static_wired = Some(wired.clone());
             }
             Ok(())
         })
@@ -262,6 +277,9 @@ impl Settings {
             if parsed.len() != 1 || parsed[0] != *key {
                 return Err(format!("SSH key {} is not one key on one line", n + 1));
             }
+        }
+        if let Some(wired) = &self.static_wired {
+            wired.check().map_err(|e| format!("static wired address: {e}"))?;
         }
         Ok(())
     }

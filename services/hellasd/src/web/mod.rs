@@ -82,7 +82,26 @@ pub fn router(state: Arc<AppState>, https: bool) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(64 << 10))
         .route_layer(middleware::from_fn_with_state(state.clone(), with_session))
         .route_layer(axum::Extension(Https(https)))
+        // Every request, the pages that do not exist included (a phone's connectivity check).
+        .layer(middleware::from_fn(captive_redirect))
         .with_state(state)
+}
+
+/// On the setup hotspot every name is the box (`network::captive_dns`): a request from there
+/// for a name other than the box's (`*.local`) or an address, such as a phone's connectivity
+/// check, is sent to the setup page, which is how a phone learns it must "sign in to the
+/// network" and opens the page.
+async fn captive_redirect(request: Request, next: Next) -> Response {
+    use crate::network::watch::{HOTSPOT_ADDRESS, HOTSPOT_NETWORK};
+    let peer = request.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
+    let on_hotspot = peer.is_some_and(|peer| HOTSPOT_NETWORK.parse::<ipnet::IpNet>().is_ok_and(|n| n.contains(&peer)));
+    let host = request.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+    let name = host.rsplit_once(':').filter(|(_, port)| port.parse::<u16>().is_ok()).map_or(host, |(name, _)| name);
+    let elsewhere = !name.is_empty() && name.parse::<std::net::IpAddr>().is_err() && !name.starts_with('[') && !name.ends_with(".local");
+    if on_hotspot && elsewhere {
+        return (StatusCode::FOUND, [(header::LOCATION, format!("http://{HOTSPOT_ADDRESS}/"))]).into_response();
+    }
+    next.run(request).await
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {

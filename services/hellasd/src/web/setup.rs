@@ -35,7 +35,8 @@ pub struct ClaimForm {
 
 /// The claim form, with the certificate's fingerprint to check the HTTPS connection against.
 fn claim_form(state: &AppState) -> Page {
-    Page::new("claim", "Claim this box", json!({ "fingerprint": state.certificate.fingerprint() })).step(0)
+    let seed_refused = crate::seed::refusal(&state.config.web.runtime_dir);
+    Page::new("claim", "Claim this box", json!({ "fingerprint": state.certificate.fingerprint(), "seed_refused": seed_refused })).step(0)
 }
 
 pub async fn claim_page(State(state): St, Visitor(session): Visitor) -> Response {
