@@ -104,6 +104,17 @@ impl<T: Default + Serialize + DeserializeOwned> StateFile<T> {
 /// Writes `bytes` to `path` through a temporary sibling, so readers see the old or the new
 /// contents, never a mix, and a crash leaves the old file intact.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_new(path, bytes, None)
+}
+
+/// The same, the file having exactly `mode` from before its first byte is written (a secret is
+/// never readable by others, not even for a moment, whatever the umask).
+pub fn write_atomically_with_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    write_new(path, bytes, Some(mode))
+}
+
+fn write_new(path: &Path, bytes: &[u8], mode: Option<u32>) -> Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let dir = path.parent().context("path has no parent directory")?;
     let tmp = dir.join(format!(
         ".{}.tmp-{}",
@@ -111,7 +122,14 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
         std::process::id()
     ));
     let result = (|| -> Result<()> {
-        let mut file = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        let mut file = match mode {
+            None => File::create(&tmp),
+            Some(mode) => OpenOptions::new().write(true).create(true).truncate(true).mode(mode & 0o600).open(&tmp),
+        }
+        .with_context(|| format!("creating {}", tmp.display()))?;
+        if let Some(mode) = mode {
+            file.set_permissions(fs::Permissions::from_mode(mode)).with_context(|| format!("setting the mode of {}", tmp.display()))?;
+        }
         file.write_all(bytes).with_context(|| format!("writing {}", tmp.display()))?;
         file.sync_all().with_context(|| format!("syncing {}", tmp.display()))?;
         fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
@@ -174,6 +192,18 @@ mod tests {
         })
         .unwrap();
         assert_eq!(b.load().unwrap().n, 42);
+    }
+
+    #[test]
+    fn a_file_written_with_a_mode_has_exactly_it_and_replaces_the_old_one() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        fs::write(&path, b"old").unwrap();
+        write_atomically_with_mode(&path, b"new", 0o640).unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o640);
+        assert_eq!(fs::read(&path).unwrap(), b"new");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary file is left");
     }
 
     #[test]

@@ -154,8 +154,9 @@ pub async fn run(state: Arc<AppState>) {
             network: crate::network::read_status(&state.config.web.runtime_dir),
             seed_refused: crate::seed::refusal(&state.config.web.runtime_dir),
         };
-        match screen.show(&status.render()) {
-            Ok(true) => tracing::info!("the box's screen shows: {}", status.render().lines().take(4).collect::<Vec<_>>().join(" | ")),
+        let text = status.render();
+        match screen.show(&text) {
+            Ok(true) => tracing::info!("the box's screen shows: {}", text.lines().take(4).collect::<Vec<_>>().join(" | ")),
             Ok(false) => {}
             Err(e) => tracing::warn!("updating the box's screen: {e:#}"),
         }

@@ -42,7 +42,7 @@ fn apply_static_wired(wired: Option<&hellas_contract::network::StaticWired>) -> 
 const SSH_DIR: &str = "/var/lib/hellas-ssh";
 
 fn apply_ssh_keys(keys: &[String]) -> Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    use std::os::unix::fs::DirBuilderExt;
     let dir = std::path::Path::new(SSH_DIR);
     let authorized = dir.join("root.keys");
     if keys.is_empty() {
@@ -59,8 +59,7 @@ fn apply_ssh_keys(keys: &[String]) -> Result<()> {
         let made = std::process::Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", "hellas host key", "-f"]).arg(&host_key).status();
         anyhow::ensure!(made.is_ok_and(|s| s.success()), "ssh-keygen could not make {}", host_key.display());
     }
-    crate::state_file::write_atomically(&authorized, (keys.join("\n") + "\n").as_bytes())?;
-    std::fs::set_permissions(&authorized, std::fs::Permissions::from_mode(0o600)).with_context(|| format!("restricting {}", authorized.display()))?;
+    crate::state_file::write_atomically_with_mode(&authorized, (keys.join("\n") + "\n").as_bytes(), 0o600)?;
     systemctl(&["start", "ssh.service"])
 }
 

@@ -79,12 +79,12 @@ pub fn ap_profile_path(iwd_dir: &Path, ssid: &str) -> PathBuf {
 
 /// Opens the hotspot `ssid` (its profile saved first) on `interface`.
 pub fn start_ap(iwd_dir: &Path, interface: &str, ssid: &str, passphrase: &str) -> Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    use std::os::unix::fs::DirBuilderExt;
     let path = ap_profile_path(iwd_dir, ssid);
     let dir = path.parent().expect("ap/");
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).with_context(|| format!("creating {}", dir.display()))?;
-    crate::state_file::write_atomically(&path, format!("# The setup hotspot, written by Hellas.\n[Security]\nPassphrase={passphrase}\n").as_bytes())?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).with_context(|| format!("restricting {}", path.display()))?;
+    let profile = format!("# The setup hotspot, written by Hellas.\n[Security]\nPassphrase={passphrase}\n");
+    crate::state_file::write_atomically_with_mode(&path, profile.as_bytes(), 0o600)?;
     iwctl(&["device", interface, "set-property", "Mode", "ap"])?;
     iwctl(&["ap", interface, "start-profile", ssid])?;
     reconfigure(interface);

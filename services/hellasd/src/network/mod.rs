@@ -11,14 +11,14 @@ pub mod watch;
 
 use std::fs;
 use std::net::IpAddr;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use hellas_contract::network::{StaticWired, Wifi};
 use serde::{Deserialize, Serialize};
 
-use crate::state_file::write_atomically;
+use crate::state_file::{write_atomically, write_atomically_with_mode};
 
 /// What the network watcher last saw and did, in the runtime directory for hellasd to show.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -80,19 +80,8 @@ pub fn read_status(runtime_dir: &Path) -> NetworkStatus {
 
 /// hellasd's side: asks the watcher to join `wifi`. The file is hellasd's alone (0600).
 pub fn request_wifi(state_dir: &Path, wifi: &Wifi) -> Result<()> {
-    let path = wifi_request_path(state_dir);
     let text = toml::to_string(wifi).context("writing the Wi-Fi request")?;
-    let tmp = path.with_extension("request.tmp");
-    let written = (|| -> Result<()> {
-        let mut file = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        std::io::Write::write_all(&mut file, text.as_bytes()).with_context(|| format!("writing {}", tmp.display()))?;
-        file.sync_all().with_context(|| format!("syncing {}", tmp.display()))?;
-        fs::rename(&tmp, &path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
-    })();
-    if written.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    written
+    write_atomically_with_mode(&wifi_request_path(state_dir), text.as_bytes(), 0o600)
 }
 
 /// The addresses of the box's interfaces, loopback aside: IPv4 first, then IPv6 that people
@@ -116,12 +105,9 @@ pub fn addresses() -> Vec<(String, IpAddr)> {
 /// that network; iwd notices the file and joins the network when it is in range.
 pub fn save_wifi(iwd_dir: &Path, wifi: &Wifi) -> Result<()> {
     fs::DirBuilder::new().recursive(true).mode(0o700).create(iwd_dir).with_context(|| format!("creating {}", iwd_dir.display()))?;
-    // The directory is root's alone, so the file is never readable by others, not even while
-    // it is written (before its mode is set).
     fs::set_permissions(iwd_dir, fs::Permissions::from_mode(0o700)).with_context(|| format!("restricting {}", iwd_dir.display()))?;
     let path = iwd_dir.join(wifi.iwd_file_name());
-    write_atomically(&path, wifi.iwd_file().as_bytes())?;
-    fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).with_context(|| format!("restricting {}", path.display()))?;
+    write_atomically_with_mode(&path, wifi.iwd_file().as_bytes(), 0o600)?;
     tracing::info!("Wi-Fi network {:?} saved for iwd ({})", wifi.ssid, path.display());
     Ok(())
 }

@@ -26,7 +26,7 @@ use rand::Rng;
 
 use super::{iwd, save_wifi, Hotspot, JoinState, NetworkStatus, WifiJoin};
 use crate::config::Config;
-use crate::state_file::{give_to_directory_owner, write_atomically};
+use crate::state_file::{give_to_directory_owner, write_atomically_with_mode};
 
 /// The hotspot's own address and network (networkd's 80-hellas-hotspot.network gives them).
 pub const HOTSPOT_ADDRESS: &str = "10.42.0.1";
@@ -225,9 +225,7 @@ impl Watch {
         if std::fs::read_to_string(&self.status_path).is_ok_and(|t| t == text) {
             return Ok(());
         }
-        write_atomically(&self.status_path, text.as_bytes())?;
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&self.status_path, std::fs::Permissions::from_mode(0o640)).with_context(|| format!("restricting {}", self.status_path.display()))?;
+        write_atomically_with_mode(&self.status_path, text.as_bytes(), 0o640)?;
         give_to_directory_owner(self.status_path.parent().expect("in the runtime directory"), std::slice::from_ref(&self.status_path))
     }
 }

@@ -15,7 +15,7 @@ use anyhow::{Context, Result};
 use hellas_contract::claim_code::{check as check_code, format, normalise, ALPHABET, LEN};
 use rand::Rng;
 
-use crate::state_file::write_atomically;
+use crate::state_file::{write_atomically, write_atomically_with_mode};
 
 /// This boot's claim code and the console's text about the box, in the runtime directory.
 /// (The code: letters and digits without 0/O and 1/I, 32 symbols, 5 bits each, 40 bits.)
@@ -70,8 +70,7 @@ impl ClaimFiles {
     /// Makes `code` this boot's code, replacing any other.
     pub fn set(&self, code: &str) -> Result<()> {
         fs::create_dir_all(&self.dir).with_context(|| format!("creating {}", self.dir.display()))?;
-        write_atomically(&self.code_path(), format!("{code}\n").as_bytes())?;
-        restrict(&self.code_path())?;
+        write_atomically_with_mode(&self.code_path(), format!("{code}\n").as_bytes(), 0o600)?;
         self.write_issue(code)
     }
 
@@ -112,11 +111,6 @@ impl ClaimFiles {
         }
         Ok(())
     }
-}
-
-fn restrict(path: &Path) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).with_context(|| format!("restricting {}", path.display()))
 }
 
 pub fn generate() -> String {
