@@ -5,7 +5,7 @@
 //! page, and its connectivity check is sent there (a captive portal); after the claim, the owner on the phone gives a wrong passphrase for the home network,
 //! sees why it failed on the box's screen and the settings page, gets the hotspot back, gives
 //! the right one, and the box joins the home network (an address from its DHCP server) and
-//! closes the hotspot.
+//! closes the hotspot; the phone goes home too and reaches the box there.
 
 use std::time::{Duration, Instant};
 
@@ -81,11 +81,18 @@ pub fn the_owner_on_the_phone_moves_the_box_to_the_home_network(vm: &Vm) {
     assert!(status == 200 && page.contains("is joining"), "asking the box to join {HOME_SSID} again: {status}\n{page}");
     wait_for_screen(vm, &format!("Wi-Fi:     joined \"{HOME_SSID}\""));
     // An address from the home access point's DHCP server: the box talks on the home network.
-    // (Reaching the box from there is not tried: in this guest, an access point in a network
-    // namespace trips a mac80211 warning on its first unicast frame and drops it.)
     let address = wait_for_screen(vm, "Network:   192.168.77.");
     assert!(!console_text(vm).rsplit_once("Box:       ").map(|(_, screen)| screen.to_string()).unwrap_or_default().contains("join the setup hotspot"), "the hotspot is still on the screen");
     println!("the right passphrase: the box joined {HOME_SSID} and closed its hotspot: {address:?}");
+
+    // The phone, back on the home network (the lab moves it there once the hotspot is gone),
+    // reaches the box at its home address: the owner's settings, signed in, over HTTPS.
+    wait_until(vm, "the phone reaches the box on the home network", || {
+        let mut phone = OwnerWeb::pinned(vm.phone_https_url(), &fingerprint);
+        let home = console_text(vm).contains("lab: the phone's way in goes to the box at 192.168.77.");
+        home && phone.try_log_in(PASSWORD) && phone.get("/settings").2.contains(&format!("<p id=\"wifi-last\">joined: {HOME_SSID}</p>"))
+    });
+    println!("the phone, on {HOME_SSID} too, reaches the box there and signs in");
 }
 
 /// The line of the box's latest screen that starts with `prefix`, once it shows one.
