@@ -1,8 +1,11 @@
-//! Three boxes in network namespaces on one bridge, each a real hellasd with the real engine:
-//! A and B pair through their dashboards, C does not. SmolLM2 is too big for A's test budget at
-//! the configured context, so A runs it across A and B over llama.cpp RPC and must answer as a
-//! single llama-server does; C cannot reach B's RPC worker; killing B degrades the model with
-//! a 503 naming B, and A then runs it alone at a smaller context.
+//! Three boxes in network namespaces on a LAN with a switch that delays every frame, each a real
+//! hellasd with the real engine; A and B are also cabled directly (link-local addresses, no
+//! delay). A and B pair through their dashboards, C does not. SmolLM2 is too big for A's test
+//! budget at the configured context, so A runs it across A and B over llama.cpp RPC and must
+//! answer as a single llama-server does; the RPC goes over the direct cable (the interfaces'
+//! counters show it), moves to the LAN when the cable is pulled and back when it returns; C
+//! cannot reach B's RPC worker; killing B degrades the model with a 503 naming B, and A then
+//! runs it alone at a smaller context.
 
 mod support;
 
@@ -18,6 +21,8 @@ const CTX: u32 = 4096;
 const MIB: u64 = 1 << 20;
 const CONTROL_PORT: u16 = 7077;
 const RPC_PORT: u16 = 50052;
+/// The LAN's one-way delay: a switch hop and a busy home network, against a cable's microseconds.
+const LAN_DELAY: Duration = Duration::from_millis(2);
 
 fn start_box(lan: &Lan, host: usize, budget: u64, models: bool) -> Daemon {
     let cluster = format!(
@@ -110,6 +115,38 @@ fn answer(body: &Value) -> String {
         .to_string()
 }
 
+/// The RPC address A's split of the model uses for B now (the Pool page's "RPC over").
+fn split_rpc(owner: &mut Visitor) -> Option<String> {
+    pool(owner)["split"][0]["shares"][1]["rpc"].as_str().map(str::to_string)
+}
+
+/// Bytes A moved over the direct cable and over the LAN while `f` ran.
+fn traffic<T>(lan: &Lan, f: impl FnOnce() -> T) -> (T, u64, u64) {
+    let before = (lan.bytes(0, "direct0"), lan.bytes(0, "eth0"));
+    let out = f();
+    (out, lan.bytes(0, "direct0").saturating_sub(before.0), lan.bytes(0, "eth0") - before.1)
+}
+
+/// Chats with A until it answers; every failure on the way must be the documented 503.
+fn chat_until_answered(a: &Daemon, what: &str) -> (Value, Vec<String>) {
+    let mut failures = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let response = a.try_post("/v1/chat/completions", &request(), Duration::from_secs(60));
+        let response = response.unwrap_or_else(|e| panic!("A did not answer: {e}\n{}", a.log()));
+        let status = response.status();
+        let retry_after = response.headers().get("retry-after").is_some();
+        let body: Value = response.json().unwrap_or_default();
+        if status == 200 {
+            return (body, failures);
+        }
+        assert!(status == 503 && body["error"]["type"] == "model_degraded" && retry_after, "while the model moves: {status} {body}");
+        failures.push(body["error"]["message"].as_str().unwrap_or_default().to_string());
+        assert!(Instant::now() < deadline, "timed out waiting for {what}: {failures:?}\n{}", a.log());
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
 fn connects(ns: &str, to: &str) -> bool {
     let to: SocketAddr = to.parse().unwrap();
     in_netns(ns, || {
@@ -119,7 +156,8 @@ fn connects(ns: &str, to: &str) -> bool {
 
 #[test]
 fn a_model_too_big_for_one_box_runs_across_two_paired_boxes() {
-    let lan = Lan::new("hx", 3);
+    let lan = Lan::new("hx", 3, LAN_DELAY);
+    lan.direct(0, 1);
     // At ctx 4096 SmolLM2 plans ~355 MB: A holds it only at a smaller context, so the pool wins.
     let a = start_box(&lan, 0, 330 * MIB, true);
     let b = start_box(&lan, 1, 400 * MIB, true);
@@ -210,14 +248,26 @@ fn a_model_too_big_for_one_box_runs_across_two_paired_boxes() {
     });
     assert_eq!(peers["address"], lan.address(1));
     assert_eq!(pool(&mut owner_b)["peers"][0]["node_id"], a_id.as_str());
+    // A learned both of B's addresses and measured both paths: the cable is the fast one.
+    let b_direct = lan.direct_address(1);
+    let paths = wait_for("A to measure both paths to B", Duration::from_secs(20), || {
+        let paths = pool(&mut owner_a)["peers"][0]["paths"].clone();
+        (paths.as_array()?.len() == 2 && paths.as_array()?.iter().all(|p| p["up"] == true)).then_some(paths)
+    });
+    println!("A's paths to B: {paths}");
+    assert_eq!(paths[0]["address"], b_direct.as_str(), "the cable is measured faster: {paths}");
+    assert_eq!((paths[0]["chosen"].clone(), paths[0]["link"].clone()), (json!(true), json!("direct0")), "{paths}");
+    assert!(paths[1]["latency_ms"].as_f64().unwrap() > paths[0]["latency_ms"].as_f64().unwrap() * 3.0, "{paths}");
+    assert!(owner_a.get("/pool").text().unwrap().contains(&format!("<strong>➜ direct0 <code>{b_direct}</code>")), "the Pool page marks the link in use");
     assert!(pool(&mut owner_c)["peers"].as_array().unwrap().is_empty());
 
-    // The fence: only the paired peer reaches B's RPC worker.
+    // The fence: only the paired peer reaches B's RPC worker, on each link.
     let worker = format!("{}:{RPC_PORT}", lan.address(1));
     assert!(
         connects(&lan.hosts[0], &worker),
         "A, paired with B, must reach B's worker"
     );
+    assert!(connects(&lan.hosts[0], &format!("{b_direct}:{RPC_PORT}")), "A must reach B's worker over the cable");
     assert!(
         !connects(&lan.hosts[2], &worker),
         "C, not paired, must not reach B's worker"
@@ -240,6 +290,36 @@ fn a_model_too_big_for_one_box_runs_across_two_paired_boxes() {
         reference,
         "the split must answer as one box"
     );
+    assert_eq!(split_rpc(&mut owner_a), Some(format!("{b_direct}:{RPC_PORT}")), "the split's RPC goes over the cable");
+    let (response, direct, over_lan) = traffic(&lan, || chat(&a));
+    assert_eq!(response.status(), 200);
+    println!("one answer across A+B over the cable: {direct} bytes on the cable, {over_lan} on the LAN");
+    assert!(direct > 50_000 && direct > 5 * over_lan, "the split's traffic takes the cable: {direct} bytes there, {over_lan} on the LAN");
+
+    // The cable is pulled: the model moves to the LAN (a request may get the documented 503
+    // while it reloads), answers the same, and its traffic takes the LAN.
+    lan.unplug(0);
+    let (moved, failures) = chat_until_answered(&a, "A to answer over the LAN");
+    println!("with the cable pulled: {} request(s) got a 503 first: {failures:?}", failures.len());
+    assert!(failures.iter().all(|f| f.contains("moving to another link") && f.contains(&b_direct)), "{failures:?}");
+    assert_eq!(answer(&moved), reference, "over the LAN, the same answer");
+    assert_eq!(split_rpc(&mut owner_a), Some(format!("{}:{RPC_PORT}", lan.address(1))), "the split's RPC goes over the LAN");
+    let (response, direct, over_lan) = traffic(&lan, || chat(&a));
+    assert_eq!(response.status(), 200);
+    println!("one answer over the LAN: {direct} bytes on the cable, {over_lan} on the LAN");
+    assert!(over_lan > 50_000 && direct == 0, "the split's traffic takes the LAN: {over_lan} bytes there, {direct} on the cable");
+
+    // The cable is back: once the model is idle it moves back to it.
+    lan.direct(0, 1);
+    wait_for("A's split to move back to the cable", Duration::from_secs(120), || {
+        (split_rpc(&mut owner_a) == Some(format!("{b_direct}:{RPC_PORT}"))).then_some(Value::Null)
+    });
+    let (back, failures) = chat_until_answered(&a, "A to answer over the cable again");
+    assert_eq!(answer(&back), reference);
+    let (response, direct, over_lan) = traffic(&lan, || chat(&a));
+    assert_eq!(response.status(), 200);
+    println!("the cable back ({} request(s) waited with a 503): {direct} bytes on the cable, {over_lan} on the LAN", failures.len());
+    assert!(direct > 50_000 && direct > 5 * over_lan, "the split's traffic takes the cable again: {direct} bytes there, {over_lan} on the LAN");
     let split = pool(&mut owner_a)["split"][0].clone();
     println!("A runs across the pool: {split}");
     assert_eq!(split["ctx"], CTX, "{split}");
@@ -285,7 +365,7 @@ fn a_model_too_big_for_one_box_runs_across_two_paired_boxes() {
     assert_eq!(status, 503, "{body}");
     let message = body["error"]["message"].as_str().unwrap();
     assert!(
-        message.contains(b_name) && message.contains(&lan.address(1)),
+        message.contains(b_name) && message.contains(&b_direct),
         "the 503 names the missing box: {message}"
     );
     assert_eq!(body["error"]["type"], "model_degraded");
@@ -333,7 +413,7 @@ fn take_request(daemon: &Daemon) -> Option<Request> {
 
 #[test]
 fn a_fleet_updates_one_box_at_a_time_and_halts_at_the_first_failure() {
-    let lan = Lan::new("hf", 3);
+    let lan = Lan::new("hf", 3, Duration::ZERO);
     let (a, mut b, c) = (start_box(&lan, 0, 400 * MIB, false), start_box(&lan, 1, 400 * MIB, false), start_box(&lan, 2, 400 * MIB, false));
     let (mut owner_a, mut owner_b, mut owner_c) = owners(&a, &b, &c);
     for daemon in [&a, &b, &c] {

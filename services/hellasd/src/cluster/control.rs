@@ -2,7 +2,7 @@
 //! connection, each a line. Small on purpose; the model's tensors travel over llama.cpp's RPC,
 //! not here.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -80,8 +80,12 @@ pub struct NodeStatus {
     /// What it could lend: `free` plus its own idle models, which make way.
     #[serde(default)]
     pub available: u64,
-    /// Its RPC worker, while one runs.
+    /// Its RPC worker, while one runs: its cluster address and the worker's port (the worker
+    /// listens on every address in `addresses`).
     pub rpc: Option<SocketAddr>,
+    /// Every address it can be reached on (LAN, direct cables), for its peers to measure.
+    #[serde(default)]
+    pub addresses: Vec<IpAddr>,
     #[serde(default)]
     pub update: UpdateSummary,
 }

@@ -309,7 +309,7 @@ mod tests {
     use crate::cluster::control::{NodeStatus, UpdateSummary};
 
     fn status(version: &str, update: UpdateSummary) -> NodeStatus {
-        NodeStatus { node_id: "b".into(), name: "bravo".into(), version: version.into(), healthy: true, budget: 0, free: 0, available: 0, rpc: None, update }
+        NodeStatus { node_id: "b".into(), name: "bravo".into(), version: version.into(), healthy: true, budget: 0, free: 0, available: 0, rpc: None, addresses: vec![], update }
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! Peers' health: their status asked at every probe, misses counted until a peer is gone, and
-//! the members a split can be planned over.
+//! Peers' health: their status asked at every probe, misses counted until a peer is gone, each
+//! path to them measured, and the members a split can be planned over.
 
 use super::*;
 
@@ -19,25 +19,78 @@ impl Cluster {
     pub(super) async fn probe(&self, peer: &Peer) {
         let started = Instant::now();
         let answer = self.call(peer, &Request::Status).await;
+        let latency = started.elapsed();
+        let said = match &answer {
+            Ok(Response::Status(status)) => Some(status.addresses.iter().copied().filter(paths::usable).collect::<Vec<_>>()),
+            _ => None,
+        };
+        {
+            let mut live = self.live.lock().unwrap();
+            let entry = live.entry(peer.node_id.clone()).or_default();
+            match answer {
+                Ok(Response::Status(status)) => {
+                    entry.status = Some(status);
+                    entry.latency = Some(latency);
+                    entry.misses = 0;
+                    entry.error = None;
+                }
+                Ok(other) => {
+                    entry.misses += 1;
+                    entry.error = Some(format!("unexpected answer {other:?}"));
+                }
+                Err(e) => {
+                    entry.misses += 1;
+                    entry.error = Some(format!("{e:#}"));
+                }
+            }
+        }
+        let mut peer = peer.clone();
+        if let Some(said) = said.filter(|said| *said != peer.addresses) {
+            self.learn_addresses(&peer, &said).await;
+            peer.addresses = said;
+        }
+        self.measure_paths(&peer).await;
+    }
+
+    /// Keeps the addresses a peer says it has (the fence admits them from now on).
+    async fn learn_addresses(&self, peer: &Peer, addresses: &[IpAddr]) {
+        tracing::info!(peer = %peer.name, ?addresses, "the peer's addresses");
+        let saved = self.peers.update(|p| {
+            if let Some(known) = p.peers.iter_mut().find(|p| p.node_id == peer.node_id) {
+                known.addresses = addresses.to_vec();
+            }
+            Ok(())
+        });
+        match saved {
+            Ok(()) => self.fence_changed().await,
+            Err(e) => tracing::warn!(peer = %peer.name, "saving the peer's addresses: {e:#}"),
+        }
+    }
+
+    /// Measures every path to `peer` and picks the one RPC takes.
+    async fn measure_paths(&self, peer: &Peer) {
+        let timeout = Duration::from_millis(500).min(Duration::from_secs(self.config.probe_interval_secs.max(1)));
+        let addresses: Vec<IpAddr> = peer.all_addresses().into_iter().filter(paths::usable).collect();
+        let measured = futures_util::future::join_all(
+            addresses.iter().map(|a| paths::measure(SocketAddr::new(*a, peer.port), timeout)),
+        )
+        .await;
         let mut live = self.live.lock().unwrap();
         let entry = live.entry(peer.node_id.clone()).or_default();
-        match answer {
-            Ok(Response::Status(status)) => {
-                *entry = Live {
-                    status: Some(status),
-                    latency: Some(started.elapsed()),
-                    misses: 0,
-                    error: None,
-                };
-            }
-            Ok(other) => {
-                entry.misses += 1;
-                entry.error = Some(format!("unexpected answer {other:?}"));
-            }
-            Err(e) => {
-                entry.misses += 1;
-                entry.error = Some(format!("{e:#}"));
-            }
+        let mut kept = std::mem::take(&mut entry.paths);
+        for (address, result) in addresses.into_iter().zip(measured) {
+            let mut path = match kept.iter().position(|p| p.address == address) {
+                Some(i) => kept.swap_remove(i),
+                None => paths::Path::new(address),
+            };
+            path.record(result);
+            entry.paths.push(path);
+        }
+        let route = paths::choose(&entry.paths, entry.route);
+        if route != entry.route {
+            let latency = |a: Option<IpAddr>| entry.paths.iter().find(|p| Some(p.address) == a).and_then(|p| p.latency);
+            tracing::info!(peer = %peer.name, from = ?entry.route, to = ?route, latency = ?latency(route), "RPC path");
+            entry.route = route;
         }
     }
 
@@ -73,11 +126,27 @@ impl Cluster {
                 Some(Member {
                     node_id: peer.node_id.clone(),
                     name: peer.name.clone(),
-                    rpc: status.rpc,
+                    rpc: Self::route_to(l),
                     free: status.available,
                 })
             })
             .collect()
+    }
+
+    /// The peer's worker by the path chosen for it: its port at the chosen address.
+    fn route_to(live: &Live) -> Option<SocketAddr> {
+        let worker = live.status.as_ref()?.rpc?;
+        Some(live.route.map_or(worker, |address| SocketAddr::new(address, worker.port())))
+    }
+
+    /// Where RPC to `node_id` goes now.
+    pub fn rpc(&self, node_id: &str) -> Option<SocketAddr> {
+        self.live.lock().unwrap().get(node_id).and_then(Self::route_to)
+    }
+
+    /// Whether the path to `node_id` at `address` worked when last measured.
+    pub fn path_up(&self, node_id: &str, address: IpAddr) -> bool {
+        self.live.lock().unwrap().get(node_id).is_some_and(|l| l.paths.iter().any(|p| p.address == address && p.up()))
     }
 
     /// This box as a member of a split.

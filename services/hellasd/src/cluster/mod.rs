@@ -7,6 +7,8 @@
 //! * [`control`] over [`tls`]: status, memory holds and unpairing, only between paired boxes;
 //!   [`server`] answers them on the control port.
 //! * [`worker`]: ggml-rpc-server while there are peers, fenced by [`firewall`].
+//! * [`paths`]: every address a peer can be reached on, each path's latency, and the one RPC
+//!   takes (a direct cable before the LAN).
 //! * `memory`: what this box lends its peers; `health`: their status probes and who is gone.
 //! * [`fleet`]: rollouts of a release over the paired boxes, one at a time, and re-imaging.
 //!
@@ -19,6 +21,7 @@ pub mod fleet;
 pub mod firewall;
 pub mod identity;
 pub mod pairing;
+pub mod paths;
 pub mod peers;
 pub mod server;
 pub mod tls;
@@ -61,6 +64,10 @@ struct Live {
     latency: Option<Duration>,
     misses: u32,
     error: Option<String>,
+    /// Each of its addresses as last measured.
+    paths: Vec<paths::Path>,
+    /// The path RPC to it takes for models loaded from now on.
+    route: Option<IpAddr>,
 }
 
 impl Live {
@@ -81,9 +88,15 @@ pub struct Cluster {
     peers: StateFile<Peers>,
     owner: OwnerStore,
     version: String,
-    address: IpAddr,
+    /// The address this box announces and its peers call first: `cluster.address`, else found
+    /// again at every probe (the box may get its address after hellasd starts).
+    address: Mutex<Option<IpAddr>>,
+    /// This box's addresses at the last probe, with their interfaces.
+    own: Mutex<Vec<paths::OwnAddress>>,
     worker: worker::Worker,
+    /// Started once this box has an address to announce.
     discovery: Mutex<Option<discovery::Discovery>>,
+    mdns_failed: std::sync::atomic::AtomicBool,
     /// What mDNS last announced.
     announced: Mutex<Option<discovery::Announcement>>,
     join_code: Mutex<Option<JoinCode>>,
@@ -114,6 +127,8 @@ pub struct PeerView {
     pub status: Option<NodeStatus>,
     pub latency_ms: Option<f64>,
     pub error: Option<String>,
+    /// The ways to it, fastest first.
+    pub paths: Vec<paths::PathView>,
 }
 
 /// The pool as this box sees it.
@@ -122,7 +137,7 @@ pub struct PoolView {
     #[serde(rename = "self")]
     pub this: NodeStatus,
     pub fingerprint: String,
-    pub address: IpAddr,
+    pub address: Option<IpAddr>,
     pub peers: Vec<PeerView>,
     /// Boxes heard over mDNS that are not paired with this one.
     pub discovered: Vec<discovery::Announcement>,
@@ -133,17 +148,13 @@ impl Cluster {
         let cluster = &config.cluster;
         let identity = Identity::load_or_create(&config.state_dir.join("cluster"))?;
         let tls = Tls::new(&identity)?;
-        let address = match cluster.address {
-            Some(address) => address,
-            None => detect_address()
-                .context("finding this box's cluster address (set cluster.address)")?,
-        };
+        let address = cluster.address.or_else(|| detect_address().ok());
         let version = crate::update::booted_version(std::path::Path::new("/"))
             .unwrap_or_else(|_| env!("CARGO_PKG_VERSION").to_string());
         Ok(Arc::new(Cluster {
             worker: worker::Worker::new(
                 cluster.clone(),
-                SocketAddr::new(address, cluster.rpc_port),
+                SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), cluster.rpc_port),
                 config.sandbox("rpc"),
             ),
             config: cluster.clone(),
@@ -152,8 +163,10 @@ impl Cluster {
             peers: StateFile::new(config.state_dir.join("cluster/peers.json")),
             owner,
             version,
-            address,
+            address: Mutex::new(address),
+            own: Mutex::new(paths::own_addresses()),
             discovery: Mutex::new(None),
+            mdns_failed: Default::default(),
             announced: Mutex::new(None),
             join_code: Mutex::new(None),
             live: Mutex::new(HashMap::new()),
@@ -183,8 +196,38 @@ impl Cluster {
         update.map(|s| s.booted.clone()).filter(|b| !b.is_empty()).unwrap_or_else(|| self.version.clone())
     }
 
-    /// What this box announces over mDNS now.
-    fn announcement(&self) -> discovery::Announcement {
+    /// This box's cluster address, when it has one.
+    pub fn address(&self) -> Option<IpAddr> {
+        *self.address.lock().unwrap()
+    }
+
+    /// Looks at this box's addresses again: finds the cluster address again, unless the owner
+    /// set one, and restarts the RPC worker when an address went away (its client may have come
+    /// that way).
+    fn watch_addresses(&self) {
+        let now = paths::own_addresses();
+        let gone: Vec<String> = {
+            let mut own = self.own.lock().unwrap();
+            let gone = own.iter().filter(|a| !now.contains(a)).map(|(link, ip, _)| format!("{ip} on {link}")).collect();
+            *own = now;
+            gone
+        };
+        if !gone.is_empty() {
+            self.worker.restart(&format!("this box's address {} went away", gone.join(", ")));
+        }
+        if self.config.address.is_none() {
+            let found = detect_address().ok();
+            let mut address = self.address.lock().unwrap();
+            if *address != found {
+                tracing::info!(address = ?found, "cluster address");
+                *address = found;
+            }
+        }
+    }
+
+    /// What this box announces over mDNS now, once it has an address.
+    fn announcement(&self) -> Option<discovery::Announcement> {
+        let address = self.address()?;
         let status = self.status();
         let health = if status.update.failed.is_some() {
             "update-failed"
@@ -193,22 +236,39 @@ impl Cluster {
         } else {
             "ok"
         };
-        discovery::Announcement {
+        Some(discovery::Announcement {
             node_id: status.node_id,
             name: status.name,
             version: status.version,
             health: health.to_string(),
             budget: status.budget,
-            address: self.address,
+            address,
             port: self.config.listen.port(),
-        }
+        })
     }
 
-    /// Announces again when the name, release or health changed.
+    /// Starts mDNS once there is an address to announce; announces again when the address,
+    /// name, release or health changed.
     fn reannounce(&self) {
-        let discovery = self.discovery.lock().unwrap();
-        let Some(discovery) = discovery.as_ref() else { return };
-        let now = self.announcement();
+        use std::sync::atomic::Ordering;
+        if !self.config.mdns || self.mdns_failed.load(Ordering::Relaxed) {
+            return;
+        }
+        let Some(now) = self.announcement() else { return };
+        let mut discovery = self.discovery.lock().unwrap();
+        let Some(discovery) = discovery.as_ref() else {
+            match discovery::Discovery::start(&now) {
+                Ok(found) => {
+                    *discovery = Some(found);
+                    *self.announced.lock().unwrap() = Some(now);
+                }
+                Err(e) => {
+                    tracing::warn!("mDNS discovery is off: {e:#}");
+                    self.mdns_failed.store(true, Ordering::Relaxed);
+                }
+            }
+            return;
+        };
         let mut announced = self.announced.lock().unwrap();
         if announced.as_ref() != Some(&now) {
             match discovery.announce(&now) {
@@ -232,16 +292,7 @@ impl Cluster {
         tracing::info!(address = %listener.local_addr()?, node_id = %self.identity.node_id, "cluster control port listening");
         let cluster = self.clone();
         tokio::spawn(async move { cluster.serve(listener).await });
-        if self.config.mdns {
-            let announcement = self.announcement();
-            match discovery::Discovery::start(&announcement) {
-                Ok(found) => {
-                    *self.discovery.lock().unwrap() = Some(found);
-                    *self.announced.lock().unwrap() = Some(announcement);
-                }
-                Err(e) => tracing::warn!("mDNS discovery is off: {e:#}"),
-            }
-        }
+        self.reannounce();
         let cluster = self.clone();
         tokio::spawn(async move { cluster.worker.supervise().await });
         self.fence_changed().await;
@@ -252,6 +303,7 @@ impl Cluster {
                 let Some(cluster) = cluster.upgrade() else {
                     return;
                 };
+                cluster.watch_addresses();
                 cluster.probe_all().await;
                 cluster.settle_own_rollout();
                 cluster.reannounce();
@@ -274,7 +326,7 @@ impl Cluster {
             .load()
             .map(|p| p.peers.clone())
             .unwrap_or_default();
-        let addresses: Vec<IpAddr> = peers.iter().map(|p| p.address).collect();
+        let addresses: Vec<IpAddr> = peers.iter().flat_map(|p| p.all_addresses()).collect();
         if self.config.firewall {
             let (nft, port) = (self.config.nft.clone(), self.config.rpc_port);
             let applied =
@@ -315,7 +367,8 @@ impl Cluster {
             budget: self.supervisor.budget(),
             free: self.free(),
             available: self.available(),
-            rpc: self.worker.running(),
+            rpc: self.worker.running().map(|worker| SocketAddr::new(self.address().unwrap_or(worker.ip()), worker.port())),
+            addresses: self.own.lock().unwrap().iter().map(|(_, ip, _)| IpAddr::V4(*ip)).collect(),
             update: update.as_ref().map(Self::update_summary).unwrap_or_default(),
         }
     }
@@ -343,6 +396,7 @@ impl Cluster {
             .map(|p| p.peers.clone())
             .unwrap_or_default();
         let live = self.live.lock().unwrap().clone();
+        let own = self.own.lock().unwrap().clone();
         let discovered = self
             .discovery
             .lock()
@@ -353,7 +407,7 @@ impl Cluster {
         PoolView {
             this: self.status(),
             fingerprint: self.identity.fingerprint.clone(),
-            address: self.address,
+            address: self.address(),
             discovered: discovered
                 .into_iter()
                 .filter(|d| !peers.iter().any(|p| p.node_id == d.node_id))
@@ -362,7 +416,21 @@ impl Cluster {
                 .iter()
                 .map(|peer| {
                     let l = live.get(&peer.node_id).cloned().unwrap_or_default();
+                    let mut paths: Vec<paths::PathView> = l
+                        .paths
+                        .iter()
+                        .map(|p| paths::PathView {
+                            address: p.address,
+                            link: paths::link_to(&own, p.address),
+                            latency_ms: p.latency.map(|d| d.as_secs_f64() * 1000.0),
+                            up: p.up(),
+                            chosen: l.route == Some(p.address),
+                            error: p.error.clone(),
+                        })
+                        .collect();
+                    paths.sort_by(|a, b| b.up.cmp(&a.up).then(a.latency_ms.unwrap_or(f64::MAX).total_cmp(&b.latency_ms.unwrap_or(f64::MAX))));
                     PeerView {
+                        paths,
                         node_id: peer.node_id.clone(),
                         name: peer.name.clone(),
                         address: peer.address,
@@ -438,5 +506,13 @@ impl Pool for Cluster {
 
     fn reachable(&self, node_id: &str) -> bool {
         Cluster::reachable(self, node_id)
+    }
+
+    fn rpc(&self, node_id: &str) -> Option<SocketAddr> {
+        Cluster::rpc(self, node_id)
+    }
+
+    fn path_up(&self, node_id: &str, address: IpAddr) -> bool {
+        Cluster::path_up(self, node_id, address)
     }
 }

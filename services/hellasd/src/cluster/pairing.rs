@@ -155,6 +155,7 @@ impl Cluster {
             name,
             fingerprint: conn.fingerprint.clone(),
             address: address.ip(),
+            addresses: Vec::new(),
             port: address.port(),
             paired_at: crate::state_file::unix_now(),
         };

@@ -12,6 +12,10 @@ pub struct Peer {
     pub fingerprint: String,
     /// Where it was last reached; discovery updates it when the box moves.
     pub address: IpAddr,
+    /// Every address it says it can be reached on (its status, over this pinned channel): the
+    /// paths RPC may take, and the addresses the fence admits.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<IpAddr>,
     /// Its control port.
     pub port: u16,
     pub paired_at: u64,
@@ -20,6 +24,13 @@ pub struct Peer {
 impl Peer {
     pub fn control(&self) -> SocketAddr {
         SocketAddr::new(self.address, self.port)
+    }
+
+    /// Where it may be reached: where it was last reached, then what it said.
+    pub fn all_addresses(&self) -> Vec<IpAddr> {
+        let mut all = vec![self.address];
+        all.extend(self.addresses.iter().filter(|a| **a != self.address));
+        all
     }
 }
 

@@ -108,6 +108,7 @@ impl Cluster {
             name,
             fingerprint: conn.fingerprint.clone(),
             address: from.ip(),
+            addresses: Vec::new(),
             port,
             paired_at: crate::state_file::unix_now(),
         };

@@ -1,6 +1,7 @@
 //! The RPC worker: Debian's ggml-rpc-server, run while this box has paired peers, so that a
-//! peer's llama-server can place layers in this box's memory. Bound to the cluster address and
-//! fenced by the firewall; restarted when it exits.
+//! peer's llama-server can place layers in this box's memory. It listens on every address (a
+//! peer may come over the LAN or a direct cable), fenced by the firewall to the paired peers'
+//! addresses; restarted when it exits.
 
 use std::net::SocketAddr;
 use std::process::Stdio;
@@ -34,10 +35,6 @@ impl Worker {
         }
     }
 
-    pub fn endpoint(&self) -> SocketAddr {
-        self.endpoint
-    }
-
     /// The worker's endpoint while it runs.
     pub fn running(&self) -> Option<SocketAddr> {
         self.child.lock().unwrap().map(|_| self.endpoint)
@@ -47,6 +44,17 @@ impl Worker {
     pub fn want(&self, running: bool) {
         self.wanted
             .send_if_modified(|w| std::mem::replace(w, running) != running);
+    }
+
+    /// Kills the running worker, which [`Worker::supervise`] then starts again. A
+    /// ggml-rpc-server serves one client at a time, and a client whose link went away (a pulled
+    /// cable) leaves it waiting on a connection that never ends, so no one else gets in.
+    pub fn restart(&self, why: &str) {
+        if let Some(pid) = *self.child.lock().unwrap() {
+            tracing::warn!(why, "restarting the RPC worker");
+            // SAFETY: kill(2) on our own child's pid, cleared as soon as the child is reaped.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+        }
     }
 
     /// Runs the worker whenever it is wanted, until hellasd stops.

@@ -1,8 +1,10 @@
 //! The engine's view of the pool: a model too big for this box runs across paired boxes. The
 //! cluster implements [`Pool`]; the supervisor plans splits with it, holds memory on the peers,
-//! and degrades a split model whose box went away.
+//! degrades a split model whose box went away, and moves one whose link to a box went away (or
+//! that a faster link to it came back for) onto the path the pool chose.
 
 use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +34,10 @@ pub trait Pool: Send + Sync {
     /// Counts peer `node_id` as gone, for `why`.
     fn mark_gone(&self, node_id: &str, why: &str);
     fn reachable(&self, node_id: &str) -> bool;
+    /// The peer's RPC worker by the path chosen for it now.
+    fn rpc(&self, node_id: &str) -> Option<SocketAddr>;
+    /// Whether the path to the peer at `address` worked when last measured.
+    fn path_up(&self, node_id: &str, address: IpAddr) -> bool;
 }
 
 /// A split model that lost a box.
@@ -98,12 +104,25 @@ impl Supervisor {
         futures_util::future::join_all(checks).await.into_iter().flatten().collect()
     }
 
-    /// Checks a split model's peers; one that is gone degrades the model. Returns the error
-    /// requests for it get now, if it is degraded.
+    /// Checks a split model's peers; one that is gone degrades the model, one still reached by
+    /// another path moves it there. Returns the error requests for it get now, if any.
     pub async fn check_split(self: &Arc<Self>, model: &str, plan: &Plan) -> Option<EngineError> {
-        let missing = Self::unreachable_peers(plan).await;
-        if !missing.is_empty() {
-            self.degrade(model, missing);
+        let unreachable = Self::unreachable_peers(plan).await;
+        if !unreachable.is_empty() {
+            let pool = self.pool.get()?;
+            let mut moved = Vec::new();
+            let mut missing = Vec::new();
+            for share in unreachable {
+                match pool.rpc(&share.node_id).filter(|now| Some(*now) != share.rpc) {
+                    Some(now) if tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(now)).await.is_ok_and(|c| c.is_ok()) => moved.push((share, now)),
+                    _ => missing.push(share),
+                }
+            }
+            if !missing.is_empty() {
+                self.degrade(model, missing);
+            } else {
+                self.move_split(model, &moved, "went away");
+            }
         }
         let degraded = self.state.lock().unwrap().degraded.get(model).cloned();
         degraded.map(|d| EngineError::Degraded { message: d.message })
@@ -120,22 +139,42 @@ impl Supervisor {
         for share in &missing {
             pool.mark_gone(&share.node_id, "its RPC worker does not answer");
         }
+        let message = format!("model '{model}' is degraded: box {names} is unreachable; reloading it on the boxes that remain");
+        let failed = format!("box {names} is unreachable and it does not run on what remains");
+        let missing = missing.iter().map(|s| s.node_id.clone()).collect();
+        self.reload_elsewhere(model, Degraded { missing, message, waiting: false }, failed);
+    }
+
+    /// Reloads `model` with its peers' RPC over the paths the pool chose now: `moved` names
+    /// each peer whose path changed, the link it leaves and the one it takes, and `why` it moves.
+    fn move_split(self: &Arc<Self>, model: &str, moved: &[(Share, SocketAddr)], why: &str) {
+        let links = moved
+            .iter()
+            .map(|(s, now)| format!("box {} from {} to {}", s.name, s.rpc.map(|a| a.ip().to_string()).unwrap_or_default(), now.ip()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let message = format!("model '{model}' is moving to another link ({links}: the link it used {why}); it answers again once reloaded");
+        let failed = format!("it could not move to another link ({links})");
+        self.reload_elsewhere(model, Degraded { missing: Vec::new(), message, waiting: false }, failed);
+    }
+
+    /// Marks `model` degraded with `degraded`'s message, stops its engine and loads it again
+    /// as the pool stands now; if that fails, requests are told `failed` and why.
+    fn reload_elsewhere(self: &Arc<Self>, model: &str, degraded: Degraded, failed: String) {
         {
             let mut state = self.state.lock().unwrap();
             if state.degraded.contains_key(model) {
                 return;
             }
-            let message = format!("model '{model}' is degraded: box {names} is unreachable; reloading it on the boxes that remain");
-            tracing::warn!("{message}");
-            let missing = missing.iter().map(|s| s.node_id.clone()).collect();
-            state.degraded.insert(model.to_string(), Degraded { missing, message, waiting: false });
+            tracing::warn!("{}", degraded.message);
+            state.degraded.insert(model.to_string(), degraded);
         }
         let supervisor = self.clone();
         let model = model.to_string();
-        tokio::spawn(async move { supervisor.reload_degraded(&model, &names).await });
+        tokio::spawn(async move { supervisor.reload_degraded(&model, &failed).await });
     }
 
-    async fn reload_degraded(self: Arc<Self>, model: &str, missing: &str) {
+    async fn reload_degraded(self: Arc<Self>, model: &str, failed: &str) {
         let engine = self.state.lock().unwrap().engines.get(model).cloned();
         if let Some(engine) = engine {
             self.stop(&engine).await;
@@ -159,13 +198,19 @@ impl Supervisor {
             Ok(()) => {
                 state.degraded.remove(model);
                 let on = state.engines.get(model).map(|e| e.plan.split.as_ref().map_or_else(|| "this box alone".to_string(), |s| s.names().join("+")));
-                tracing::info!(model, on = on.as_deref().unwrap_or("?"), "reloaded without the missing box");
+                tracing::info!(model, on = on.as_deref().unwrap_or("?"), "reloaded");
             }
             Err(why) => {
                 if let Some(degraded) = state.degraded.get_mut(model) {
-                    degraded.message = format!(
-                        "model '{model}' is degraded: box {missing} is unreachable and it does not run on what remains ({why}); it runs again when {missing} is back"
-                    );
+                    degraded.message = if degraded.missing.is_empty() {
+                        // Nothing to wait for: the next request tries again.
+                        let message = format!("model '{model}' is degraded: {failed} ({why})");
+                        tracing::warn!("{message}");
+                        state.degraded.remove(model);
+                        return;
+                    } else {
+                        format!("model '{model}' is degraded: {failed} ({why}); it runs again when the missing boxes are back")
+                    };
                     degraded.waiting = true;
                     tracing::warn!("{}", degraded.message);
                 }
@@ -182,6 +227,22 @@ impl Supervisor {
             let gone: Vec<Share> = split.peers().iter().filter(|s| !pool.reachable(&s.node_id)).cloned().collect();
             if !gone.is_empty() {
                 self.degrade(&engine.model, gone);
+                continue;
+            }
+            // A peer whose chosen path is not the one this engine uses: its link went away (move
+            // now), or a much faster one came up (move while no request runs).
+            let moved: Vec<(Share, SocketAddr)> = split
+                .peers()
+                .iter()
+                .filter_map(|s| pool.rpc(&s.node_id).filter(|now| Some(*now) != s.rpc).map(|now| (s.clone(), now)))
+                .collect();
+            let link_down = moved.iter().any(|(s, _)| s.rpc.is_some_and(|old| !pool.path_up(&s.node_id, old.ip())));
+            if link_down {
+                self.move_split(&engine.model, &moved, "went away");
+                continue;
+            }
+            if !moved.is_empty() && engine.in_flight() == 0 {
+                self.move_split(&engine.model, &moved, "is slower than one that came up");
                 continue;
             }
             for share in split.peers() {

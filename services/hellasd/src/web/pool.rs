@@ -38,7 +38,7 @@ fn pool_data(state: &AppState, cluster: &Cluster) -> Value {
             let split = engine.plan.split.as_ref()?;
             Some(json!({
                 "model": engine.model, "ctx": engine.plan.ctx,
-                "shares": split.shares.iter().map(|s| json!({ "name": s.name, "layers": s.layers, "memory": format_bytes(s.bytes), "bytes": s.bytes })).collect::<Vec<_>>(),
+                "shares": split.shares.iter().map(|s| json!({ "name": s.name, "layers": s.layers, "memory": format_bytes(s.bytes), "bytes": s.bytes, "rpc": s.rpc.map(|a| a.to_string()) })).collect::<Vec<_>>(),
             }))
         })
         .collect();
@@ -52,12 +52,16 @@ fn pool_data(state: &AppState, cluster: &Cluster) -> Value {
                 "budget": p.status.as_ref().map(|s| format_bytes(s.budget)), "free": p.status.as_ref().map(|s| format_bytes(s.free)),
                 "worker": p.status.as_ref().and_then(|s| s.rpc).map(|a| a.to_string()),
                 "latency": p.latency_ms.map(|ms| format!("{ms:.1} ms")), "error": p.error,
+                "paths": p.paths.iter().map(|path| json!({
+                    "address": path.address.to_string(), "link": path.link, "up": path.up, "chosen": path.chosen, "error": path.error,
+                    "latency_ms": path.latency_ms, "latency": path.latency_ms.map(|ms| format!("{ms:.2} ms")),
+                })).collect::<Vec<_>>(),
             })
         })
         .collect();
     json!({
         "this": view.this, "budget": format_bytes(view.this.budget), "free": format_bytes(view.this.free),
-        "address": view.address.to_string(), "fingerprint": view.fingerprint, "wipe_request": cluster.wipe_request(),
+        "address": view.address.map(|a| a.to_string()), "fingerprint": view.fingerprint, "wipe_request": cluster.wipe_request(),
         "peers": peers, "discovered": view.discovered, "split": split,
         "offered": view.this.update.offered, "rollout": rollout.map(|r| json!({
             "version": r.version, "summary": r.summary(), "running": r.running(), "steps": r.steps,

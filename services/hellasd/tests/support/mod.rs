@@ -287,6 +287,15 @@ impl Daemon {
         req.send().unwrap()
     }
 
+    /// A POST that may fail: the answer, or why none came within `timeout`.
+    pub fn try_post(&self, path: &str, body: &serde_json::Value, timeout: Duration) -> reqwest::Result<reqwest::blocking::Response> {
+        let mut req = self.client().post(format!("{}{path}", self.url)).json(body).timeout(timeout);
+        if let Some(key) = &self.key {
+            req = req.bearer_auth(key);
+        }
+        req.send()
+    }
+
     pub fn get(&self, path: &str) -> reqwest::blocking::Response {
         let mut req = self.client().get(format!("{}{path}", self.url));
         if let Some(key) = &self.key {
