@@ -7,6 +7,7 @@
 
 mod chat;
 mod cluster;
+mod delay_line;
 mod flash;
 mod image;
 mod proxy;
