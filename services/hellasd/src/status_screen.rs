@@ -136,6 +136,10 @@ impl Screen {
 /// Keeps the screen current while hellasd runs.
 pub async fn run(state: Arc<AppState>) {
     let screen = Screen::new(&state.config.web.runtime_dir);
+    // systemd makes it (RuntimeDirectory=); a daemon started by hand may have to.
+    if let Err(e) = std::fs::create_dir_all(&state.config.web.runtime_dir) {
+        tracing::warn!("the box's screen stays blank: creating {}: {e}", state.config.web.runtime_dir.display());
+    }
     let os_reserve = state.config.memory.os_reserve_bytes;
     let engine = engine_words(&state);
     let mut tuning = None;
