@@ -45,14 +45,32 @@ impl Cluster {
             }
         }
         let mut peer = peer.clone();
-        if let Some(said) = said.filter(|said| *said != peer.addresses) {
-            self.learn_addresses(&peer, &said).await;
-            peer.addresses = said;
+        if let Some(said) = said {
+            let proven = self.prove_addresses(&peer, said).await;
+            if proven != peer.addresses {
+                self.learn_addresses(&peer, &proven).await;
+                peer.addresses = proven;
+            }
         }
         self.measure_paths(&peer).await;
     }
 
-    /// Keeps the addresses a peer says it has (the fence admits them from now on).
+    /// Of the addresses `peer` says it has, those it has shown to be at: the one it was just
+    /// reached at, those it showed before, and any new one where a TLS handshake finds its pinned
+    /// key. A paired box that names another machine's address cannot open the fence to it.
+    async fn prove_addresses(&self, peer: &Peer, said: Vec<IpAddr>) -> Vec<IpAddr> {
+        let timeout = Duration::from_secs(1);
+        let checks = said.into_iter().map(|address| async move {
+            if address == peer.address || peer.addresses.contains(&address) {
+                return Some(address);
+            }
+            let shown = control::connect(&self.tls, SocketAddr::new(address, peer.port), Some(&peer.fingerprint), timeout).await;
+            shown.ok().map(|_| address)
+        });
+        futures_util::future::join_all(checks).await.into_iter().flatten().collect()
+    }
+
+    /// Keeps the addresses a peer has shown (the fence admits them from now on).
     async fn learn_addresses(&self, peer: &Peer, addresses: &[IpAddr]) {
         tracing::info!(peer = %peer.name, ?addresses, "the peer's addresses");
         let saved = self.peers.update(|p| {

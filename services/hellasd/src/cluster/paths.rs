@@ -14,6 +14,10 @@ use serde::Serialize;
 const SAMPLES: usize = 3;
 /// Failed measurements in a row after which a path is down.
 const FAILURES_UNTIL_DOWN: u32 = 2;
+/// Good measurements in a row after which a path that came up may take traffic from another:
+/// a link that flaps does not move models, and the peer has had a probe's time to let this
+/// box's address on that link through its fence.
+const SUCCESSES_UNTIL_SETTLED: u32 = 2;
 /// A working path in use gives way only to one this much faster, so that two links of about
 /// the same speed do not make the models move back and forth.
 const SWITCH_BELOW: f64 = 0.7;
@@ -24,16 +28,21 @@ pub struct Path {
     pub address: IpAddr,
     pub latency: Option<Duration>,
     pub failures: u32,
+    pub successes: u32,
     pub error: Option<String>,
 }
 
 impl Path {
     pub fn new(address: IpAddr) -> Path {
-        Path { address, latency: None, failures: 0, error: None }
+        Path { address, latency: None, failures: 0, successes: 0, error: None }
     }
 
     pub fn up(&self) -> bool {
         self.latency.is_some() && self.failures < FAILURES_UNTIL_DOWN
+    }
+
+    fn settled(&self) -> bool {
+        self.up() && self.successes >= SUCCESSES_UNTIL_SETTLED
     }
 
     pub fn record(&mut self, measured: Result<Duration>) {
@@ -41,10 +50,12 @@ impl Path {
             Ok(latency) => {
                 self.latency = Some(latency);
                 self.failures = 0;
+                self.successes += 1;
                 self.error = None;
             }
             Err(e) => {
                 self.failures += 1;
+                self.successes = 0;
                 self.error = Some(format!("{e:#}"));
                 if !self.up() {
                     self.latency = None;
@@ -117,10 +128,11 @@ pub async fn measure(to: SocketAddr, timeout: Duration) -> Result<Duration> {
     Ok(fastest.expect("at least one sample"))
 }
 
-/// The path RPC should take: `current` while it is up and nothing is much faster, else the
-/// fastest path that is up.
+/// The path RPC should take: `current` while it is up and no settled path is much faster, else
+/// the fastest settled path (the fastest that is up, while none has settled).
 pub fn choose(paths: &[Path], current: Option<IpAddr>) -> Option<IpAddr> {
-    let fastest = paths.iter().filter(|p| p.up()).min_by_key(|p| p.latency)?;
+    let fastest = |ok: fn(&Path) -> bool| paths.iter().filter(|p| ok(p)).min_by_key(|p| p.latency);
+    let fastest = fastest(Path::settled).or_else(|| fastest(Path::up))?;
     let kept = current.and_then(|c| paths.iter().find(|p| p.address == c && p.up()));
     match kept {
         Some(kept) if fastest.latency.unwrap().as_secs_f64() >= kept.latency.unwrap().as_secs_f64() * SWITCH_BELOW => Some(kept.address),
@@ -135,7 +147,10 @@ mod tests {
     fn path(address: &str, latency_us: Option<u64>) -> Path {
         let mut path = Path::new(address.parse().unwrap());
         match latency_us {
-            Some(us) => path.record(Ok(Duration::from_micros(us))),
+            Some(us) => {
+                path.record(Ok(Duration::from_micros(us)));
+                path.record(Ok(Duration::from_micros(us)));
+            }
             None => {
                 path.record(Err(anyhow::anyhow!("down")));
                 path.record(Err(anyhow::anyhow!("down")));
@@ -156,6 +171,15 @@ mod tests {
         let cut = [path("192.168.1.20", Some(900)), path("169.254.7.2", None)];
         assert_eq!(choose(&cut, Some(direct)), Some(lan), "the chosen link is down: the LAN");
         assert_eq!(choose(&[path("169.254.7.2", None)], Some(direct)), None);
+        let mut back = Path::new(direct);
+        back.record(Ok(Duration::from_micros(60)));
+        let just_back = [path("192.168.1.20", Some(900)), back.clone()];
+        assert_eq!(choose(&just_back, Some(lan)), Some(lan), "one good measurement: not yet");
+        let mut lan_new = Path::new(lan);
+        lan_new.record(Ok(Duration::from_micros(900)));
+        assert_eq!(choose(&[lan_new, back.clone()], None), Some(direct), "nothing settled yet: the fastest that is up");
+        back.record(Ok(Duration::from_micros(60)));
+        assert_eq!(choose(&[path("192.168.1.20", Some(900)), back], Some(lan)), Some(direct), "settled: move");
     }
 
     #[test]
