@@ -132,6 +132,9 @@ impl Vm {
              hostfwd=tcp:127.0.0.1:{phone_web}-:{GUEST_PHONE_WEB_PORT},hostfwd=tcp:127.0.0.1:{phone_https}-:{GUEST_PHONE_HTTPS_PORT}"
         ));
         qemu.args(["-device", "virtio-net-pci,netdev=net"]);
+        // A second wired port with a cable to nothing that answers DHCP, as a dedicated cable to
+        // another box is: it must get a link-local address without holding up the boot.
+        qemu.args(["-netdev", "hubport,id=cable,hubid=1", "-device", "virtio-net-pci,netdev=cable"]);
         let console = option_path(&run_dir.join(CONSOLE));
         if options.interactive {
             // The terminal and the monitor share stdio (Ctrl-A X quits, Ctrl-A C is the

@@ -386,6 +386,9 @@ pub(crate) fn check_report(report: &Value, vm: &Vm) {
     assert_eq!(field("fence"), "yes", "hellasd did not put its nftables fence around the RPC port: {report}\n{}", vm.diagnostics());
     assert_eq!(bytes("control_port"), 1, "nothing listens on the cluster control port: {report}");
     assert_eq!(field("mdns"), "on", "hellasd's mDNS did not start beside avahi: {report}\n{}", vm.diagnostics());
+    // A port cabled to another box (no DHCP server) gets a link-local address, and the boot did
+    // not wait for DHCP there (network-online.target's wait would have failed: no failed units).
+    assert!(field("cable").contains(" 169.254."), "the DHCP-less port has no link-local address: {report}\n{}", vm.diagnostics());
     // The image's Vulkan stack (ggml's backend, Mesa's drivers) finds the guest's only Vulkan
     // device, the software one; inference on it under TCG would take hours, so the engine
     // answers on the CPU (the host tests run it on lavapipe: services/hellasd/tests/placement.rs).
