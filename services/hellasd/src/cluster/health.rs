@@ -87,10 +87,9 @@ impl Cluster {
 
     /// Measures every path to `peer` and picks the one RPC takes.
     async fn measure_paths(&self, peer: &Peer) {
-        let timeout = Duration::from_millis(500).min(Duration::from_secs(self.config.probe_interval_secs.max(1)));
         let addresses: Vec<IpAddr> = peer.all_addresses().into_iter().filter(paths::usable).collect();
         let measured = futures_util::future::join_all(
-            addresses.iter().map(|a| paths::measure(SocketAddr::new(*a, peer.port), timeout)),
+            addresses.iter().map(|a| paths::measure(SocketAddr::new(*a, peer.port), paths::MEASURE_TIMEOUT)),
         )
         .await;
         let mut live = self.live.lock().unwrap();

@@ -148,7 +148,8 @@ impl Cluster {
         let cluster = &config.cluster;
         let identity = Identity::load_or_create(&config.state_dir.join("cluster"))?;
         let tls = Tls::new(&identity)?;
-        let address = cluster.address.or_else(|| detect_address().ok());
+        let own = paths::own_addresses();
+        let address = cluster.address.or_else(|| detect_address(&own));
         let version = crate::update::booted_version(std::path::Path::new("/"))
             .unwrap_or_else(|_| env!("CARGO_PKG_VERSION").to_string());
         Ok(Arc::new(Cluster {
@@ -164,7 +165,7 @@ impl Cluster {
             owner,
             version,
             address: Mutex::new(address),
-            own: Mutex::new(paths::own_addresses()),
+            own: Mutex::new(own),
             discovery: Mutex::new(None),
             mdns_failed: Default::default(),
             announced: Mutex::new(None),
@@ -206,6 +207,7 @@ impl Cluster {
     /// that way).
     fn watch_addresses(&self) {
         let now = paths::own_addresses();
+        let found = detect_address(&now);
         let gone: Vec<String> = {
             let mut own = self.own.lock().unwrap();
             let gone = own.iter().filter(|a| !now.contains(a)).map(|(link, ip, _)| format!("{ip} on {link}")).collect();
@@ -216,7 +218,6 @@ impl Cluster {
             self.worker.restart(&format!("this box's address {} went away", gone.join(", ")));
         }
         if self.config.address.is_none() {
-            let found = detect_address().ok();
             let mut address = self.address.lock().unwrap();
             if *address != found {
                 tracing::info!(address = ?found, "cluster address");
@@ -416,21 +417,8 @@ impl Cluster {
                 .iter()
                 .map(|peer| {
                     let l = live.get(&peer.node_id).cloned().unwrap_or_default();
-                    let mut paths: Vec<paths::PathView> = l
-                        .paths
-                        .iter()
-                        .map(|p| paths::PathView {
-                            address: p.address,
-                            link: paths::link_to(&own, p.address),
-                            latency_ms: p.latency.map(|d| d.as_secs_f64() * 1000.0),
-                            up: p.up(),
-                            chosen: l.route == Some(p.address),
-                            error: p.error.clone(),
-                        })
-                        .collect();
-                    paths.sort_by(|a, b| b.up.cmp(&a.up).then(a.latency_ms.unwrap_or(f64::MAX).total_cmp(&b.latency_ms.unwrap_or(f64::MAX))));
                     PeerView {
-                        paths,
+                        paths: paths::views(&l.paths, l.route, &own),
                         node_id: peer.node_id.clone(),
                         name: peer.name.clone(),
                         address: peer.address,
@@ -451,27 +439,18 @@ impl Cluster {
     }
 }
 
-/// The first IPv4 address of a non-loopback interface, preferring the default route's.
-fn detect_address() -> Result<IpAddr> {
-    let default_interface = std::fs::read_to_string("/proc/net/route")
-        .ok()
-        .and_then(|routes| {
-            routes.lines().skip(1).find_map(|line| {
-                let fields: Vec<&str> = line.split_whitespace().collect();
-                (fields.get(1) == Some(&"00000000")).then(|| fields[0].to_string())
-            })
-        });
-    let interfaces = if_addrs::get_if_addrs().context("listing network interfaces")?;
-    let candidates: Vec<_> = interfaces
-        .iter()
-        .filter(|i| !i.is_loopback() && i.ip().is_ipv4())
-        .collect();
-    candidates
-        .iter()
-        .find(|i| Some(&i.name) == default_interface.as_ref())
-        .or(candidates.first())
-        .map(|i| i.ip())
-        .context("no network interface has an IPv4 address")
+/// Of `own` addresses, the first of the interface that holds the default route, else the first.
+fn detect_address(own: &[paths::OwnAddress]) -> Option<IpAddr> {
+    let default_interface = std::fs::read_to_string("/proc/net/route").ok().and_then(|routes| {
+        routes.lines().skip(1).find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields.get(1) == Some(&"00000000")).then(|| fields[0].to_string())
+        })
+    });
+    own.iter()
+        .find(|(link, _, _)| Some(link) == default_interface.as_ref())
+        .or(own.first())
+        .map(|(_, ip, _)| IpAddr::V4(*ip))
 }
 
 /// The engine plans, holds and watches split models through this.

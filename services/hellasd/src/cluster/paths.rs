@@ -12,6 +12,8 @@ use serde::Serialize;
 
 /// Handshakes per measurement; the fastest counts (the others met a busy CPU or queue).
 const SAMPLES: usize = 3;
+/// How long one handshake may take before the path counts as failed this time.
+pub const MEASURE_TIMEOUT: Duration = Duration::from_millis(500);
 /// Failed measurements in a row after which a path is down.
 const FAILURES_UNTIL_DOWN: u32 = 2;
 /// Good measurements in a row after which a path that came up may take traffic from another:
@@ -76,6 +78,24 @@ pub struct PathView {
     /// RPC to the peer goes this way (for models loaded from now on).
     pub chosen: bool,
     pub error: Option<String>,
+}
+
+/// The Pool page's view of `paths`, `route` the chosen one: working ones first, fastest first.
+pub fn views(paths: &[Path], route: Option<IpAddr>, own: &[OwnAddress]) -> Vec<PathView> {
+    let mut views: Vec<PathView> = paths
+        .iter()
+        .map(|p| PathView {
+            address: p.address,
+            link: link_to(own, p.address),
+            latency_ms: p.latency.map(|d| d.as_secs_f64() * 1000.0),
+            up: p.up(),
+            chosen: route == Some(p.address),
+            error: p.error.clone(),
+        })
+        .collect();
+    let latency = |v: &PathView| v.latency_ms.unwrap_or(f64::MAX);
+    views.sort_by(|a, b| b.up.cmp(&a.up).then(latency(a).total_cmp(&latency(b))));
+    views
 }
 
 /// Whether a peer's claimed address can be a path: IPv4 (llama.cpp's `--rpc` takes no IPv6

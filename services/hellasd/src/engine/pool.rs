@@ -200,21 +200,20 @@ impl Supervisor {
                 let on = state.engines.get(model).map(|e| e.plan.split.as_ref().map_or_else(|| "this box alone".to_string(), |s| s.names().join("+")));
                 tracing::info!(model, on = on.as_deref().unwrap_or("?"), "reloaded");
             }
-            Err(why) => {
-                if let Some(degraded) = state.degraded.get_mut(model) {
-                    degraded.message = if degraded.missing.is_empty() {
-                        // Nothing to wait for: the next request tries again.
-                        let message = format!("model '{model}' is degraded: {failed} ({why})");
-                        tracing::warn!("{message}");
-                        state.degraded.remove(model);
-                        return;
-                    } else {
-                        format!("model '{model}' is degraded: {failed} ({why}); it runs again when the missing boxes are back")
-                    };
+            Err(why) => match state.degraded.get(model).map(|d| d.missing.is_empty()) {
+                // A move that failed waits for nothing: the next request loads it again.
+                Some(true) => {
+                    tracing::warn!("model '{model}' is degraded: {failed} ({why})");
+                    state.degraded.remove(model);
+                }
+                Some(false) => {
+                    let degraded = state.degraded.get_mut(model).expect("looked up above");
+                    degraded.message = format!("model '{model}' is degraded: {failed} ({why}); it runs again when the missing boxes are back");
                     degraded.waiting = true;
                     tracing::warn!("{}", degraded.message);
                 }
-            }
+                None => {}
+            },
         }
     }
 
