@@ -113,7 +113,7 @@ impl Supervisor {
             let mut moved = Vec::new();
             let mut missing = Vec::new();
             for share in unreachable {
-                match pool.rpc(&share.node_id).filter(|now| Some(*now) != share.rpc) {
+                match rerouted(pool.as_ref(), &share) {
                     Some(now) if tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(now)).await.is_ok_and(|c| c.is_ok()) => moved.push((share, now)),
                     _ => missing.push(share),
                 }
@@ -233,7 +233,7 @@ impl Supervisor {
             let moved: Vec<(Share, SocketAddr)> = split
                 .peers()
                 .iter()
-                .filter_map(|s| pool.rpc(&s.node_id).filter(|now| Some(*now) != s.rpc).map(|now| (s.clone(), now)))
+                .filter_map(|s| rerouted(pool.as_ref(), s).map(|now| (s.clone(), now)))
                 .collect();
             let link_down = moved.iter().any(|(s, _)| s.rpc.is_some_and(|old| !pool.path_up(&s.node_id, old.ip())));
             if link_down {
@@ -258,4 +258,9 @@ impl Supervisor {
             !back
         });
     }
+}
+
+/// Where the pool sends `share`'s RPC now, when that is not where the engine sends it.
+fn rerouted(pool: &dyn Pool, share: &Share) -> Option<SocketAddr> {
+    pool.rpc(&share.node_id).filter(|now| Some(*now) != share.rpc)
 }

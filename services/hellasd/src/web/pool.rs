@@ -61,7 +61,7 @@ fn pool_data(state: &AppState, cluster: &Cluster) -> Value {
         .collect();
     json!({
         "this": view.this, "budget": format_bytes(view.this.budget), "free": format_bytes(view.this.free),
-        "address": view.address.map(|a| a.to_string()), "fingerprint": view.fingerprint, "wipe_request": cluster.wipe_request(),
+        "address": view.address.map(|a| a.to_string()), "fingerprint": view.fingerprint, "rpc_port": state.config.cluster.rpc_port, "wipe_request": cluster.wipe_request(),
         "peers": peers, "discovered": view.discovered, "split": split,
         "offered": view.this.update.offered, "rollout": rollout.map(|r| json!({
             "version": r.version, "summary": r.summary(), "running": r.running(), "steps": r.steps,

@@ -56,6 +56,10 @@ fn readable(file: &File, timeout: Duration) -> bool {
     unsafe { libc::poll(&mut poll, 1, timeout.as_millis() as libc::c_int) > 0 }
 }
 
+fn lan_address(net: u8, host: usize) -> String {
+    format!("10.{net}.0.{}", host + 1)
+}
+
 impl Lan {
     /// Needs root (CAP_NET_ADMIN); the test says so rather than passing without trying. Every
     /// frame takes `delay` from one host to another.
@@ -71,7 +75,7 @@ impl Lan {
         for (i, host) in hosts.iter().enumerate() {
             ip(&["netns", "add", host]);
             taps.push(Arc::new(in_netns(host, || tap("eth0"))));
-            ip(&["-n", host, "addr", "add", &format!("10.{net}.0.{}/24", i + 1), "dev", "eth0"]);
+            ip(&["-n", host, "addr", "add", &format!("{}/24", lan_address(net, i)), "dev", "eth0"]);
             ip(&["-n", host, "link", "set", "eth0", "up", "multicast", "on"]);
             ip(&["-n", host, "link", "set", "lo", "up"]);
             // mDNS leaves through the interface that holds the multicast route.
@@ -113,7 +117,7 @@ impl Lan {
     }
 
     pub fn address(&self, host: usize) -> String {
-        format!("10.{}.0.{}", self.net, host + 1)
+        lan_address(self.net, host)
     }
 
     /// Cables hosts `a` and `b` directly: `direct0` on each, with the link-local address
