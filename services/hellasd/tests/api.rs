@@ -332,7 +332,7 @@ fn a_full_queue_answers_429_with_retry_after() {
     let daemon = Daemon::start(Setup { parallel: 1, queue_depth: 1, ..Setup::default() });
     assert_eq!(daemon.post("/v1/chat/completions", &greedy_chat(SMOL, false)).status(), 200);
     let mut long = greedy_chat(SMOL, false);
-    long["max_tokens"] = json!(300);
+    long["max_tokens"] = json!(100);
     long["ignore_eos"] = json!(true);
     let statuses: Vec<(u16, Option<String>)> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..3)

@@ -155,9 +155,12 @@ impl Daemon {
         let dir = tempfile::tempdir().unwrap();
         let [port, web_port, tls_port] = free_ports();
         let config = dir.path().join("hellasd.toml");
+        // One engine thread: tests run two at a time on this two-core machine, each with its
+        // engines, and llama-server's threads spin while they wait for each other, so more
+        // threads than cores can stall an answer for minutes on a busy machine.
         let mut text = format!(
             "state_dir = {state:?}\n[api]\nlisten = \"{ip}:{port}\"\nqueue_depth = {queue}\nmax_body_bytes = 1048576\nmetrics_open_to = {open:?}\n\
-             [engine]\nllama_server = {server:?}\nctx = {ctx}\nparallel = {parallel}\nthreads = 2\nidle_unload_secs = {idle}\nstartup_timeout_secs = 120\n",
+             [engine]\nllama_server = {server:?}\nctx = {ctx}\nparallel = {parallel}\nthreads = 1\nidle_unload_secs = {idle}\nstartup_timeout_secs = 120\n",
             state = dir.path().join("state"),
             ip = if setup.api_on_every_address { "0.0.0.0" } else { "127.0.0.1" },
             queue = setup.queue_depth,
@@ -402,7 +405,7 @@ impl DirectEngine {
             .args(extra)
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
             .args(["--ctx-size", &(ctx * parallel).to_string(), "--parallel", &parallel.to_string()])
-            .args(["--load-mode", "none", "--flash-attn", "on", "--no-webui", "--cache-ram", "0", "--cache-type-k", "f16", "--cache-type-v", "f16", "--threads", "2"])
+            .args(["--load-mode", "none", "--flash-attn", "on", "--no-webui", "--cache-ram", "0", "--cache-type-k", "f16", "--cache-type-v", "f16", "--threads", "1"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
