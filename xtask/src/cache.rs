@@ -6,6 +6,8 @@
 //! - `engine/stamp`   sha256 of the inputs that made the tree
 //! - `models/`        test models (`cargo xtask models`)
 //! - `pip/`, `apt/`   downloaded wheels and .debs, so reruns stay offline
+//! - `python/`        the Python clients the tests drive (`xtask/src/python.rs`)
+//! - `agents/`, `open-webui/`  the clients `cargo xtask clients` drives
 //!
 //! Everything is written under a temporary name and renamed into place, so a final name
 //! never holds a half-written file or tree.
@@ -115,4 +117,26 @@ pub fn remove_any(path: &Path) -> Result<()> {
         Err(_) => return Ok(()),
     };
     result.with_context(|| format!("removing {}", path.display()))
+}
+
+/// Installs the packages `pins` into the directory `dir` with `install` (given the staging
+/// directory to fill) unless `dir` already holds exactly these pins. The directory is filled
+/// under a temporary name and renamed into place with its `pins.txt` written last, so an
+/// interrupted install is started again rather than taken for a whole one.
+pub fn install_pinned(dir: &Path, pins: &[&str], install: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let stamp = pins.join("\n") + "\n";
+    if fs::read_to_string(dir.join("pins.txt")).ok().as_deref() == Some(stamp.as_str()) {
+        println!("==> {}: up to date", dir.display());
+        return Ok(());
+    }
+    remove_stale(dir)?;
+    let staging = temp_path(dir, "tmp");
+    println!("==> installing {} into {}", pins.join(" "), dir.display());
+    let result = install(&staging)
+        .and_then(|_| fs::write(staging.join("pins.txt"), &stamp).with_context(|| format!("writing {}/pins.txt", staging.display())))
+        .and_then(|_| replace_dir(&staging, dir));
+    if result.is_err() {
+        remove_any(&staging)?;
+    }
+    result
 }

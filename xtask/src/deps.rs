@@ -83,6 +83,12 @@ pub const CHROMEDRIVER: HostPackage = HostPackage {
     present: || on_path("chromedriver"),
 };
 
+/// The package manager `cargo xtask clients` installs the agent CLIs with.
+pub const NPM: HostPackage = HostPackage {
+    name: "npm",
+    present: || on_path("npm"),
+};
+
 pub const ALL: &[HostPackage] = &[MMDEBSTRAP, UNZIP, PIP, ZSTD, QEMU, QEMU_IMG, OVMF, CHROMIUM, CHROMEDRIVER, MTOOLS, GNUPG, IPROUTE2, NFTABLES, GXX];
 
 /// Installed from bookworm-backports on bookworm, whose own QEMU is too old.

@@ -3,6 +3,7 @@
 
 mod bench;
 mod cache;
+mod clients;
 mod deps;
 mod engine;
 mod flash;
@@ -25,6 +26,8 @@ enum Cmd {
     /// Run a benchmark and record its result in docs/benchmarks.md.
     #[command(subcommand)]
     Bench(bench::Bench),
+    /// Drive the clients too heavy for `test` against a real box: Claude Code, Codex CLI, Open WebUI.
+    Clients(clients::Clients),
     /// Install the host packages the other verbs need (with apt-get, when root).
     Deps,
     /// Fuzz the GGUF reader for a fixed time (coverage-guided, stable toolchain).
@@ -53,6 +56,7 @@ fn main() -> anyhow::Result<()> {
     std::env::set_current_dir(workspace::root()?).context("entering the workspace root")?;
     match command {
         Cmd::Bench(bench) => bench.run(),
+        Cmd::Clients(clients) => clients.run(),
         Cmd::Deps => deps::ensure(deps::ALL),
         Cmd::Engine(engine) => engine.run(),
         Cmd::Flash(flash) => {

@@ -112,6 +112,14 @@ impl Browser {
         Some(Element { browser: self, id })
     }
 
+    /// The first element matching `css` whose text holds `text`.
+    pub fn try_find_text(&self, css: &str, text: &str) -> Option<Element<'_>> {
+        let url = format!("{}/elements", self.base);
+        let found: Value = self.http.post(url).json(&json!({ "using": "css selector", "value": css })).send().ok()?.json().ok()?;
+        let ids = found["value"].as_array()?.iter().filter_map(|e| e[ELEMENT].as_str());
+        ids.map(|id| Element { browser: self, id: id.to_string() }).find(|e| e.text().contains(text))
+    }
+
     pub fn text(&self, css: &str) -> String {
         self.try_find(css).map(|e| e.text()).unwrap_or_default()
     }
