@@ -272,12 +272,27 @@ pub fn estimate(info: &ModelInfo, ctx: u32, parallel: u32, cache_type: CacheType
     let layout = KvLayout::new(info, ctx, parallel);
     // A vision projector's weights and its compute buffer (one image's) come on top.
     let projector = info.projector.unwrap_or_default();
-    Estimate {
+    let alone = Estimate {
         layout,
         weights: info.tensor_bytes.saturating_add(projector.weights),
         kv_cache: kv_cache_bytes(info, &layout, cache_type),
         compute_graph: compute_graph_bytes(info, &layout).saturating_add(projector.compute),
         output: output_bytes(info, parallel),
+    };
+    // A draft model gets a context of its own as large as the model's, with as many slots
+    // (llama-server b11669 logs the same n_ctx and n_ctx_seq for both), in the same cache type.
+    match &info.draft {
+        None => alone,
+        Some(draft) => {
+            let draft = estimate(&ModelInfo { draft: None, ..(**draft).clone() }, ctx, parallel, cache_type);
+            Estimate {
+                weights: alone.weights.saturating_add(draft.weights),
+                kv_cache: alone.kv_cache.saturating_add(draft.kv_cache),
+                compute_graph: alone.compute_graph.saturating_add(draft.compute_graph),
+                output: alone.output.saturating_add(draft.output),
+                ..alone
+            }
+        }
     }
 }
 
@@ -503,6 +518,7 @@ mod tests {
             chat_template: None,
             kind: crate::gguf::ModelKind::Generative,
             projector: None,
+            draft: None,
         }
     }
 
@@ -523,6 +539,18 @@ mod tests {
         assert_eq!(paired.weights - alone.weights, 800 * MIB);
         assert_eq!(paired.compute_graph - alone.compute_graph, 120 * MIB);
         assert_eq!(paired.kv_cache, alone.kv_cache);
+    }
+
+    #[test]
+    fn a_draft_model_is_planned_beside_its_model_at_the_same_context() {
+        let alone = estimate(&model(), 4096, 2, CacheType::Q8_0);
+        let small = ModelInfo { n_layer: 2, n_head: vec![8; 2], n_head_kv: vec![8; 2], tensor_bytes: 100 * MIB, n_vocab: 32_000, ..model() };
+        let draft = estimate(&small, 4096, 2, CacheType::Q8_0);
+        let paired = estimate(&ModelInfo { draft: Some(Box::new(small)), ..model() }, 4096, 2, CacheType::Q8_0);
+        assert_eq!(paired.weights, alone.weights + draft.weights);
+        assert_eq!(paired.kv_cache, alone.kv_cache + draft.kv_cache);
+        assert_eq!(paired.compute(), alone.compute() + draft.compute());
+        assert_eq!(paired.layout, alone.layout);
     }
 
     #[test]

@@ -36,6 +36,7 @@ pub fn model() -> ModelInfo {
         chat_template: None,
         kind: ModelKind::Generative,
         projector: None,
+        draft: None,
     }
 }
 

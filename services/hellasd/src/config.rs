@@ -98,11 +98,11 @@ pub enum Speculative {
 }
 
 impl Speculative {
-    /// llama-server's arguments for it.
-    pub fn args(self) -> &'static [&'static str] {
+    /// llama-server's `--spec-type` for it.
+    pub fn spec_type(self) -> Option<&'static str> {
         match self {
-            Speculative::Off => &[],
-            Speculative::Ngram => &["--spec-type", "ngram-mod"],
+            Speculative::Off => None,
+            Speculative::Ngram => Some("ngram-mod"),
         }
     }
 }

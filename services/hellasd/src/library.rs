@@ -41,6 +41,10 @@ pub struct ModelEntry {
     /// Where it came from, pinned: `hf.co/ORG/REPO:QUANT@<commit>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
+    /// The library model it drafts with (speculative decoding, `--model-draft`): a smaller
+    /// model of the same vocabulary, set by `hellasd models draft`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub draft: Option<String>,
 }
 
 /// One file of a model that has several: a split model's part, or a projector.
@@ -190,7 +194,7 @@ impl ModelLibrary {
     }
 
     /// The model's facts from its header (of a split model, from all its parts), with its
-    /// vision projector's memory when it has one.
+    /// vision projector's memory and its draft model's facts when it has them.
     pub fn model_info(&self, entry: &ModelEntry) -> Result<ModelInfo> {
         let mut info = self.gguf(entry)?.model_info()?;
         if let Some(projector) = &entry.projector {
@@ -198,14 +202,55 @@ impl ModelLibrary {
             let mmproj = GgufFile::open(&path).with_context(|| format!("reading the projector {}", path.display()))?;
             info.projector = Some(projector_memory(&mmproj, &path.display().to_string()));
         }
+        if let Some(draft) = self.draft_of(entry)? {
+            info.draft = Some(Box::new(self.gguf(&draft)?.model_info().with_context(|| format!("reading the draft model '{}'", draft.name))?));
+        }
         Ok(info)
+    }
+
+    /// The library entry of the model `entry` drafts with, if it names one.
+    pub fn draft_of(&self, entry: &ModelEntry) -> Result<Option<ModelEntry>> {
+        let Some(name) = &entry.draft else { return Ok(None) };
+        let draft = self.get(name)?.with_context(|| {
+            format!("model '{}' drafts with '{name}', which is not in the library: add it, or `hellasd models draft {} --none`", entry.name, entry.name)
+        })?;
+        Ok(Some(draft))
+    }
+
+    /// The model that drafts with `name`, if one does: `name` cannot be removed while it does.
+    pub fn drafted_by(&self, name: &str) -> Result<Option<String>> {
+        Ok(self.manifest.load()?.models.values().find(|e| e.draft.as_deref() == Some(name)).map(|e| e.name.clone()))
+    }
+
+    /// Makes the model `name` draft with the model `draft` (or with none): both must generate
+    /// text with the same tokenizer, as llama-server requires of a target and its draft.
+    pub fn set_draft(&self, name: &str, draft: Option<&str>) -> Result<ModelEntry> {
+        let entry = self.get(name)?.with_context(|| format!("no model named '{name}' in the library"))?;
+        if let Some(draft) = draft {
+            if draft == name {
+                bail!("a model cannot draft for itself; name a smaller model of the same family");
+            }
+            let candidate = self.get(draft)?.with_context(|| format!("no model named '{draft}' in the library"))?;
+            if candidate.draft.is_some() {
+                bail!("'{draft}' drafts with a model of its own; a draft model cannot have one");
+            }
+            check_draft(&self.gguf(&entry)?, &self.gguf(&candidate)?).with_context(|| format!("'{draft}' cannot draft for '{name}'"))?;
+        }
+        self.manifest.update(|m| {
+            if let Some(user) = m.models.values().find(|e| e.draft.as_deref() == Some(name)) {
+                bail!("'{name}' is the draft model of '{}'; a draft model cannot have one", user.name);
+            }
+            let entry = m.models.get_mut(name).with_context(|| format!("no model named '{name}' in the library"))?;
+            entry.draft = draft.map(str::to_string);
+            Ok(entry.clone())
+        })
     }
 
     /// Copies `source` into the library under `name`. The name must be new.
     pub fn add_file(&self, source: &Path, name: &str) -> Result<ModelEntry> {
         self.check_new(source, name)?;
         let (sha256, size) = self.import_blob(source)?;
-        self.insert(ModelEntry { name: name.to_string(), sha256, size, added: unix_now(), parts: Vec::new(), projector: None, source: None })
+        self.insert(ModelEntry { name: name.to_string(), sha256, size, added: unix_now(), parts: Vec::new(), projector: None, source: None, draft: None })
     }
 
     /// Moves a file whose sha256 the caller has verified (a finished download on the same file
@@ -236,6 +281,7 @@ impl ModelLibrary {
             parts: if model.parts.len() > 1 { model.parts } else { Vec::new() },
             projector: model.projector,
             source: model.source,
+            draft: None,
         };
         self.model_info(&entry).with_context(|| format!("'{}' is not a usable GGUF model", entry.name))?;
         self.link_split(&entry)?;
@@ -328,6 +374,9 @@ impl ModelLibrary {
 
     pub fn remove(&self, name: &str) -> Result<ModelEntry> {
         let (entry, orphaned) = self.manifest.update(|m| {
+            if let Some(user) = m.models.values().find(|e| e.draft.as_deref() == Some(name)) {
+                bail!("'{name}' is the draft model of '{}': `hellasd models draft {} --none` first", user.name, user.name);
+            }
             let entry = m.models.remove(name).with_context(|| format!("no model named '{name}' in the library"))?;
             let used: Vec<&str> = m.models.values().flat_map(|e| e.blobs()).collect();
             let orphaned: Vec<String> = entry.blobs().into_iter().filter(|b| !used.contains(b)).map(str::to_string).collect();
@@ -343,6 +392,39 @@ impl ModelLibrary {
         }
         Ok(entry)
     }
+}
+
+/// Whether llama-server will take `draft` as `target`'s draft model: both generate text, and
+/// their tokenizers are the same kind with the same special tokens and (nearly) the same size,
+/// the checks llama.cpp makes before it compares the tokens themselves.
+fn check_draft(target: &GgufFile, draft: &GgufFile) -> Result<()> {
+    for (file, which) in [(target, "the model"), (draft, "the draft")] {
+        if file.model_info()?.kind != ModelKind::Generative {
+            bail!("{which} does not generate text");
+        }
+    }
+    for key in ["tokenizer.ggml.model", "tokenizer.ggml.pre"] {
+        let (a, b) = (target.get_str(key), draft.get_str(key));
+        if a != b {
+            bail!("their tokenizers differ: {key} is {} and {}", a.unwrap_or("unset"), b.unwrap_or("unset"));
+        }
+    }
+    for key in ["tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id"] {
+        let (a, b) = (target.get_u32(key)?, draft.get_u32(key)?);
+        if a != b {
+            bail!("their tokenizers differ: {key} is {a:?} and {b:?}");
+        }
+    }
+    let tokens = |file: &GgufFile| match file.get("tokenizer.ggml.tokens") {
+        Some(hellas_model::gguf::MetaValue::Array(tokens)) => tokens.len,
+        _ => 0,
+    };
+    let (a, b) = (tokens(target), tokens(draft));
+    // llama.cpp's SPEC_VOCAB_MAX_SIZE_DIFFERENCE.
+    if a.abs_diff(b) > 128 {
+        bail!("their vocabularies differ: {a} and {b} tokens");
+    }
+    Ok(())
 }
 
 /// Model names are `name[:tag]` of lowercase letters, digits, `.`, `_` and `-` (the name may be

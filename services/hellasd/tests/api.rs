@@ -556,3 +556,58 @@ fn speculative_decoding_drafts_from_what_the_engine_has_seen() {
     assert!(accepted > 20, "drafted tokens accepted: {}", drafted["timings"]);
     assert_eq!(content(&drafted), content(&expected), "the same greedy text");
 }
+
+/// `hellasd models draft`: a model drafts with a smaller one of its vocabulary. Here SmolLM2
+/// drafts for itself under a second name: no faster (the draft is as large), but at greedy every
+/// drafted token is accepted, which shows the draft ran, and the text is the model's own. The
+/// plan counts both models.
+#[test]
+fn a_model_drafts_with_the_model_named_for_it() {
+    const DRAFT: &str = "smollm2-draft:135m";
+    let daemon = Daemon::start(Setup { parallel: 1, models: vec![(SMOL, SMOLLM), (DRAFT, SMOLLM), ("gemma3:270m", GEMMA)], ..Setup::default() });
+    let models = |args: &[&str]| {
+        let out = support::run(support::hellasd().arg("--config").arg(&daemon.config).arg("models").args(args));
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+    };
+    let ask = |daemon: &Daemon| -> Value {
+        let response = daemon.post("/v1/chat/completions", &greedy_chat(SMOL, false));
+        assert_eq!(response.status(), 200);
+        response.json().unwrap()
+    };
+    let planned = |daemon: &Daemon| -> u64 {
+        let ps: Value = daemon.get("/api/ps").json().unwrap();
+        ps["models"][0]["size"].as_u64().unwrap_or_else(|| panic!("one loaded model: {ps}"))
+    };
+    let alone = ask(&daemon);
+    assert!(alone["timings"]["draft_n"].is_null(), "no drafts without one: {}", alone["timings"]);
+    let alone_size = planned(&daemon);
+    assert_eq!(daemon.post("/api/generate", &json!({"model": SMOL, "keep_alive": 0})).status(), 200, "unloaded");
+
+    // Drafts llama-server would refuse are refused here, with why.
+    let (ok, said) = models(&["draft", SMOL, "gemma3:270m"]);
+    assert!(!ok && said.contains("cannot draft for") && said.contains("tokenizers differ"), "{said}");
+    let (ok, said) = models(&["draft", SMOL, SMOL]);
+    assert!(!ok && said.contains("cannot draft for itself"), "{said}");
+    let (ok, said) = models(&["draft", SMOL, DRAFT]);
+    assert!(ok, "{said}");
+    assert!(models(&["list"]).1.contains(&format!("draft:{DRAFT}")));
+    let (ok, said) = models(&["rm", DRAFT]);
+    assert!(!ok && said.contains(&format!("is the draft model of '{SMOL}'")), "{said}");
+    let refused = daemon.client().delete(format!("{}/api/delete", daemon.url)).bearer_auth(daemon.key.as_deref().unwrap()).json(&json!({"model": DRAFT})).send().unwrap();
+    assert_eq!(refused.status(), 409, "Ollama's delete of a draft in use");
+
+    let drafted = ask(&daemon);
+    let (made, accepted) = (drafted["timings"]["draft_n"].as_u64().unwrap_or(0), drafted["timings"]["draft_n_accepted"].as_u64().unwrap_or(0));
+    assert!(made > 0 && accepted == made, "the draft's guesses, all accepted: {}", drafted["timings"]);
+    assert_eq!(content(&drafted), content(&alone), "the same greedy text");
+    // The plan grew by at least what the draft itself takes (its margin grew too).
+    let out = support::run(support::hellasd().arg("plan").arg(support::model(SMOLLM)).args(["--ctx", "2048", "--parallel", "1", "--budget", "8GiB", "--json"]));
+    let draft_plan: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("hellasd plan --json ({e}): {}", String::from_utf8_lossy(&out.stderr)));
+    let draft_bytes: u64 = ["weights", "kv_cache", "compute"].iter().map(|k| draft_plan["plan"][k].as_u64().unwrap()).sum();
+    let grown = planned(&daemon) - alone_size;
+    assert!(grown >= draft_bytes && grown < alone_size, "the plan holds the model and its draft: +{grown} bytes for a draft of {draft_bytes}");
+
+    let (ok, said) = models(&["draft", SMOL, "--none"]);
+    assert!(ok, "{said}");
+    assert!(models(&["rm", DRAFT]).0, "no longer a draft, it can go");
+}

@@ -111,6 +111,7 @@ impl GgufFile {
             chat_template: self.get_str("tokenizer.chat_template").map(str::to_string),
             kind: ModelKind::of_pooling(self.get_u32(&key("pooling_type"))?),
             projector: None,
+            draft: None,
         })
     }
 
@@ -262,6 +263,11 @@ pub struct ModelInfo {
     /// The vision projector llama-server loads beside the model (`--mmproj`): not in the model's
     /// file, so set by whoever pairs the two; the plan counts it.
     pub projector: Option<crate::projector::ProjectorEstimate>,
+    /// The draft model llama-server loads beside it for speculative decoding (`--model-draft`):
+    /// not in the model's file either, so set by whoever pairs the two; the plan counts its
+    /// weights, its KV cache (the same context and slots as the model's) and its buffers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub draft: Option<Box<ModelInfo>>,
 }
 
 /// What a model is for, which decides how llama-server is started for it and which routes it

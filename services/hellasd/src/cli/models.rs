@@ -34,6 +34,18 @@ pub enum ModelsCommand {
     },
     List,
     Rm { name: String },
+    /// Make a model draft with a smaller one of the same vocabulary (speculative decoding:
+    /// the small model guesses a few tokens, the large one checks them in one pass), or with
+    /// none. The plan counts both; takes effect when the model next loads.
+    Draft {
+        name: String,
+        /// The library model to draft with.
+        #[arg(required_unless_present = "none", conflicts_with = "none")]
+        draft: Option<String>,
+        /// Stop drafting.
+        #[arg(long)]
+        none: bool,
+    },
 }
 
 pub fn run(config: &Config, command: ModelsCommand) -> Result<()> {
@@ -50,12 +62,20 @@ pub fn run(config: &Config, command: ModelsCommand) -> Result<()> {
         ModelsCommand::List => {
             for entry in library.list()? {
                 let kind = library.model_info(&entry).map(|info| crate::library::capabilities(&entry, &info).join(",")).unwrap_or_else(|_| "unreadable".into());
-                println!("{:<40} {:>14} {} {kind}", entry.name, entry.size, &entry.sha256[..12]);
+                let draft = entry.draft.as_deref().map(|d| format!(" draft:{d}")).unwrap_or_default();
+                println!("{:<40} {:>14} {} {kind}{draft}", entry.name, entry.size, &entry.sha256[..12]);
             }
         }
         ModelsCommand::Rm { name } => {
             library.remove(&name)?;
             println!("removed {name}");
+        }
+        ModelsCommand::Draft { name, draft, .. } => {
+            let entry = library.set_draft(&name, draft.as_deref())?;
+            match &entry.draft {
+                Some(draft) => println!("{name} drafts with {draft} from its next load"),
+                None => println!("{name} drafts with no model from its next load"),
+            }
         }
     }
     Ok(())

@@ -190,13 +190,16 @@ impl Supervisor {
         engines
     }
 
-    /// The GGUF facts of a library model, read once per blob.
+    /// The GGUF facts of a library model, read once per blob and draft model.
     pub fn model_info(&self, entry: &ModelEntry) -> anyhow::Result<Arc<ModelInfo>> {
-        if let Some(info) = self.model_info.lock().unwrap().get(&entry.sha256) {
+        // A draft model's name keeps its file while a model drafts with it (the library refuses
+        // to remove it), so the name stands for the file here.
+        let key = format!("{}+{}", entry.sha256, entry.draft.as_deref().unwrap_or(""));
+        if let Some(info) = self.model_info.lock().unwrap().get(&key) {
             return Ok(info.clone());
         }
         let info = Arc::new(self.library.model_info(entry).with_context(|| format!("reading model '{}'", entry.name))?);
-        self.model_info.lock().unwrap().insert(entry.sha256.clone(), info.clone());
+        self.model_info.lock().unwrap().insert(key, info.clone());
         Ok(info)
     }
 
@@ -206,7 +209,8 @@ impl Supervisor {
         let info = self.model_info(entry)?;
         let request = self.request();
         let mut plan = planner::plan(&info, &request);
-        if let Some(mut split) = self.split_plan(&info, &plan) {
+        // A draft model sits on this box beside its model, so a model with one is not split.
+        if let Some(mut split) = self.split_plan(&info, &plan).filter(|_| info.draft.is_none()) {
             split.model = entry.name.clone();
             return Ok(split);
         }

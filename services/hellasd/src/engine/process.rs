@@ -232,7 +232,21 @@ impl Supervisor {
                 cmd.arg("--reranking");
             }
             Ok(ModelKind::Generative) | Err(_) => {
-                cmd.args(c.speculative.args());
+                // The draft model (the plan counted it) drafts first, n-grams of what the engine
+                // has seen (when on) after it.
+                let mut types = Vec::new();
+                if let Ok(Some(draft)) = self.library.draft_of(entry) {
+                    types.push("draft-simple");
+                    cmd.arg("--model-draft").arg(self.library.model_path(&draft));
+                    cmd.args(["--cache-type-k-draft", c.cache_type.as_str(), "--cache-type-v-draft", c.cache_type.as_str()]);
+                    if let Some(layers) = c.gpu_layers {
+                        cmd.args(["--gpu-layers-draft", &layers.to_string()]);
+                    }
+                }
+                types.extend(c.speculative.spec_type());
+                if !types.is_empty() {
+                    cmd.args(["--spec-type", &types.join(",")]);
+                }
             }
         }
         cmd.args(["--alias", &entry.name, "--host", "127.0.0.1", "--port", &port.to_string()]);

@@ -162,6 +162,7 @@ mod tests {
                 parts: Vec::new(),
                 projector: None,
                 source: None,
+                draft: None,
             },
         };
         let supervisor = Supervisor::new(config, Default::default(), 1 << 30, on_gpu, library, Arc::new(Metrics::new()));
@@ -203,6 +204,7 @@ mod tests {
             chat_template: None,
             kind: ModelKind::Generative,
             projector: None,
+            draft: None,
         }
     }
 
