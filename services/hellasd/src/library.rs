@@ -109,6 +109,19 @@ pub struct Manifest {
     pub models: BTreeMap<String, ModelEntry>,
 }
 
+impl Manifest {
+    /// The model that drafts with `name`, if one does.
+    fn drafted_by(&self, name: &str) -> Option<&ModelEntry> {
+        self.models.values().find(|e| e.draft.as_deref() == Some(name))
+    }
+
+    /// Why `name` may not be removed now, if it may not: another model drafts with it.
+    fn removal_refusal(&self, name: &str) -> Option<String> {
+        let user = &self.drafted_by(name)?.name;
+        Some(format!("'{name}' is the draft model of '{user}': `hellasd models draft {user} --none` first"))
+    }
+}
+
 pub struct ModelLibrary {
     dir: PathBuf,
     manifest: StateFile<Manifest>,
@@ -217,9 +230,9 @@ impl ModelLibrary {
         Ok(Some(draft))
     }
 
-    /// The model that drafts with `name`, if one does: `name` cannot be removed while it does.
-    pub fn drafted_by(&self, name: &str) -> Result<Option<String>> {
-        Ok(self.manifest.load()?.models.values().find(|e| e.draft.as_deref() == Some(name)).map(|e| e.name.clone()))
+    /// Why `name` may not be removed now (another model drafts with it), if it may not.
+    pub fn removal_refusal(&self, name: &str) -> Result<Option<String>> {
+        Ok(self.manifest.load()?.removal_refusal(name))
     }
 
     /// Makes the model `name` draft with the model `draft` (or with none): both must generate
@@ -237,7 +250,7 @@ impl ModelLibrary {
             check_draft(&self.gguf(&entry)?, &self.gguf(&candidate)?).with_context(|| format!("'{draft}' cannot draft for '{name}'"))?;
         }
         self.manifest.update(|m| {
-            if let Some(user) = m.models.values().find(|e| e.draft.as_deref() == Some(name)) {
+            if let Some(user) = m.drafted_by(name) {
                 bail!("'{name}' is the draft model of '{}'; a draft model cannot have one", user.name);
             }
             let entry = m.models.get_mut(name).with_context(|| format!("no model named '{name}' in the library"))?;
@@ -374,8 +387,8 @@ impl ModelLibrary {
 
     pub fn remove(&self, name: &str) -> Result<ModelEntry> {
         let (entry, orphaned) = self.manifest.update(|m| {
-            if let Some(user) = m.models.values().find(|e| e.draft.as_deref() == Some(name)) {
-                bail!("'{name}' is the draft model of '{}': `hellasd models draft {} --none` first", user.name, user.name);
+            if let Some(refusal) = m.removal_refusal(name) {
+                bail!("{refusal}");
             }
             let entry = m.models.remove(name).with_context(|| format!("no model named '{name}' in the library"))?;
             let used: Vec<&str> = m.models.values().flat_map(|e| e.blobs()).collect();

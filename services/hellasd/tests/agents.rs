@@ -20,13 +20,14 @@ use serde_json::Value;
 use support::{cache_dir, Daemon, Setup, SMOLLM};
 
 const MODEL: &str = "agent-model";
-const TOOLS_TEMPLATE: &str = include_str!("fixtures/smollm2-tools.jinja");
 
 /// The daemon the agents talk to, and whether its model can be given a tool task.
 fn daemon() -> (Daemon, bool) {
     let (file, engine_args, tool_capable) = match std::env::var_os("HELLAS_AGENT_MODEL") {
         Some(file) => (PathBuf::from(file), vec![], true),
-        None => (support::model(SMOLLM), vec!["--chat-template".to_string(), TOOLS_TEMPLATE.to_string()], false),
+        // Greedy by default (the agents send no temperature), so SmolLM2 answers alike each run
+        // rather than rambling on some.
+        None => (support::model(SMOLLM), ["--chat-template", support::SMOLLM_TOOLS_TEMPLATE, "--temp", "0"].map(String::from).to_vec(), false),
     };
     let daemon = Daemon::start(Setup {
         // The agents' instructions and tool descriptions run to thousands of tokens.
@@ -64,13 +65,6 @@ fn run_agent(command: &mut Command, name: &str, home: &Path) -> String {
     eprintln!("{name}: {:.0} s\n{stdout}\n{stderr}", started.elapsed().as_secs_f64());
     assert!(out.status.success(), "{name} failed ({}):\n{stdout}\n{stderr}", out.status);
     stdout
-}
-
-/// The count of answered requests on `route` in the box's metrics.
-fn answered(daemon: &Daemon, route: &str) -> u64 {
-    let metrics = daemon.get("/metrics").text().unwrap();
-    let prefix = format!("hellas_requests_total{{route=\"{route}\",model=\"{MODEL}\",status=\"200\"}} ");
-    metrics.lines().find_map(|line| line.strip_prefix(&prefix)).map_or(0, |n| n.parse().unwrap())
 }
 
 /// The task: a file only a tool call can write, or (for a model that cannot call tools) a hello.
@@ -118,7 +112,7 @@ fn claude_code_works_through_the_box() {
     let result: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("claude printed no JSON ({e}): {out}"));
     assert_eq!(result["is_error"], false, "{result}");
     assert!(!result["result"].as_str().unwrap_or_default().trim().is_empty(), "an answer: {result}");
-    assert!(answered(&daemon, "/v1/messages") >= 1, "the answer came through the box's /v1/messages");
+    assert!(daemon.answered("/v1/messages", MODEL) >= 1, "the answer came through the box's /v1/messages");
     assert_task_done(&work, tool_capable);
 }
 
@@ -148,6 +142,6 @@ fn codex_works_with_the_box_as_its_provider() {
     run_agent(command.arg(task(tool_capable)), "codex", dir.path());
     let answer = std::fs::read_to_string(dir.path().join("answer.txt")).unwrap_or_default();
     assert!(!answer.trim().is_empty(), "codex's last message holds the model's answer");
-    assert!(answered(&daemon, "/v1/responses") >= 1, "the answer came through the box's /v1/responses");
+    assert!(daemon.answered("/v1/responses", MODEL) >= 1, "the answer came through the box's /v1/responses");
     assert_task_done(&work, tool_capable);
 }

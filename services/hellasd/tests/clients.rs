@@ -261,10 +261,6 @@ fn responses_and_messages_answer_the_official_sdks() {
     }
 }
 
-/// SmolLM2's own chat template takes no tools, and this llama.cpp ignores the tools of a request
-/// to a model whose template has none (no generic fallback any more). This one, SmolLM2's ChatML
-/// with tools and calls as bare JSON objects, is given to the engines with `--chat-template`.
-const TOOLS_TEMPLATE: &str = include_str!("fixtures/smollm2-tools.jinja");
 
 /// A JSON answer held to `PICK` in clients.py: a string `colour` and an integer `count`, nothing else.
 fn assert_pick(content: &Value) {
@@ -291,7 +287,7 @@ fn assert_weather_call(calls: &Value, arguments_as_text: bool) {
 #[test]
 fn tools_and_json_schema_through_every_route() {
     let started = Instant::now();
-    let template_args = ["--chat-template", TOOLS_TEMPLATE];
+    let template_args = ["--chat-template", support::SMOLLM_TOOLS_TEMPLATE];
     let daemon = Daemon::start(Setup { ctx: 1024, parallel: 1, engine_args: template_args.map(String::from).to_vec(), ..Setup::default() });
     let key = daemon.key.clone().unwrap();
     let ask = |step: &str| client(step, &daemon.url, &key, &[CHAT_MODEL]);

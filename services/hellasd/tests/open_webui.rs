@@ -80,13 +80,6 @@ impl Drop for OpenWebUi {
     }
 }
 
-/// The count of answered requests on `route` in the box's metrics.
-fn answered(daemon: &Daemon, route: &str) -> u64 {
-    let metrics = daemon.get("/metrics").text().unwrap();
-    let prefix = format!("hellas_requests_total{{route=\"{route}\",model=\"{MODEL}\",status=\"200\"}} ");
-    metrics.lines().find_map(|line| line.strip_prefix(&prefix)).map_or(0, |n| n.parse().unwrap())
-}
-
 #[test]
 #[ignore = "needs Open WebUI: cargo xtask clients"]
 fn open_webui_chats_through_both_connections() {
@@ -99,7 +92,7 @@ fn open_webui_chats_through_both_connections() {
 
     let mut answers = Vec::new();
     for (connection, route) in [("openai", "/v1/chat/completions"), ("ollama", "/api/chat")] {
-        let before = answered(&daemon, route);
+        let before = daemon.answered(route, MODEL);
         // The model list Open WebUI read from the box over this connection offers the model.
         browser.goto(&format!("{}/?model={connection}.{MODEL}", ui.url));
         let selected = browser.wait_text("#model-selector-model-button", Duration::from_secs(60), |t| !t.is_empty());
@@ -113,7 +106,7 @@ fn open_webui_chats_through_both_connections() {
         input.type_text("What is the capital of France?");
         browser.find("#send-message-button").click();
         let deadline = Instant::now() + Duration::from_secs(180);
-        while answered(&daemon, route) == before {
+        while daemon.answered(route, MODEL) == before {
             assert!(Instant::now() < deadline, "{connection}: no answer came through the box's {route}");
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -130,7 +123,7 @@ fn open_webui_chats_through_both_connections() {
         }
         browser.screenshot(&artefacts.join(format!("{connection}.png")));
         eprintln!("{connection}: {answer}");
-        assert_eq!(answered(&daemon, route), before + 1, "{connection}: one request through the box's {route}");
+        assert_eq!(daemon.answered(route, MODEL), before + 1, "{connection}: one request through the box's {route}");
         answers.push(answer);
     }
     // Greedy, the same question through either connection is the same answer from the engine.

@@ -743,9 +743,8 @@ pub async fn delete(State(state): State<Arc<AppState>>, body: Body) -> Result<St
     let Some(entry) = state.library.get(&request.model).map_err(internal)? else {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "model_not_found", format!("model '{}' is not in the library", request.model)).into());
     };
-    if let Some(user) = state.library.drafted_by(&entry.name).map_err(internal)? {
-        let message = format!("'{}' is the draft model of '{user}': `hellasd models draft {user} --none` first", entry.name);
-        return Err(ApiError::new(StatusCode::CONFLICT, "model_in_use", message).into());
+    if let Some(refusal) = state.library.removal_refusal(&entry.name).map_err(internal)? {
+        return Err(ApiError::new(StatusCode::CONFLICT, "model_in_use", refusal).into());
     }
     state.supervisor.unload(&entry.name).await;
     state.library.remove(&entry.name).map_err(internal)?;

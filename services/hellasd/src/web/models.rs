@@ -134,9 +134,8 @@ pub struct ModelForm {
 }
 
 pub async fn remove_model(State(state): St, OwnerForm(session, form): OwnerForm<ModelForm>) -> Response {
-    if let Ok(Some(user)) = state.library.drafted_by(&form.name) {
-        let why = format!("'{}' is the draft model of '{user}': it stays while '{user}' drafts with it", form.name);
-        return Page::new("message", "Not removed", json!({ "back": "/dashboard" })).error(StatusCode::CONFLICT, why).render(&session);
+    if let Ok(Some(refusal)) = state.library.removal_refusal(&form.name) {
+        return Page::new("message", "Not removed", json!({ "back": "/dashboard" })).error(StatusCode::CONFLICT, refusal).render(&session);
     }
     state.supervisor.unload(&form.name).await;
     match state.library.remove(&form.name) {

@@ -13,6 +13,10 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub const SMOLLM: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+/// SmolLM2's own chat template takes no tools, and this llama.cpp ignores the tools of a request
+/// to a model whose template has none (no generic fallback any more). This one, SmolLM2's ChatML
+/// with tools and calls as bare JSON objects, is given to the engines with `--chat-template`.
+pub const SMOLLM_TOOLS_TEMPLATE: &str = include_str!("../fixtures/smollm2-tools.jinja");
 pub const GEMMA: &str = "gemma-3-270m-q4_k_m.gguf";
 /// all-MiniLM-L6-v2, converted by `cargo xtask models` (xtask/scripts/minilm_gguf.py).
 pub const MINILM: &str = "all-MiniLM-L6-v2-F16.gguf";
@@ -297,6 +301,13 @@ impl Daemon {
             req = req.bearer_auth(key);
         }
         req.send()
+    }
+
+    /// How many requests for `model` on `route` this daemon answered with 200, by its metrics.
+    pub fn answered(&self, route: &str, model: &str) -> u64 {
+        let metrics = self.get("/metrics").text().unwrap();
+        let prefix = format!("hellas_requests_total{{route=\"{route}\",model=\"{model}\",status=\"200\"}} ");
+        metrics.lines().find_map(|line| line.strip_prefix(&prefix)).map_or(0, |n| n.parse().unwrap())
     }
 
     pub fn get(&self, path: &str) -> reqwest::blocking::Response {
