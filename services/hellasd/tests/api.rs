@@ -591,6 +591,14 @@ fn a_model_drafts_with_the_model_named_for_it() {
     let (ok, said) = models(&["draft", SMOL, DRAFT]);
     assert!(ok, "{said}");
     assert!(models(&["list"]).1.contains(&format!("draft:{DRAFT}")));
+    let dashboard = Visitor::login(&daemon).get("/dashboard").text().unwrap();
+    assert!(dashboard.contains(&format!("drafts with {DRAFT}")), "the dashboard says which model drafts");
+    // Removing the draft from the dashboard is refused with why.
+    let mut owner = Visitor::login(&daemon);
+    let csrf = owner.csrf("/dashboard");
+    let refused = owner.post("/models/remove", &[("csrf", &csrf), ("name", DRAFT)]);
+    assert_eq!(refused.status(), 409);
+    assert!(refused.text().unwrap().contains(&format!("is the draft model of &#x27;{SMOL}&#x27;")));
     let (ok, said) = models(&["rm", DRAFT]);
     assert!(!ok && said.contains(&format!("is the draft model of '{SMOL}'")), "{said}");
     let refused = daemon.client().delete(format!("{}/api/delete", daemon.url)).bearer_auth(daemon.key.as_deref().unwrap()).json(&json!({"model": DRAFT})).send().unwrap();

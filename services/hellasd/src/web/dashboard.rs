@@ -22,7 +22,10 @@ pub async fn dashboard(State(state): St, Owner(session): Owner) -> Response {
         .into_iter()
         .map(|m| {
             let engine = loaded.iter().find(|e| e.model == m.name);
-            let kind = state.supervisor.model_info(&m).map(|info| crate::library::capabilities(&m, &info).join(", ")).unwrap_or_else(|e| format!("unreadable: {e:#}"));
+            let mut kind = state.supervisor.model_info(&m).map(|info| crate::library::capabilities(&m, &info).join(", ")).unwrap_or_else(|e| format!("unreadable: {e:#}"));
+            if let Some(draft) = &m.draft {
+                kind.push_str(&format!("; drafts with {draft}"));
+            }
             json!({
                 "name": m.name, "size": format_bytes(m.size), "kind": kind,
                 "state": engine.map(|e| format!("{:?}", e.status()).to_lowercase()).unwrap_or_else(|| "not loaded".into()),
