@@ -23,15 +23,17 @@ const MODEL: &str = "agent-model";
 
 /// The daemon the agents talk to, and whether its model can be given a tool task.
 fn daemon() -> (Daemon, bool) {
-    let (file, engine_args, tool_capable) = match std::env::var_os("HELLAS_AGENT_MODEL") {
-        Some(file) => (PathBuf::from(file), vec![], true),
+    // The agents' instructions and tool descriptions run to thousands of tokens (Claude Code's
+    // with only its Write tool to ~2,100, Codex's to ~6,700); the planner shrinks the context
+    // to what the box holds.
+    let (file, engine_args, ctx, tool_capable) = match std::env::var_os("HELLAS_AGENT_MODEL") {
+        Some(file) => (PathBuf::from(file), vec![], 32768, true),
         // Greedy by default (the agents send no temperature), so SmolLM2 answers alike each run
         // rather than rambling on some.
-        None => (support::model(SMOLLM), ["--chat-template", support::SMOLLM_TOOLS_TEMPLATE, "--temp", "0"].map(String::from).to_vec(), false),
+        None => (support::model(SMOLLM), ["--chat-template", support::SMOLLM_TOOLS_TEMPLATE, "--temp", "0"].map(String::from).to_vec(), 8192, false),
     };
     let daemon = Daemon::start(Setup {
-        // The agents' instructions and tool descriptions run to thousands of tokens.
-        ctx: 8192,
+        ctx,
         parallel: 1,
         models: vec![],
         engine_args,
@@ -104,9 +106,8 @@ fn claude_code_works_through_the_box() {
         // Root may not skip permission prompts; writing files in the directory is allowed.
         .args(["--tools", "Write", "--allowedTools", "Write", "--permission-mode", "acceptEdits"]);
     if !tool_capable {
-        // The default instructions alone would fill SmolLM2's context, and left to itself it
-        // writes until the limit.
-        command.args(["--system-prompt", "You are a helpful assistant."]).env("CLAUDE_CODE_MAX_OUTPUT_TOKENS", "512");
+        // Claude Code asks for up to 32,000 tokens; a small model's answer is cut well before.
+        command.env("CLAUDE_CODE_MAX_OUTPUT_TOKENS", "512");
     }
     let out = run_agent(command.arg(task(tool_capable)), "claude", dir.path());
     let result: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("claude printed no JSON ({e}): {out}"));
