@@ -162,8 +162,11 @@ impl Supervisor {
     pub(super) async fn start(self: &Arc<Self>, entry: ModelEntry, plan: Plan) -> anyhow::Result<()> {
         let port = free_loopback_port()?;
         let mut command = self.command(&entry, port, &plan);
+        // It reads its model's files and its draft model's.
+        let draft = self.library.draft_of(&entry).ok().flatten();
+        let blobs = entry.blobs().into_iter().chain(draft.iter().flat_map(ModelEntry::blobs));
         let sandbox = Sandbox {
-            read: entry.blobs().into_iter().map(|sha256| self.library.blob_path(sha256)).filter(|path| path.exists()).collect(),
+            read: blobs.map(|sha256| self.library.blob_path(sha256)).filter(|path| path.exists()).collect(),
             bind: vec![port],
             connect: plan.split.iter().flat_map(|split| split.peers()).filter_map(|share| share.rpc).map(|rpc| rpc.port()).collect(),
             ..self.sandbox.clone()
