@@ -109,7 +109,8 @@ pub struct Supervisor {
     state: Mutex<State>,
     /// Loads are serialised so that each plans against what the others left resident.
     load_lock: tokio::sync::Mutex<()>,
-    model_info: Mutex<HashMap<String, Arc<ModelInfo>>>,
+    /// GGUF facts by blob, with the draft model's name they were read with.
+    model_info: Mutex<HashMap<String, (Option<String>, Arc<ModelInfo>)>>,
     http: reqwest::Client,
     /// The pool, when clustering is on: models too large for this box run across it.
     pool: OnceLock<Arc<dyn Pool>>,
@@ -193,13 +194,15 @@ impl Supervisor {
     /// The GGUF facts of a library model, read once per blob and draft model.
     pub fn model_info(&self, entry: &ModelEntry) -> anyhow::Result<Arc<ModelInfo>> {
         // A draft model's name keeps its file while a model drafts with it (the library refuses
-        // to remove it), so the name stands for the file here.
-        let key = format!("{}+{}", entry.sha256, entry.draft.as_deref().unwrap_or(""));
-        if let Some(info) = self.model_info.lock().unwrap().get(&key) {
-            return Ok(info.clone());
+        // to remove it), so the name stands for the file here. Looked up without allocating:
+        // this runs for every request.
+        if let Some((draft, info)) = self.model_info.lock().unwrap().get(&entry.sha256) {
+            if *draft == entry.draft {
+                return Ok(info.clone());
+            }
         }
         let info = Arc::new(self.library.model_info(entry).with_context(|| format!("reading model '{}'", entry.name))?);
-        self.model_info.lock().unwrap().insert(key, info.clone());
+        self.model_info.lock().unwrap().insert(entry.sha256.clone(), (entry.draft.clone(), info.clone()));
         Ok(info)
     }
 
