@@ -1,8 +1,10 @@
-//! `cargo xtask bench proxy`: what answering through hellasd costs compared with asking a
-//! llama-server directly. hellasd serves the test model; once its engine runs, a second
-//! llama-server is started with that engine's exact command line (read from /proc, only the
-//! port changed), so both sides run the same binary with the same flags on the same file.
-//! The two are then measured in alternating rounds, never at once, and always warmed up first.
+//! `cargo xtask bench proxy`: what answering through hellasd costs compared with asking its
+//! llama-server directly. hellasd serves the test model; once its engine runs, the direct side
+//! is that same engine process, asked at the loopback port its command line names (read from
+//! /proc). A second llama-server started with the same flags would not do: two identical
+//! llama-server processes on this machine decode up to 15% apart (10.3 against 12.0 ms per
+//! token, measured 2026-12-05), which swamps a proxy's cost. The two sides are measured in
+//! alternating rounds, never at once, and always warmed up first.
 //!
 //! hellasd is set up as an owner would set up a box (claimed with `hellasd set-password`, an API
 //! key from `hellasd keys create`), and every port it opens is on loopback; pooling is off.
@@ -65,7 +67,13 @@ pub struct Proxy {
 
 impl Proxy {
     pub fn smoke() -> Proxy {
-        Proxy { rounds: 1, requests: 2, load_requests: 1, keep_logs: false, smoke: true }
+        Proxy {
+            rounds: 1,
+            requests: 2,
+            load_requests: 1,
+            keep_logs: false,
+            smoke: true,
+        }
     }
 
     pub fn run(&self) -> Result<()> {
@@ -121,7 +129,13 @@ impl Proxy {
         let text = report.render();
         println!("\n{text}");
         if self.smoke {
-            let failed: usize = report.measured.sequential.iter().chain(&report.measured.load).map(|s| s.failures).sum();
+            let failed: usize = report
+                .measured
+                .sequential
+                .iter()
+                .chain(&report.measured.load)
+                .map(|s| s.failures)
+                .sum();
             if failed > 0 {
                 bail!("bench proxy --smoke: {failed} request(s) failed (see the report above)");
             }
@@ -243,9 +257,6 @@ impl Proxy {
 
         measured
             .stops
-            .push(format!("llama-server {}", sides.direct.stop()?));
-        measured
-            .stops
             .push(format!("hellasd {}", sides.daemon.stop()?));
         // hellasd stops its engines before it exits; one still running was left behind.
         if servers::is_running(sides.engine.0) {
@@ -260,13 +271,12 @@ impl Proxy {
     }
 }
 
-/// The two servers compared, in the order they are stopped when dropped: the direct
-/// llama-server, hellasd (which stops its engine), then hellasd's engine if it outlived it.
+/// hellasd and its engine, in the order they are stopped when dropped: hellasd (which stops its
+/// engine), then the engine if it outlived it.
 struct Sides {
-    direct: Server,
     daemon: Server,
     engine: Reaper,
-    /// hellasd's engine command line, which the direct server copies.
+    /// hellasd's engine command line.
     engine_argv: Vec<String>,
     /// Indexed by `DIRECT` and `HELLASD`.
     endpoints: [Endpoint; 2],
@@ -280,31 +290,38 @@ impl Sides {
         llama_server: &Path,
         model: &Path,
     ) -> Result<Sides> {
-        let (hellasd_port, web_port, direct_port) = (servers::free_port()?, servers::free_port()?, servers::free_port()?);
-        let tls_port = servers::free_port()?;
+        let (hellasd_port, web_port, tls_port) = (
+            servers::free_port()?,
+            servers::free_port()?,
+            servers::free_port()?,
+        );
         let config = dir.join("hellasd.toml");
-        fs::write(&config, hellasd_config(dir, llama_server, hellasd_port, [web_port, tls_port])).with_context(|| format!("writing {}", config.display()))?;
+        fs::write(
+            &config,
+            hellasd_config(dir, llama_server, hellasd_port, [web_port, tls_port]),
+        )
+        .with_context(|| format!("writing {}", config.display()))?;
         let cli = |args: &[&str], stdin: Option<&str>| hellasd_cli(hellasd, &config, args, stdin);
-        cli(&[
-            "models",
-            "add",
-            &model.to_string_lossy(),
-            "--name",
-            MODEL_NAME,
-        ], None)?;
+        cli(
+            &[
+                "models",
+                "add",
+                &model.to_string_lossy(),
+                "--name",
+                MODEL_NAME,
+            ],
+            None,
+        )?;
         // The API answers no one on a box without an owner: claim it, as an owner would.
-        cli(&["set-password"], Some(&format!("bench-owner-{}\n", std::process::id())))?;
+        cli(
+            &["set-password"],
+            Some(&format!("bench-owner-{}\n", std::process::id())),
+        )?;
         let key = cli(&["keys", "create", "bench"], None)?.trim().to_string();
-        let endpoints = [
-            Endpoint {
-                base: format!("http://127.0.0.1:{direct_port}"),
-                key: None,
-            },
-            Endpoint {
-                base: format!("http://127.0.0.1:{hellasd_port}"),
-                key: Some(key),
-            },
-        ];
+        let hellasd_endpoint = Endpoint {
+            base: format!("http://127.0.0.1:{hellasd_port}"),
+            key: Some(key),
+        };
 
         println!("==> bench: starting hellasd on 127.0.0.1:{hellasd_port}");
         let serve = [
@@ -319,43 +336,33 @@ impl Sides {
             serve.into(),
             dir.join("hellasd.log"),
         )?;
-        daemon.wait_healthy(agent, &endpoints[HELLASD].base, Duration::from_secs(60))?;
+        daemon.wait_healthy(agent, &hellasd_endpoint.base, Duration::from_secs(60))?;
         // The first request makes hellasd start the model's engine.
-        chat::stream(agent, &endpoints[HELLASD], &request(SEQUENTIAL_TOKENS))
+        chat::stream(agent, &hellasd_endpoint, &request(SEQUENTIAL_TOKENS))
             .context("the first request through hellasd failed")?;
         let (engine_pid, engine_argv) = servers::child_command(daemon.pid(), "llama-server")
             .context("hellasd answered a request but runs no engine")?;
         let engine = Reaper(engine_pid);
-
-        let mut argv = engine_argv.clone();
-        let port = argv.iter().position(|arg| arg == "--port").map(|at| at + 1);
-        let Some(port) = port.filter(|&at| at < argv.len()) else {
-            bail!("hellasd's engine has no --port: {}", argv.join(" "));
+        let port = engine_argv.iter().skip_while(|arg| *arg != "--port").nth(1);
+        let Some(port) = port else {
+            bail!("hellasd's engine has no --port: {}", engine_argv.join(" "));
         };
-        argv[port] = direct_port.to_string();
-        println!("==> bench: starting llama-server on 127.0.0.1:{direct_port} with hellasd's engine flags");
-        let program = argv.remove(0);
-        let args = argv.into_iter().map(OsString::from).collect();
-        let direct = Server::start(
-            "llama-server",
-            program.into(),
-            args,
-            dir.join("llama-server.log"),
-        )?;
-        direct.wait_healthy(agent, &endpoints[DIRECT].base, Duration::from_secs(120))?;
+        println!("==> bench: asking hellasd's engine directly at 127.0.0.1:{port}");
+        let direct = Endpoint {
+            base: format!("http://127.0.0.1:{port}"),
+            key: None,
+        };
         Ok(Sides {
-            direct,
             daemon,
             engine,
             engine_argv,
-            endpoints,
+            endpoints: [direct, hellasd_endpoint],
         })
     }
 
     /// Fails if a server exited, or if hellasd's engine did (hellasd would start a new one,
     /// and the bench would measure a cold engine).
     fn ensure_running(&self) -> Result<()> {
-        self.direct.ensure_running()?;
         self.daemon.ensure_running()?;
         if !servers::is_running(self.engine.0) {
             bail!(
@@ -370,7 +377,12 @@ impl Sides {
 /// hellasd's configuration: state in `dir`, the API and the web pages on loopback ports of their
 /// own, and pooling (its control port, mDNS and the RPC worker) off, so that nothing the bench
 /// starts is reachable from another machine.
-fn hellasd_config(dir: &Path, llama_server: &Path, api_port: u16, [web_port, tls_port]: [u16; 2]) -> String {
+fn hellasd_config(
+    dir: &Path,
+    llama_server: &Path,
+    api_port: u16,
+    [web_port, tls_port]: [u16; 2],
+) -> String {
     // A JSON string is a valid TOML basic string, quotes and escapes included.
     let quoted = |path: &Path| Value::from(path.to_string_lossy()).to_string();
     format!(
@@ -459,7 +471,12 @@ fn engine_version(output: &str) -> String {
 
 /// Runs `hellasd --no-system-config --config CONFIG ARGS…` with `stdin` as its input and
 /// returns what it printed.
-fn hellasd_cli(hellasd: &Path, config: &Path, args: &[&str], stdin: Option<&str>) -> Result<String> {
+fn hellasd_cli(
+    hellasd: &Path,
+    config: &Path,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> Result<String> {
     let shown = format!("hellasd {}", args.join(" "));
     let mut all: Vec<OsString> = vec!["--no-system-config".into(), "--config".into()];
     all.push(config.into());
@@ -527,7 +544,12 @@ mod tests {
 
     #[test]
     fn hellasd_listens_on_loopback_only() {
-        let text = hellasd_config(Path::new("/tmp/b \"q\""), Path::new("/e/llama-server"), 1001, [1002, 1003]);
+        let text = hellasd_config(
+            Path::new("/tmp/b \"q\""),
+            Path::new("/e/llama-server"),
+            1001,
+            [1002, 1003],
+        );
         let config: toml::Table = text.parse().unwrap();
         assert_eq!(config["api"]["listen"].as_str(), Some("127.0.0.1:1001"));
         assert_eq!(config["web"]["listen"].as_str(), Some("127.0.0.1:1002"));

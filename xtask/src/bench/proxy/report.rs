@@ -106,20 +106,27 @@ impl Report<'_> {
         let overhead = millis(p50(&m.sequential[HELLASD])) - millis(p50(&m.sequential[DIRECT]));
         let load_overhead = millis(p50(&m.load[HELLASD])) - millis(p50(&m.load[DIRECT]));
         let aggregate = m.load[HELLASD].tokens_per_second() / m.load[DIRECT].tokens_per_second();
-        let sequential_ratio = m.sequential[HELLASD].tokens_per_second() / m.sequential[DIRECT].tokens_per_second();
+        let sequential_ratio =
+            m.sequential[HELLASD].tokens_per_second() / m.sequential[DIRECT].tokens_per_second();
         let cpu = cpu_per_request(&m.sequential[HELLASD]).max(cpu_per_request(&m.load[HELLASD]));
         let verdict = |pass: bool| if pass { "PASS" } else { "FAIL" };
-        let (ratio_ok, sequential_ok, overhead_ok, cpu_ok) =
-            (ratio >= MIN_RATIO, sequential_ratio >= MIN_RATIO, overhead <= MAX_OVERHEAD_MS, cpu <= MAX_CPU_MS);
+        let (ratio_ok, sequential_ok, overhead_ok, cpu_ok) = (
+            ratio >= MIN_RATIO,
+            sequential_ratio >= MIN_RATIO,
+            overhead <= MAX_OVERHEAD_MS,
+            cpu <= MAX_CPU_MS,
+        );
         let mut out = format!(
             "## proxy: hellasd against llama-server directly\n\n\
              Measured by `cargo xtask bench proxy --rounds {} --requests {} --load-requests {}` \
              on {}.\n\n\
              - Machine: {} CPUs, {}; 1-minute load average {:.2} before the bench, {:.2} after \
-             it (its own two engines included).\n\
-             - Engine: llama-server {}, model {MODEL_FILE}; both sides run `llama-server {}`.\n\
+             it (its engine included).\n\
+             - Engine: llama-server {}, model {MODEL_FILE}; hellasd runs it as `llama-server {}`.\n\
              - hellasd: release build of {}.\n\
-             - Method: both engines are resident; each round measures one side, then the other \
+             - Method: the direct side is hellasd's own engine, asked at its loopback port (a \
+             second llama-server with the same flags would decode at a speed of its own: two \
+             identical ones here differ by up to 15%). Each round measures one side, then the other \
              (the first side alternates), never both at once, after warm-up requests to both. \
              Every request is a streamed `/v1/chat/completions` with `temperature: 0`, \
              `seed: 42` and `ignore_eos: true`. Time to first token (TTFT) runs from sending the \
