@@ -7,7 +7,7 @@ use std::path::Path;
 
 /// The layers, lowest first. A module may name modules of its own layer or of a lower one.
 const LAYERS: &[(&str, &[&str])] = &[
-    ("domain", &["state_file", "config", "owner", "keys", "library", "admission", "metrics", "memory_budget", "sandbox", "recent_log", "web_certificate"]),
+    ("domain", &["state_file", "config", "owner", "keys", "library", "admission", "metrics", "memory_budget", "sandbox", "recent_log", "web_certificate", "lines"]),
     ("services", &["engine", "cluster", "catalog", "hub", "update", "tune", "network", "seed", "system_settings", "backup"]),
     ("app", &["app", "diagnostics", "status_screen"]),
     ("surfaces", &["api", "web"]),

@@ -10,7 +10,7 @@
 //! * services, each owning its state files: [`engine`], [`cluster`], [`catalog`], [`update`],
 //!   [`tune`], [`network`], [`seed`], [`system_settings`];
 //! * the domain: [`owner`], [`keys`], [`library`], [`admission`], [`metrics`], [`config`],
-//!   [`memory_budget`], [`state_file`].
+//!   [`memory_budget`], [`state_file`], [`lines`].
 //!
 //! Below them all: the crates `hellas-model` (GGUF reading, memory and pool planning) and
 //! `hellas-contract` (what the image builder and the box agree on). Where a lower layer must
@@ -39,6 +39,7 @@ pub mod admission;
 pub mod config;
 pub mod keys;
 pub mod library;
+pub mod lines;
 pub mod memory_budget;
 pub mod metrics;
 pub mod owner;

@@ -19,6 +19,7 @@ use futures_util::StreamExt;
 use super::{AppState, Dispatched};
 use crate::admission::Permit;
 use crate::engine::{EngineLease, EngineStatus};
+use crate::lines::Lines;
 use crate::metrics::Metrics;
 
 /// Turns upstream chunks into what the client receives.
@@ -144,22 +145,16 @@ pub async fn engine_failure(lease: &EngineLease, what: &str) -> String {
 /// Splits a server-sent event stream into the payloads of its `data:` lines.
 #[derive(Default)]
 pub struct SseReader {
-    pending: Vec<u8>,
+    lines: Lines,
 }
 
 impl SseReader {
     pub fn feed(&mut self, chunk: &[u8], mut on_data: impl FnMut(&[u8])) {
-        self.pending.extend_from_slice(chunk);
-        let mut start = 0;
-        while let Some(pos) = self.pending[start..].iter().position(|&b| b == b'\n') {
-            let line = &self.pending[start..start + pos];
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
+        self.lines.feed(chunk, |line| {
             if let Some(data) = line.strip_prefix(b"data:") {
                 on_data(data.strip_prefix(b" ").unwrap_or(data));
             }
-            start += pos + 1;
-        }
-        self.pending.drain(..start);
+        });
     }
 }
 

@@ -11,11 +11,12 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use hellas_model::gguf::ModelKind;
 use hellas_model::plan::Plan;
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::watch;
 
 use super::{EngineStatus, Placement, Supervisor, CRASH_MEMORY, RECENT_OUTPUT_LINES, STOP_GRACE};
 use crate::library::ModelEntry;
+use crate::lines::Lines;
 use crate::metrics::Metrics;
 use crate::sandbox::Sandbox;
 
@@ -198,11 +199,12 @@ impl Supervisor {
             sandbox: confined.describe(),
             keep_alive: Mutex::new(None),
         });
+        let mut readers = Vec::new();
         if let Some(out) = child.stdout.take() {
-            tokio::spawn(keep_output(engine.clone(), out));
+            readers.push(tokio::spawn(keep_output(engine.clone(), out)));
         }
         if let Some(err) = child.stderr.take() {
-            tokio::spawn(keep_output(engine.clone(), err));
+            readers.push(tokio::spawn(keep_output(engine.clone(), err)));
         }
         self.state.lock().unwrap().engines.insert(entry.name.clone(), engine.clone());
         self.update_gauges();
@@ -210,6 +212,11 @@ impl Supervisor {
         let watched = engine.clone();
         tokio::spawn(async move {
             let exit = child.wait().await;
+            // Its last words explain an unexpected exit: read them to the end first (the pipes
+            // close with the process, unless something it started still holds them).
+            for reader in readers {
+                let _ = tokio::time::timeout(OUTPUT_BATCH * 4, reader).await;
+            }
             supervisor.on_exit(&watched, exit);
         });
         tokio::spawn(self.clone().wait_healthy(engine));
@@ -377,26 +384,44 @@ impl Supervisor {
     }
 }
 
+/// How long a serving engine's output waits in its pipe before it is read. llama-server writes
+/// each log line in three pieces (time, level, message) and some thirty lines per request at
+/// level 4; reading them as they come cost hellasd a wake-up per piece. A pipe holds 64 KiB,
+/// about twenty requests' worth.
+const OUTPUT_BATCH: Duration = Duration::from_millis(50);
+
 /// Reads a child's output: what it says about where the model sits, the last lines (to explain
 /// a failure), and the journal: everything while it loads, then only its warnings and errors
-/// (at level 4 it logs some thirty lines of slot bookkeeping per request).
-async fn keep_output(engine: Arc<Engine>, stream: impl AsyncRead + Unpin) {
-    let mut lines = BufReader::new(stream).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        let loading = engine.status() == EngineStatus::Starting;
-        if loading {
-            engine.placement.lock().unwrap().observe(&line);
+/// (at level 4 it logs some thirty lines of slot bookkeeping per request). While it loads,
+/// lines are read as they come, so that its placement is known once it answers; after that, in
+/// batches (see [`OUTPUT_BATCH`]).
+async fn keep_output(engine: Arc<Engine>, mut stream: impl AsyncRead + Unpin) {
+    let mut lines = Lines::default();
+    let mut chunk = vec![0; 64 << 10];
+    let keep = |line: &[u8]| keep_line(&engine, String::from_utf8_lossy(line).into_owned());
+    while let Ok(read @ 1..) = stream.read(&mut chunk).await {
+        lines.feed(&chunk[..read], keep);
+        if engine.status() != EngineStatus::Starting {
+            tokio::time::sleep(OUTPUT_BATCH).await;
         }
-        // Lines read `<time> <level> <message>`, the level one of D I W E.
-        if loading || matches!(line.split_whitespace().nth(1), Some("W" | "E")) {
-            tracing::info!(target: "engine", model = %engine.model, "{line}");
-        }
-        let mut recent = engine.recent_output.lock().unwrap();
-        if recent.len() == RECENT_OUTPUT_LINES {
-            recent.pop_front();
-        }
-        recent.push_back(line);
     }
+    lines.finish(keep);
+}
+
+fn keep_line(engine: &Engine, line: String) {
+    let loading = engine.status() == EngineStatus::Starting;
+    if loading {
+        engine.placement.lock().unwrap().observe(&line);
+    }
+    // Lines read `<time> <level> <message>`, the level one of D I W E.
+    if loading || matches!(line.split_whitespace().nth(1), Some("W" | "E")) {
+        tracing::info!(target: "engine", model = %engine.model, "{line}");
+    }
+    let mut recent = engine.recent_output.lock().unwrap();
+    if recent.len() == RECENT_OUTPUT_LINES {
+        recent.pop_front();
+    }
+    recent.push_back(line);
 }
 
 fn free_loopback_port() -> anyhow::Result<u16> {
