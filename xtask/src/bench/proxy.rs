@@ -3,12 +3,14 @@
 //! is that same engine process, asked at the loopback port its command line names (read from
 //! /proc). A second llama-server started with the same flags would not do: two identical
 //! llama-server processes on this machine decode up to 15% apart (10.3 against 12.0 ms per
-//! token, measured 2026-12-05), which swamps a proxy's cost. The two sides are measured in
-//! alternating rounds, never at once, and always warmed up first.
+//! token, measured 2026-12-05), which swamps a proxy's cost. A third side, a bare relay in
+//! front of the same engine (`relay`), shows the least CPU time any proxy spends here. The sides
+//! are measured in rotating rounds, never at once, and always warmed up first.
 //!
 //! hellasd is set up as an owner would set up a box (claimed with `hellasd set-password`, an API
 //! key from `hellasd keys create`), and every port it opens is on loopback; pooling is off.
 
+mod relay;
 mod report;
 
 use std::ffi::OsString;
@@ -25,6 +27,7 @@ use super::chat::{self, Endpoint, Timed};
 use super::servers::{self, Reaper, Scratch, Server};
 use super::{load_average, Machine};
 use crate::cache;
+use relay::Relay;
 use report::{Measured, Report};
 
 const MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -40,9 +43,11 @@ const THREADS: u32 = 1;
 const PROMPT: &str = "Write one sentence about the sea.";
 const SEQUENTIAL_TOKENS: u64 = 8;
 const LOAD_TOKENS: u64 = 32;
-const SIDES: [&str; 2] = ["direct", "hellasd"];
+const SIDES: [&str; 3] = ["direct", "hellasd", "bare relay"];
 const DIRECT: usize = 0;
 const HELLASD: usize = 1;
+/// A bare relay in front of the same engine: the floor for a proxy's CPU time (see `relay`).
+const RELAY: usize = 2;
 
 #[derive(clap::Args, Clone, Copy)]
 pub struct Proxy {
@@ -150,7 +155,7 @@ impl Proxy {
         Ok(())
     }
 
-    /// Starts both sides, measures them, and stops them.
+    /// Starts the sides, measures them, and stops them.
     fn measure(
         &self,
         dir: &Path,
@@ -165,7 +170,7 @@ impl Proxy {
             engine_flags: flags(&sides.engine_argv),
             ..Measured::default()
         };
-        println!("==> bench: warming up both sides");
+        println!("==> bench: warming up every side");
         for (side, endpoint) in endpoints.iter().enumerate() {
             let mut outcomes: Vec<_> = (0..3)
                 .map(|_| chat::stream(&agent, endpoint, &request(SEQUENTIAL_TOKENS)))
@@ -185,7 +190,7 @@ impl Proxy {
         for round in 0..self.rounds {
             for side in order(round) {
                 let samples = &mut measured.sequential[side];
-                let cpu = servers::cpu_time(sides.daemon.pid())?;
+                let cpu = sides.proxy_cpu(side)?;
                 for _ in 0..self.requests {
                     let outcome =
                         chat::stream(&agent, &endpoints[side], &request(SEQUENTIAL_TOKENS));
@@ -202,7 +207,7 @@ impl Proxy {
                     }
                     samples.record(outcome, SEQUENTIAL_TOKENS, &mut measured.notes, SIDES[side]);
                 }
-                samples.hellasd_cpu += servers::cpu_time(sides.daemon.pid())? - cpu;
+                samples.proxy_cpu += sides.proxy_cpu(side)? - cpu;
             }
             sides.ensure_running()?;
             println!(
@@ -212,15 +217,15 @@ impl Proxy {
             );
         }
         for round in 0..self.rounds {
-            let mut throughput = [0.0; 2];
+            let mut throughput = [0.0; 3];
             for side in order(round) {
-                let cpu = servers::cpu_time(sides.daemon.pid())?;
+                let cpu = sides.proxy_cpu(side)?;
                 let (outcomes, wall) = load_round(&agent, &endpoints[side], self.load_requests);
                 let tokens: u64 = outcomes.iter().flatten().map(|answer| answer.tokens).sum();
                 throughput[side] = tokens as f64 / wall.as_secs_f64();
                 let samples = &mut measured.load[side];
                 samples.busy += wall;
-                samples.hellasd_cpu += servers::cpu_time(sides.daemon.pid())? - cpu;
+                samples.proxy_cpu += sides.proxy_cpu(side)? - cpu;
                 for outcome in outcomes {
                     samples.record(outcome, LOAD_TOKENS, &mut measured.notes, SIDES[side]);
                 }
@@ -230,18 +235,19 @@ impl Proxy {
                 .round_ratios
                 .push(throughput[HELLASD] / throughput[DIRECT]);
             println!(
-                "==> bench: load round {}/{}: {:.1} tokens/s direct, {:.1} through hellasd",
+                "==> bench: load round {}/{}: {:.1} tokens/s direct, {:.1} through hellasd, {:.1} through the bare relay",
                 round + 1,
                 self.rounds,
                 throughput[DIRECT],
-                throughput[HELLASD]
+                throughput[HELLASD],
+                throughput[RELAY]
             );
         }
         for (workload, samples) in [
             ("sequential", &measured.sequential),
             ("load", &measured.load),
         ] {
-            for side in [DIRECT, HELLASD] {
+            for side in [DIRECT, HELLASD, RELAY] {
                 if samples[side].first_tokens.is_empty() {
                     let error = samples[side]
                         .first_failure
@@ -271,15 +277,16 @@ impl Proxy {
     }
 }
 
-/// hellasd and its engine, in the order they are stopped when dropped: hellasd (which stops its
-/// engine), then the engine if it outlived it.
+/// hellasd, its engine and the bare relay in front of it, in the order they are stopped when
+/// dropped: hellasd (which stops its engine), then the engine if it outlived it.
 struct Sides {
     daemon: Server,
     engine: Reaper,
     /// hellasd's engine command line.
     engine_argv: Vec<String>,
-    /// Indexed by `DIRECT` and `HELLASD`.
-    endpoints: [Endpoint; 2],
+    relay: Relay,
+    /// Indexed by `DIRECT`, `HELLASD` and `RELAY`.
+    endpoints: [Endpoint; 3],
 }
 
 impl Sides {
@@ -352,12 +359,32 @@ impl Sides {
             base: format!("http://127.0.0.1:{port}"),
             key: None,
         };
+        let port: u16 = port
+            .parse()
+            .with_context(|| format!("hellasd's engine listens on port {port:?}"))?;
+        // One thread per client, and one more.
+        let relay = Relay::start(([127, 0, 0, 1], port).into(), PARALLEL + 1)?;
+        let relayed = Endpoint {
+            base: format!("http://127.0.0.1:{}", relay.port),
+            key: None,
+        };
         Ok(Sides {
             daemon,
             engine,
             engine_argv,
-            endpoints: [direct, hellasd_endpoint],
+            relay,
+            endpoints: [direct, hellasd_endpoint, relayed],
         })
+    }
+
+    /// The CPU time used so far by what stands between `side`'s clients and the engine: the
+    /// relay's threads for the bare relay; otherwise hellasd, which for the direct side is what
+    /// it spends meanwhile (reading its engine's log).
+    fn proxy_cpu(&self, side: usize) -> Result<Duration> {
+        match side {
+            RELAY => self.relay.cpu(),
+            _ => servers::cpu_time(self.daemon.pid()),
+        }
     }
 
     /// Fails if a server exited, or if hellasd's engine did (hellasd would start a new one,
@@ -400,7 +427,7 @@ fn hellasd_config(
     )
 }
 
-/// The request both sides get: greedy, seeded, streamed, and generating exactly `max_tokens`.
+/// The request every side gets: greedy, seeded, streamed, and generating exactly `max_tokens`.
 fn request(max_tokens: u64) -> Value {
     json!({
         "model": MODEL_NAME,
@@ -413,9 +440,11 @@ fn request(max_tokens: u64) -> Value {
     })
 }
 
-/// Which side goes first in `round`: alternating, so neither always runs after the other.
-fn order(round: usize) -> [usize; 2] {
-    [[DIRECT, HELLASD], [HELLASD, DIRECT]][round % 2]
+/// The order of the sides in `round`: rotating, so none always runs after the same other.
+fn order(round: usize) -> [usize; 3] {
+    let mut sides = [DIRECT, HELLASD, RELAY];
+    sides.rotate_left(round % 3);
+    sides
 }
 
 /// `PARALLEL` clients, released together, each sending `per_client` requests one after the
@@ -560,7 +589,8 @@ mod tests {
 
     #[test]
     fn sides_take_turns_going_first() {
-        assert_eq!(order(0), [DIRECT, HELLASD]);
-        assert_eq!(order(1), [HELLASD, DIRECT]);
+        assert_eq!(order(0), [DIRECT, HELLASD, RELAY]);
+        assert_eq!(order(1), [HELLASD, RELAY, DIRECT]);
+        assert_eq!(order(3), order(0));
     }
 }

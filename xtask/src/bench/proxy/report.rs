@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use super::{Proxy, DIRECT, HELLASD, LOAD_TOKENS, MODEL_FILE, PARALLEL, SEQUENTIAL_TOKENS, SIDES};
+use super::{Proxy, DIRECT, HELLASD, LOAD_TOKENS, MODEL_FILE, PARALLEL, RELAY, SEQUENTIAL_TOKENS, SIDES};
 use crate::bench::chat::Timed;
 use crate::bench::{median, millis, percentile, Machine};
 
@@ -17,9 +17,9 @@ const MAX_CPU_MS: f64 = 0.5;
 
 #[derive(Default)]
 pub struct Measured {
-    /// Indexed by `DIRECT` and `HELLASD`.
-    pub sequential: [Samples; 2],
-    pub load: [Samples; 2],
+    /// Indexed by `DIRECT`, `HELLASD` and `RELAY`.
+    pub sequential: [Samples; 3],
+    pub load: [Samples; 3],
     /// Throughput through hellasd over direct throughput, for each load round.
     pub round_ratios: Vec<f64>,
     pub engine_flags: String,
@@ -38,9 +38,9 @@ pub struct Samples {
     /// The time spent answering: the sum of the requests' times (sequential), or of the
     /// rounds' wall times (concurrent clients).
     pub busy: Duration,
-    /// The CPU time hellasd itself (not its engine) used during these requests; for the
-    /// direct side, what it used while idle.
-    pub hellasd_cpu: Duration,
+    /// The CPU time the proxy (hellasd, or the bare relay; not the engine) used during these
+    /// requests; for the direct side, what hellasd used meanwhile.
+    pub proxy_cpu: Duration,
     pub failures: usize,
     pub first_failure: Option<String>,
 }
@@ -126,8 +126,9 @@ impl Report<'_> {
              - hellasd: release build of {}.\n\
              - Method: the direct side is hellasd's own engine, asked at its loopback port (a \
              second llama-server with the same flags would decode at a speed of its own: two \
-             identical ones here differ by up to 15%). Each round measures one side, then the other \
-             (the first side alternates), never both at once, after warm-up requests to both. \
+             identical ones here differ by up to 15%); the bare relay stands in front of the same \
+             engine. Each round measures one side after the other (the order rotates), never \
+             two at once, after warm-up requests to each. \
              Every request is a streamed `/v1/chat/completions` with `temperature: 0`, \
              `seed: 42` and `ignore_eos: true`. Time to first token (TTFT) runs from sending the \
              request to the first `data:` line carrying content. *Sequential*: one request at a \
@@ -155,7 +156,7 @@ impl Report<'_> {
             ("sequential", &m.sequential),
             (&format!("{PARALLEL} clients")[..], &m.load),
         ] {
-            for side in [DIRECT, HELLASD] {
+            for side in [DIRECT, HELLASD, RELAY] {
                 let s = &samples[side];
                 out += &format!(
                     "| {workload} | {} | {} | {} | {:.1} | {:.2} ms | {:.2} ms |\n",
@@ -194,7 +195,10 @@ impl Report<'_> {
              A failed request counts as sent, adds no tokens and no time to first token. \
              {}hellasd's own CPU time (its engine's not included) per request through it: \
              {:.2} ms sequential, {:.2} ms with {PARALLEL} clients; while the direct side was \
-             measured it used {:.0} ms in all.\n",
+             measured it used {:.0} ms in all. The bare relay (one thread per connection, \
+             blocking reads and writes, nothing parsed) used {:.2} ms sequential and {:.2} ms \
+             with {PARALLEL} clients: the least a proxy that passes each token through user \
+             space spends on this machine.\n",
             verdict(sequential_ok),
             verdict(ratio_ok),
             verdict(overhead_ok),
@@ -202,10 +206,12 @@ impl Report<'_> {
             verdict(failed == 0),
             verdict(ratio_ok && sequential_ok && overhead_ok && cpu_ok && failed == 0),
             rounds.join(", "),
-            if m.answers_differ { "" } else { "Every sequential answer was the same text on both sides. " },
+            if m.answers_differ { "" } else { "Every sequential answer was the same text on every side. " },
             cpu_per_request(&m.sequential[HELLASD]),
             cpu_per_request(&m.load[HELLASD]),
-            millis(m.sequential[DIRECT].hellasd_cpu + m.load[DIRECT].hellasd_cpu),
+            millis(m.sequential[DIRECT].proxy_cpu + m.load[DIRECT].proxy_cpu),
+            cpu_per_request(&m.sequential[RELAY]),
+            cpu_per_request(&m.load[RELAY]),
         );
         if self.load.0 > 1.0 {
             out += &format!(
@@ -221,5 +227,5 @@ impl Report<'_> {
 }
 
 fn cpu_per_request(samples: &Samples) -> f64 {
-    millis(samples.hellasd_cpu) / samples.requests() as f64
+    millis(samples.proxy_cpu) / samples.requests() as f64
 }
