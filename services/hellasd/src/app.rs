@@ -135,9 +135,13 @@ impl AppState {
             admission: Admission::new(config.api.queue_depth),
             http: reqwest::Client::builder()
                 .no_proxy()
-                // llama-server closes idle keep-alive connections after 5 s; dropping ours sooner
-                // keeps a request from being sent down a connection the engine is closing.
-                .pool_idle_timeout(Duration::from_secs(3))
+                // A connection per request: llama-server closes one after a streamed answer
+                // (though it says keep-alive), and a connection pooled in between was picked
+                // by the next request and failed it (1 in 256 with 16 clients). On loopback a
+                // connection costs a few system calls; keep-alive probes would cost more.
+                .pool_max_idle_per_host(0)
+                .tcp_keepalive(None)
+                .tcp_user_timeout(None)
                 .tcp_nodelay(true)
                 .build()
                 .context("building the HTTP client")?,

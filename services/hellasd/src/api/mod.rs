@@ -293,8 +293,8 @@ impl AppState {
         let url = format!("{}{path}", lease.base_url());
         let send = || self.http.post(&url).header(header::CONTENT_TYPE, "application/json").body(body.clone()).send();
         let mut sent = send().await;
-        // A request that never reached the engine (a pooled connection it had just closed) is
-        // safe to send again once; one the engine may have started on is not retried.
+        // A request that never reached the engine (refused, or its connection reset before it
+        // was written) is safe to send again once; one the engine may have started on is not.
         if sent.as_ref().is_err_and(|e| e.is_connect() || (e.is_request() && !e.is_timeout())) && lease.status() == EngineStatus::Ready {
             sent = send().await;
         }
