@@ -34,9 +34,10 @@ impl Relay {
         for _ in 0..workers {
             let (listener, threads, stopping) = (listener.clone(), threads.clone(), stopping.clone());
             thread::Builder::new().name("bare-relay".into()).spawn(move || {
-                if let Ok(me) = std::fs::read_link("/proc/thread-self") {
-                    threads.lock().unwrap().push(me.to_string_lossy().into_owned());
-                }
+                // Where this thread's entry is not found, `cpu` says so.
+                let me = std::fs::read_link("/proc/thread-self")
+                    .map_or_else(|e| format!("thread-self (unreadable: {e})"), |me| me.to_string_lossy().into_owned());
+                threads.lock().unwrap().push(me);
                 while let Ok((client, _)) = listener.accept() {
                     if stopping.load(Ordering::SeqCst) {
                         break;
