@@ -131,10 +131,10 @@ pub fn body(state: Arc<AppState>, dispatched: Dispatched, route: &'static str, r
 }
 
 /// What to tell a client whose request an engine failed. The supervisor is given a moment to
-/// notice a dead child, so the client learns why rather than only that the connection broke.
+/// notice a dead child and read its last words, so the client learns why rather than only that
+/// the connection broke.
 pub async fn engine_failure(lease: &EngineLease, what: &str) -> String {
-    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    let message = match lease.status() {
+    let message = match lease.exit_within(std::time::Duration::from_secs(1)).await {
         EngineStatus::Exited { reason } => format!("{}; retry the request", reason.lines().next().unwrap_or_default()),
         _ => format!("engine for '{}' {what}", lease.model),
     };

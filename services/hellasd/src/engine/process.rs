@@ -61,6 +61,13 @@ impl Engine {
         self.in_flight.load(Ordering::SeqCst)
     }
 
+    /// Its status once it has exited, or after `limit` if it has not.
+    pub async fn exit_within(&self, limit: Duration) -> EngineStatus {
+        let mut status = self.status.subscribe();
+        let _ = tokio::time::timeout(limit, status.wait_for(|s| matches!(s, EngineStatus::Exited { .. }))).await;
+        self.status()
+    }
+
     /// How long it may stay idle, as the last request that said so asked.
     pub fn keep_alive(&self) -> Option<Duration> {
         *self.keep_alive.lock().unwrap()
