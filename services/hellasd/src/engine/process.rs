@@ -61,7 +61,8 @@ impl Engine {
         self.in_flight.load(Ordering::SeqCst)
     }
 
-    /// Its status once it has exited, or after `limit` if it has not.
+    /// Its status once it has exited, or after `limit` if it has not (`Duration::MAX` waits
+    /// for good).
     pub async fn exit_within(&self, limit: Duration) -> EngineStatus {
         let mut status = self.status.subscribe();
         let _ = tokio::time::timeout(limit, status.wait_for(|s| matches!(s, EngineStatus::Exited { .. }))).await;
@@ -153,17 +154,15 @@ impl CrashHistory {
 impl Supervisor {
     /// Stops an engine and waits until its process is gone (its memory is free).
     pub async fn stop(&self, engine: &Arc<Engine>) {
-        let mut rx = engine.status.subscribe();
-        if matches!(*rx.borrow(), EngineStatus::Exited { .. }) {
+        if matches!(engine.status(), EngineStatus::Exited { .. }) {
             return;
         }
         engine.stopping.store(true, Ordering::SeqCst);
         engine.signal(libc::SIGTERM);
-        let exited = |s: &EngineStatus| matches!(s, EngineStatus::Exited { .. });
-        if tokio::time::timeout(STOP_GRACE, rx.wait_for(exited)).await.is_err() {
+        if !matches!(engine.exit_within(STOP_GRACE).await, EngineStatus::Exited { .. }) {
             tracing::warn!(model = %engine.model, "engine ignored SIGTERM; killing it");
             engine.signal(libc::SIGKILL);
-            let _ = rx.wait_for(exited).await;
+            engine.exit_within(Duration::MAX).await;
         }
     }
 
